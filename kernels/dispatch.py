@@ -1,0 +1,59 @@
+"""Which kernel variant and block configuration runs a given problem.
+
+The rule, in order (the resource report prints it beside every configuration):
+1. Batch tile: BN = 16 with tensor-core tl.dot when the batch has at least 16 rows; otherwise
+   BN = 1 with an elementwise multiply-and-sum, one program per sequence (tl.dot needs every
+   dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work).
+2. Variant: "resident" (W_hh loaded once into registers for the whole sequence) while the padded
+   hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the dtype and tile kind; else
+   "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
+3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread; the
+   streaming variant uses 4 warps, BJ = 32 and no software pipelining (num_stages = 1): BJ = 64
+   spills on sm_80 (fp32, 8 warps) and with 3 stages on sm_90. Untuned on a GPU so far.
+   16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
+   memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
+Every configuration this rule can produce is compiled for sm_90 and sm_80 by
+`python -m triton_rnn.kernels.report`, which fails on spills, shared-memory overflow or errors.
+"""
+from dataclasses import dataclass
+
+import torch
+import triton
+
+DOT_MIN_BATCH = 16
+STREAM_CHUNK = 32
+
+# Largest padded hidden size whose W_hh tile stays in registers, by (element bytes, use_dot).
+RESIDENT_MAX_BH = {
+    (8, True): 64, (8, False): 64,
+    (4, True): 128, (4, False): 128,
+    (2, True): 128, (2, False): 128,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    variant: str      # "resident" or "streaming"
+    use_dot: bool
+    BN: int           # batch rows per program
+    BH: int           # padded hidden size (resident) or chunk width BJ (streaming)
+    num_warps: int
+    num_stages: int = 3  # software pipelining of the loops; the streaming chunk loop spills above 1
+
+    def describe(self) -> str:
+        block = f"BH={self.BH}" if self.variant == "resident" else f"BJ={self.BH}"
+        kind = "dot" if self.use_dot else "elementwise"
+        return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
+                f" stages={self.num_stages}")
+
+
+def choose(hidden_size: int, batch: int, dtype: torch.dtype) -> Config:
+    use_dot = batch >= DOT_MIN_BATCH
+    BN = DOT_MIN_BATCH if use_dot else 1
+    BH = max(16, triton.next_power_of_2(hidden_size))
+    elem = torch.empty((), dtype=dtype).element_size()
+    if BH <= RESIDENT_MAX_BH[(elem, use_dot)]:
+        tile_regs = BH * BH * elem // 4                 # 32-bit registers for the W_hh tile
+        num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
+        return Config("resident", use_dot, BN, BH, num_warps)
+    return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=1)

@@ -1,0 +1,111 @@
+"""Launchers: allocate outputs, choose the variant, compute the grid, launch.
+
+Tensors (one layer, D directions, T steps, N batch, H hidden):
+  proj (T, N, D*H) contiguous, h0 (D, N, H), w_hh (D, H, H) any strides, out/dout/dz like proj.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .dispatch import Config, choose
+from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
+from .streaming import rnn_backward_streaming_kernel, rnn_forward_streaming_kernel
+
+_TL_DTYPE = {torch.float64: tl.float64, torch.float32: tl.float32,
+             torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_for(pass_: str, variant: str):
+    """The @triton.jit kernel for "forward"/"backward" and a dispatch variant."""
+    return {("forward", "resident"): rnn_forward_resident_kernel,
+            ("forward", "streaming"): rnn_forward_streaming_kernel,
+            ("backward", "resident"): rnn_backward_resident_kernel,
+            ("backward", "streaming"): rnn_backward_streaming_kernel}[(pass_, variant)]
+
+
+def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: bool,
+                    interpreter: bool = False) -> dict:
+    """Constexpr arguments and launch options: shared by the launchers and the resource report,
+    so the report compiles exactly what runs."""
+    dot_dtype = _TL_DTYPE[dtype]
+    if interpreter and dtype == torch.bfloat16:
+        dot_dtype = tl.float32  # the interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32
+    block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
+    return dict(
+        ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block,
+        ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+        DOT_DTYPE=dot_dtype,
+        PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        # FMA contraction is set explicitly: Triton's default is changing, and results must not.
+        enable_fp_fusion=True,
+    )
+
+
+def _weight_operand(w_hh: torch.Tensor, transpose: bool):
+    """Strides (d, k, j) that read B = W_hhᵀ (transpose) or B = W_hh without copying."""
+    s_d, s_row, s_col = w_hh.stride()
+    return (s_d, s_col, s_row) if transpose else (s_d, s_row, s_col)
+
+
+def recurrence_forward(proj, h0, w_hh, relu: bool, allow_tf32: bool) -> torch.Tensor:
+    T, N, _ = proj.shape
+    D, _, H = h0.shape
+    out = torch.empty_like(proj, memory_format=torch.contiguous_format)
+    if N == 0:
+        return out
+    proj = proj.contiguous()
+    h0 = h0.contiguous()
+    cfg = choose(H, N, proj.dtype)
+    grid = (triton.cdiv(N, cfg.BN), D)
+    kernel = kernel_for("forward", cfg.variant)
+    options = compile_options(cfg, proj.dtype, relu, allow_tf32, interpreting())
+    w_strides = _weight_operand(w_hh, transpose=True)
+    if cfg.variant == "resident":
+        kernel[grid](
+            proj, h0, w_hh, out, T, N, H, proj.stride(0), proj.stride(1),
+            h0.stride(0), h0.stride(1), *w_strides, out.stride(0), out.stride(1), **options)
+    else:
+        acc_dtype = torch.float64 if proj.dtype == torch.float64 else torch.float32
+        state = torch.empty((D, 2, N, H), dtype=acc_dtype, device=proj.device)
+        state[:, 1] = h0
+        kernel[grid](
+            proj, w_hh, out, state, T, N, H, proj.stride(0), proj.stride(1),
+            *w_strides, out.stride(0), out.stride(1), *state.stride()[:3], **options)
+    return out
+
+
+def recurrence_backward(dout, out, w_hh, relu: bool, allow_tf32: bool):
+    """Returns (dz, dh0): dz_t = dL/d(proj_t) for every step, dh0 = dL/dh0."""
+    T, N, DH = out.shape
+    D, H = w_hh.shape[0], w_hh.shape[1]
+    dout = dout.contiguous()
+    out = out.contiguous()
+    dz = torch.empty_like(out)
+    dh0 = torch.empty((D, N, H), dtype=out.dtype, device=out.device)
+    if N == 0:
+        return dz, dh0
+    cfg = choose(H, N, out.dtype)
+    grid = (triton.cdiv(N, cfg.BN), D)
+    kernel = kernel_for("backward", cfg.variant)
+    options = compile_options(cfg, out.dtype, relu, allow_tf32, interpreting())
+    w_strides = _weight_operand(w_hh, transpose=False)
+    if cfg.variant == "resident":
+        kernel[grid](
+            dout, out, w_hh, dz, dh0, T, N, H, out.stride(0), out.stride(1),
+            *w_strides, dh0.stride(0), dh0.stride(1), **options)
+    else:
+        acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+        state = torch.zeros((D, 2, N, H), dtype=acc_dtype, device=out.device)
+        kernel[grid](
+            dout, out, w_hh, dz, state, T, N, H, out.stride(0), out.stride(1),
+            *w_strides, *state.stride()[:3], **options)
+        dh0.copy_(state[:, (T - 1) % 2])
+    return dz, dh0

@@ -1,0 +1,181 @@
+"""Kernel resource report and compile gate; needs no GPU.
+
+    python -m triton_rnn.kernels.report [--arch 90|80|all] [--json]
+
+Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
+dtype x hidden size x batch (forward and backward kernels), and prints registers, spilled
+bytes, shared memory and occupancy for each. Exits non-zero if any configuration spills,
+overflows shared memory, or fails to compile. Triton's interpreter accepts code the GPU compiler
+rejects (tl.dot with a dimension under 16, say) and says nothing about spills, which decide
+whether W_hh really stays on-chip: this is the check that catches both.
+"""
+import argparse
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .dispatch import Config, choose
+from .launch import compile_options, kernel_for
+
+# Per-SM limits of the targets we ship for.
+ARCHS = {
+    90: dict(name="H100 (sm_90)", sms=132, regs_per_sm=65536, smem_per_sm=233472,
+             smem_per_block=232448, max_blocks_per_sm=32),
+    80: dict(name="A100 (sm_80)", sms=108, regs_per_sm=65536, smem_per_sm=167936,
+             smem_per_block=166912, max_blocks_per_sm=32),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+          "fp64": torch.float64}
+HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+BATCHES = (1, 16, 256)
+_PTR_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+             torch.float64: "fp64"}
+
+
+@dataclass
+class Row:
+    arch: int
+    pass_: str
+    dtype: str
+    H: int
+    N: int
+    config: str
+    registers: int
+    spilled_bytes: int
+    shared_bytes: int
+    programs_per_sm: int
+    programs: int
+    capacity: int
+    w_hh: str
+    error: str = ""
+
+    @property
+    def faults(self) -> list:
+        limits = ARCHS[self.arch]
+        found = [self.error] if self.error else []
+        if self.spilled_bytes:
+            found.append(f"spills {self.spilled_bytes} B")
+        if self.shared_bytes > limits["smem_per_block"]:
+            found.append(f"shared memory {self.shared_bytes} B > {limits['smem_per_block']} B")
+        if not self.error and self.programs_per_sm == 0:
+            found.append("does not fit on an SM")
+        return found
+
+
+def _signature(kernel, dtype: torch.dtype, consts: dict) -> dict:
+    acc = "fp64" if dtype == torch.float64 else "fp32"
+    sig = {}
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name == "p_state":
+            sig[name] = "*" + acc
+        elif name.startswith("p_"):
+            sig[name] = "*" + _PTR_TYPE[dtype]
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _cuobjdump() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+@functools.lru_cache(maxsize=None)
+def compile_resources(pass_: str, cfg: Config, dtype: torch.dtype, arch: int):
+    """(registers, stack bytes, shared bytes) of one compiled configuration; raises on failure."""
+    options = compile_options(cfg, dtype, relu=False, allow_tf32=dtype == torch.float32)
+    launch = {k: options.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in options}
+    kernel = kernel_for(pass_, cfg.variant)
+    src = ASTSource(kernel, _signature(kernel, dtype, options), constexprs=options)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=launch)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True,
+                               text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+    return regs, stack, compiled.metadata.shared
+
+
+def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
+    limits = ARCHS[arch]
+    # Registers are allocated per warp in units of 256 (8 per thread).
+    regs_per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
+    by_regs = limits["regs_per_sm"] // (regs_per_warp * num_warps)
+    by_smem = limits["smem_per_sm"] // shared if shared else limits["max_blocks_per_sm"]
+    by_threads = 2048 // (32 * num_warps)
+    return min(by_regs, by_smem, by_threads, limits["max_blocks_per_sm"])
+
+
+def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1) -> Row:
+    dtype = DTYPES[dtype_name]
+    cfg = choose(H, N, dtype)
+    programs = triton.cdiv(N, cfg.BN) * directions
+    if cfg.variant == "streaming":
+        w_hh = "streamed from L2"
+    else:
+        w_hh = "on-chip"
+    try:
+        regs, stack, shared = compile_resources(pass_, cfg, dtype, arch)
+        error = ""
+    except Exception as exc:  # a compile failure is a finding, not a crash
+        regs = stack = shared = 0
+        error = f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    per_sm = programs_per_sm(arch, regs, shared, cfg.num_warps) if not error else 0
+    if cfg.variant == "resident" and not error:
+        w_bytes = cfg.BH * cfg.BH * dtype.itemsize
+        w_hh = "on-chip (shared memory)" if shared >= w_bytes else "on-chip (registers)"
+    return Row(arch, pass_, dtype_name, H, N, cfg.describe(), regs, stack, shared, per_sm,
+               programs, per_sm * ARCHS[arch]["sms"], w_hh, error)
+
+
+def table(archs) -> list:
+    return [measure(p, d, H, N, arch) for arch in archs for p in ("forward", "backward")
+            for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
+
+
+def _print(rows) -> None:
+    head = ("arch", "pass", "dtype", "H", "N", "configuration", "regs", "spill B", "smem B",
+            "prog/SM", "programs/capacity", "W_hh", "faults")
+    lines = [head] + [(f"sm_{r.arch}", r.pass_, r.dtype, r.H, r.N, r.config, r.registers,
+                       r.spilled_bytes, r.shared_bytes, r.programs_per_sm,
+                       f"{r.programs}/{r.capacity}", r.w_hh, "; ".join(r.faults) or "-")
+                      for r in rows]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    for line in lines:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=("90", "80", "all"), default="all")
+    parser.add_argument("--json", action="store_true", help="print rows as JSON")
+    args = parser.parse_args(argv)
+    archs = sorted(ARCHS, reverse=True) if args.arch == "all" else [int(args.arch)]
+    rows = table(archs)
+    if args.json:
+        print(json.dumps([dict(asdict(r), faults=r.faults) for r in rows], indent=1))
+    else:
+        print(choose.__module__ + " rule: see kernels/dispatch.py docstring")
+        _print(rows)
+    bad = [r for r in rows if r.faults]
+    if bad:
+        print(f"{len(bad)} configuration(s) with faults", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Streaming variant: for H too large to hold B = W_hh(ᵀ) in one program's registers.
+
+Same recurrences as recurrence.py, but every step re-reads B from L2 in (BK, BJ) chunks, and
+the state lives in a small fp32 (fp64) scratch buffer (D, 2, N, H) used as a ping-pong pair:
+step t reads slot (t + 1) % 2 and writes slot t % 2. The whole state must be visible to every
+warp of the program before the next step, hence the barrier at the end of each phase.
+"""
+import triton
+import triton.language as tl
+
+from .recurrence import activate, activation_grad, mix, time_index
+
+
+@triton.jit
+def _chunk_product(p_src, s_src_n, p_b, o_n, m_n, j0, K, s_bk, s_bj,
+                   ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                   PRECISION: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   BJ: tl.constexpr):
+    """src[o_n, :K] @ B[:K, j0:j0+BJ], streaming both operands in chunks of BK."""
+    o_j = j0 + tl.arange(0, BJ).to(tl.int64)
+    m_j = o_j < K
+    b_acc = tl.zeros((BN, BJ), dtype=ACC)
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK).to(tl.int64)
+        m_k = o_k < K
+        b_src = tl.load(p_src + o_n[:, None] * s_src_n + o_k[None, :],
+                        mask=m_n[:, None] & m_k[None, :], other=0.0).to(ACC)
+        b_b = tl.load(p_b + o_k[:, None] * s_bk + o_j[None, :] * s_bj,
+                      mask=m_k[:, None] & m_j[None, :], other=0.0)
+        b_acc += mix(b_src, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
+    return b_acc
+
+
+@triton.jit(do_not_specialize=["T"])
+def rnn_forward_streaming_kernel(
+    p_proj, p_b, p_out, p_state,
+    T, N, H,
+    s_pt, s_pn,          # proj (T, N, D*H)
+    s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
+    s_ot, s_on,          # out (T, N, D*H)
+    s_sd, s_ss, s_sn,    # state (D, 2, N, H); slot 1 holds h0 on entry
+    ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+):
+    i_n = tl.program_id(0).to(tl.int64)
+    i_d = tl.program_id(1).to(tl.int64)
+    o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
+    m_n = o_n < N
+    p_b = p_b + i_d * s_bd
+    p_state = p_state + i_d * s_sd
+    for t in range(T):
+        tt = time_index(t, T, i_d, False)
+        p_prev = p_state + ((t + 1) % 2) * s_ss
+        p_next = p_state + (t % 2) * s_ss
+        for j0 in range(0, H, BJ):
+            o_j = j0 + tl.arange(0, BJ).to(tl.int64)
+            m_nj = m_n[:, None] & (o_j < H)[None, :]
+            b_z = tl.load(p_proj + tt * s_pt + o_n[:, None] * s_pn + i_d * H + o_j[None, :],
+                          mask=m_nj, other=0.0).to(ACC)
+            b_z += _chunk_product(p_prev, s_sn, p_b, o_n, m_n, j0, H, s_bk, s_bj,
+                                  ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
+            b_h = activate(b_z, ACT)
+            tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_h, mask=m_nj)
+            tl.store(p_out + tt * s_ot + o_n[:, None] * s_on + i_d * H + o_j[None, :],
+                     b_h.to(p_out.dtype.element_ty), mask=m_nj)
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["T"])
+def rnn_backward_streaming_kernel(
+    p_dout, p_out, p_b, p_dz, p_state,
+    T, N, H,
+    s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
+    s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
+    s_sd, s_ss, s_sn,    # state (D, 2, N, H), zero on entry; slot (T - 1) % 2 holds dh0 on exit
+    ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+):
+    i_n = tl.program_id(0).to(tl.int64)
+    i_d = tl.program_id(1).to(tl.int64)
+    o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
+    m_n = o_n < N
+    p_b = p_b + i_d * s_bd
+    p_state = p_state + i_d * s_sd
+    for t in range(T):
+        tt = time_index(t, T, i_d, True)
+        p_prev = p_state + ((t + 1) % 2) * s_ss
+        p_next = p_state + (t % 2) * s_ss
+        # Phase 1: dz_t for every feature, written where phase 2 can read all of it.
+        for j0 in range(0, H, BJ):
+            o_j = j0 + tl.arange(0, BJ).to(tl.int64)
+            m_nj = m_n[:, None] & (o_j < H)[None, :]
+            o_x = tt * s_t + o_n[:, None] * s_n + i_d * H + o_j[None, :]
+            b_g = tl.load(p_dout + o_x, mask=m_nj, other=0.0).to(ACC)
+            b_g += tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj, other=0.0)
+            b_y = tl.load(p_out + o_x, mask=m_nj, other=0.0).to(ACC)
+            tl.store(p_dz + o_x, activation_grad(b_g, b_y, ACT).to(p_dz.dtype.element_ty),
+                     mask=m_nj)
+        tl.debug_barrier()
+        # Phase 2: the gradient carried into the previous step, c = dz_t W_hh.
+        p_dz_t = p_dz + tt * s_t + i_d * H
+        for j0 in range(0, H, BJ):
+            o_j = j0 + tl.arange(0, BJ).to(tl.int64)
+            m_nj = m_n[:, None] & (o_j < H)[None, :]
+            b_c = _chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, s_bk, s_bj,
+                                 ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
+            tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_c, mask=m_nj)
+        tl.debug_barrier()

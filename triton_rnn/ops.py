@@ -1,0 +1,91 @@
+"""One RNN layer's recurrence as torch.library custom ops, with autograd.
+
+`recurrence(proj, h0, w_hh, relu, allow_tf32) -> out` runs D directions of one layer:
+  proj (T, N, D*H) = X W_ihᵀ + b_ih + b_hh, h0 (D, N, H), w_hh (D, H, H), out (T, N, D*H).
+CUDA tensors, and CPU tensors under TRITON_INTERPRET=1, run the Triton kernels; other CPU
+tensors run triton_rnn.reference. Being custom ops with fake implementations, both trace
+under torch.compile without a graph break.
+
+Backward saves only out, h0 and w_hh (the layer input is saved by the projection's own
+autograd): dz comes from the backward kernel, then dW_hh = Σ_t dz_tᵀ h_{t-1} is one large
+matrix multiply per direction over all timesteps.
+"""
+import torch
+from torch import Tensor
+
+from . import reference
+from .kernels import interpreting, recurrence_backward as kernel_backward
+from .kernels import recurrence_forward as kernel_forward
+
+
+def uses_kernels(t: Tensor) -> bool:
+    return t.is_cuda or (interpreting() and t.device.type == "cpu")
+
+
+@torch.library.custom_op("triton_rnn::recurrence", mutates_args=())
+def recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, allow_tf32: bool) -> Tensor:
+    if uses_kernels(proj):
+        return kernel_forward(proj, h0, w_hh, relu, allow_tf32)
+    return reference.recurrence_forward(proj, h0, w_hh, relu)
+
+
+@recurrence.register_fake
+def _(proj, h0, w_hh, relu, allow_tf32):
+    return torch.empty_like(proj, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("triton_rnn::recurrence_backward", mutates_args=())
+def recurrence_backward(dout: Tensor, out: Tensor, w_hh: Tensor, relu: bool,
+                        allow_tf32: bool) -> tuple[Tensor, Tensor]:
+    """(dz, dh0): gradients with respect to proj and h0."""
+    if uses_kernels(out):
+        return kernel_backward(dout, out, w_hh, relu, allow_tf32)
+    return reference.recurrence_backward(dout, out, w_hh, relu)
+
+
+@recurrence_backward.register_fake
+def _(dout, out, w_hh, relu, allow_tf32):
+    D, N, H = w_hh.shape[0], out.shape[1], w_hh.shape[1]
+    return (torch.empty_like(out, memory_format=torch.contiguous_format),
+            out.new_empty((D, N, H)))
+
+
+def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> Tensor:
+    """dW_hh[d] = Σ_t dz_t[d]ᵀ h_{t-1}[d], where h_{t-1} is the state before step t in that
+    direction's order: out[t-1] forward (h0 at t=0), out[t+1] reverse (h0 at t=T-1)."""
+    T, N, _ = out.shape
+    D, _, H = h0.shape
+    grads = []
+    for d in range(D):
+        dz_d = dz[..., d * H:(d + 1) * H]
+        out_d = out[..., d * H:(d + 1) * H]
+        first, rest, prev = (0, slice(1, T), slice(0, T - 1)) if d == 0 else \
+            (T - 1, slice(0, T - 1), slice(1, T))
+        g = dz_d[first].T @ h0[d]
+        if T > 1:
+            g = g + dz_d[rest].reshape(-1, H).T @ out_d[prev].reshape(-1, H)
+        grads.append(g)
+    return torch.stack(grads)
+
+
+def _setup_context(ctx, inputs, output):
+    proj, h0, w_hh, relu, allow_tf32 = inputs
+    ctx.save_for_backward(output, h0, w_hh)
+    ctx.relu, ctx.allow_tf32 = relu, allow_tf32
+
+
+def _backward(ctx, dout):
+    out, h0, w_hh = ctx.saved_tensors
+    dz, dh0 = recurrence_backward(dout.contiguous(), out, w_hh, ctx.relu, ctx.allow_tf32)
+    dw_hh = hidden_weight_grad(dz, out, h0) if ctx.needs_input_grad[2] else None
+    return dz, dh0 if ctx.needs_input_grad[1] else None, dw_hh, None, None
+
+
+def _no_double_backward(ctx, ddz, ddh0):
+    raise RuntimeError("triton_rnn: double backward (gradients of gradients) through "
+                       "triton_rnn.RNN is not supported")
+
+
+recurrence.register_autograd(_backward, setup_context=_setup_context)
+recurrence_backward.register_autograd(_no_double_backward,
+                                      setup_context=lambda ctx, inputs, output: None)

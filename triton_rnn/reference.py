@@ -1,0 +1,39 @@
+"""Plain PyTorch recurrences: what CPU tensors run when the Triton interpreter is off, and the
+readable statement of what the kernels compute. Same tensor contract as kernels/launch.py."""
+import torch
+
+
+def _steps(T: int, direction: int):
+    """Timesteps in the order direction `direction` visits them in the forward pass."""
+    return range(T) if direction == 0 else range(T - 1, -1, -1)
+
+
+def recurrence_forward(proj, h0, w_hh, relu: bool) -> torch.Tensor:
+    """out_t = act(proj_t + out_{t-1} W_hhᵀ) per direction; direction 1 runs backwards in time."""
+    act = torch.relu if relu else torch.tanh
+    H = h0.shape[2]
+    out = torch.empty_like(proj, memory_format=torch.contiguous_format)
+    for d in range(h0.shape[0]):
+        cols = slice(d * H, (d + 1) * H)
+        h = h0[d]
+        for t in _steps(proj.shape[0], d):
+            h = act(proj[t, :, cols] + h @ w_hh[d].T)
+            out[t, :, cols] = h
+    return out
+
+
+def recurrence_backward(dout, out, w_hh, relu: bool):
+    """Returns (dz, dh0): dz_t = (dout_t + dz_{t+1} W_hh) ⊙ act'(out_t), walking time backwards."""
+    D, H = w_hh.shape[0], w_hh.shape[1]
+    dz = torch.empty_like(out, memory_format=torch.contiguous_format)
+    dh0 = out.new_empty((D, out.shape[1], H))
+    for d in range(D):
+        cols = slice(d * H, (d + 1) * H)
+        carried = torch.zeros_like(dh0[d])
+        for t in reversed(_steps(out.shape[0], d)):
+            y = out[t, :, cols]
+            g = dout[t, :, cols] + carried
+            dz[t, :, cols] = g * (y > 0) if relu else g * (1 - y * y)
+            carried = dz[t, :, cols] @ w_hh[d]
+        dh0[d] = carried
+    return dz, dh0
