@@ -96,7 +96,7 @@ class RNN(nn.RNN):
         for layer in range(self.num_layers):
             w_ih, bias, w_hh = self._layer_weights(weights, layer)
             # Input projection for all timesteps and both directions: one large GEMM.
-            proj = F.linear(x.reshape(T * N, -1), w_ih, bias).view(T, N, D * H)
+            proj = F.linear(x.reshape(T * N, x.shape[-1]), w_ih, bias).view(T, N, D * H)
             out = recurrence(proj, hx[layer * D:(layer + 1) * D], w_hh, relu, allow_tf32)
             # h_n is the state after each direction's last step: out[T-1] forward, out[0] reverse.
             h_n.append(out[T - 1, :, :H])

@@ -1,0 +1,33 @@
+"""Test setup: without a GPU, Triton kernels run on CPU tensors through Triton's interpreter.
+
+TRITON_INTERPRET must be set before triton_rnn (and so triton.jit) is imported.
+"""
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton_rnn.kernels.launch as launch  # noqa: E402
+import triton_rnn.reference as reference  # noqa: E402
+from triton_rnn.ops import uses_kernels  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def kernels_only(monkeypatch):
+    """Poison kernel outputs with NaN, and fail any test in which a tensor the kernels should
+    handle reaches the plain-PyTorch reference instead (so a pass proves the kernels ran)."""
+    monkeypatch.setattr(launch, "poison_outputs", True)
+    for name in ("recurrence_forward", "recurrence_backward"):
+        original = getattr(reference, name)
+
+        def guarded(*args, _original=original, _name=name, **kwargs):
+            assert not uses_kernels(args[1]), f"reference.{_name} ran instead of the kernels"
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(reference, name, guarded)

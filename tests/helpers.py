@@ -1,0 +1,51 @@
+"""Shared pieces of the tests: model pairs, the float64 reference, tolerances."""
+import copy
+
+import torch
+from torch import nn
+
+import triton_rnn
+from conftest import DEVICE
+
+# Relative error ‖out − ref‖ / ‖ref‖ against nn.RNN run in float64 on the same weights.
+# float32 is IEEE fp32 under the interpreter; on a GPU, cuDNN's TF32 default is honoured, so
+# tf32 gets a wider bound. 16-bit: h is rounded to the weight dtype before each product.
+TOLERANCE = {
+    torch.float64: 1e-9,
+    torch.float32: 1e-5 if DEVICE == "cpu" else 2e-3,
+    torch.float16: 4e-3,
+    torch.bfloat16: 3e-2,
+}
+
+# Gradients pass back through every layer and step, and 16-bit weight gradients sum many
+# rounded products (the H = 1 case has only a handful of elements to average errors over).
+GRAD_TOLERANCE = {
+    torch.float64: 1e-9,
+    torch.float32: 2e-5 if DEVICE == "cpu" else 4e-3,
+    torch.float16: 2e-2,
+    torch.bfloat16: 6e-2,
+}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert not torch.isnan(actual).any(), "NaN in result (an element was never written?)"
+    scale = expected.norm().item()
+    return (actual - expected).norm().item() / (scale if scale > 0 else 1.0)
+
+
+def make_pair(*args, dtype=torch.float32, device=DEVICE, seed=0, **kwargs):
+    """(ours, nn.RNN in float64 on the CPU) holding the same weights."""
+    torch.manual_seed(seed)
+    ours = triton_rnn.RNN(*args, **kwargs).to(device=device, dtype=dtype)
+    ref = nn.RNN(*args, **kwargs).double()
+    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
+    return ours, ref
+
+
+def clone_as(module: nn.Module, cls):
+    """A copy of `module` re-classed as `cls` (nn.RNN <-> triton_rnn.RNN), same weights."""
+    other = copy.deepcopy(module)
+    other.__class__ = cls
+    return other

@@ -1,0 +1,202 @@
+"""Gradients of triton_rnn.RNN against torch.nn.RNN, from our backward kernel."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import triton_rnn
+from conftest import DEVICE
+from helpers import GRAD_TOLERANCE, make_pair, rel_err
+
+OPTIONS = list(itertools.product(("tanh", "relu"), (True, False), (1, 2), (False, True),
+                                 (False, True)))
+
+
+def _id(opt):
+    act, bias, layers, bidir, bf = opt
+    return f"{act}-{'bias' if bias else 'nobias'}-L{layers}-{'bi' if bidir else 'uni'}-" \
+           f"{'batchfirst' if bf else 'seqfirst'}"
+
+
+def _grads(model, x, h0, seed=1):
+    """Output, h_n and the gradients of a random linear functional of both."""
+    x = x.detach().requires_grad_()
+    h0 = h0.detach().requires_grad_()
+    out, h_n = model(x, h0)
+    g = torch.Generator().manual_seed(seed)
+    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    w_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(h_n)
+    ((out * w_out).sum() + (h_n * w_h).sum()).backward()
+    return {"input": x.grad, "h0": h0.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+
+def _compare(ours, ref, x, h0, dtype, tol):
+    got = _grads(ours, x.to(DEVICE, dtype), h0.to(DEVICE, dtype))
+    expected = _grads(ref, x, h0)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] is not None, name
+        assert got[name].dtype == dtype, name
+        assert rel_err(got[name], expected[name]) < tol, name
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=[_id(o) for o in OPTIONS])
+def test_option_grid_float64(opt):
+    act, bias, layers, bidir, batch_first = opt
+    ours, ref = make_pair(5, 9, layers, act, bias, batch_first, 0.0, bidir, dtype=torch.float64)
+    N, T = 3, 4
+    x = torch.randn((N, T, 5) if batch_first else (T, N, 5), dtype=torch.float64)
+    h0 = torch.randn(layers * (2 if bidir else 1), N, 9, dtype=torch.float64)
+    _compare(ours, ref, x, h0, torch.float64, 1e-9)
+
+
+SIZES = [(1, 1, 1), (3, 5, 3), (3, 17, 17), (2, 5, 130), (2, 17, 130)]
+
+
+# ReLU in 16-bit is left out of the gradient comparison: whether a unit whose pre-activation
+# is within rounding of 0 passes gradient is decided by rounding, so one flipped unit moves a
+# gradient by several percent whoever computes it (nn.RNN in 16-bit included). The relu'
+# branch of the kernels is dtype-independent and is checked in float64 and float32.
+ACT_DTYPES = [(act, dtype) for act in ("tanh", "relu")
+              for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+              if act == "tanh" or dtype.itemsize >= 4]
+
+
+@pytest.mark.parametrize("act,dtype", ACT_DTYPES,
+                         ids=[f"{a}-{str(d).split('.')[1]}" for a, d in ACT_DTYPES])
+@pytest.mark.parametrize("T,N,H", SIZES, ids=[f"T{t}-N{n}-H{h}" for t, n, h in SIZES])
+def test_sizes_and_dtypes(T, N, H, act, dtype):
+    """Against float64 nn.RNN: within the dtype's tolerance, or no worse than 1.5x nn.RNN's own
+    error in the same dtype. act' comes from the saved outputs (as in cuDNN), so in 16-bit a
+    saturated tanh (1 - y² with y rounded near ±1) costs precision whoever computes it; inputs
+    are scaled to keep tanh mostly out of saturation."""
+    ours, ref = make_pair(4, H, 2, act, bidirectional=True, dtype=dtype)
+    x = torch.randn(T, N, 4, dtype=torch.float64) * 0.5
+    h0 = torch.randn(4, N, H, dtype=torch.float64) * 0.5
+    got = _grads(ours, x.to(DEVICE, dtype), h0.to(DEVICE, dtype))
+    expected = _grads(ref, x, h0)
+    same_dtype = nn.RNN(4, H, 2, act, bidirectional=True).to(DEVICE, dtype)
+    same_dtype.load_state_dict(ours.state_dict())
+    baseline = _grads(same_dtype, x.to(DEVICE, dtype), h0.to(DEVICE, dtype))
+    for name in expected:
+        assert got[name].dtype == dtype, name
+        tol = max(GRAD_TOLERANCE[dtype], 1.5 * rel_err(baseline[name], expected[name]))
+        assert rel_err(got[name], expected[name]) < tol, name
+
+
+def test_unbatched_and_batch_first():
+    for kwargs, x_shape, h_shape in ((dict(batch_first=True), (3, 4, 2), (2, 3, 5)),
+                                     ({}, (4, 2), (2, 5))):
+        ours, ref = make_pair(2, 5, 1, bidirectional=True, dtype=torch.float64, **kwargs)
+        x = torch.randn(x_shape, dtype=torch.float64)
+        h0 = torch.randn(h_shape, dtype=torch.float64)
+        _compare(ours, ref, x, h0, torch.float64, 1e-9)
+
+
+def test_dropout_gradients_match_nn_rnn_on_cpu():
+    ours = triton_rnn.RNN(3, 4, 3, dropout=0.4, bidirectional=True).double().train()
+    ref = nn.RNN(3, 4, 3, dropout=0.4, bidirectional=True).double().train()
+    ref.load_state_dict(ours.state_dict())
+    x, h0 = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(6, 2, 4, dtype=torch.float64)
+    torch.manual_seed(3)
+    got = _grads(ours, x, h0)
+    torch.manual_seed(3)
+    expected = _grads(ref, x, h0)
+    for name in expected:
+        assert rel_err(got[name], expected[name]) < 1e-9, name
+
+
+def test_gradcheck_float64():
+    model = triton_rnn.RNN(3, 4, 2, bidirectional=True).double().to(DEVICE)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    h0 = torch.randn(4, 2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = model.weight_hh_l1_reverse
+
+    def f(x, h0, w):
+        return torch.func.functional_call(model, {"weight_hh_l1_reverse": w}, (x, h0))
+
+    assert torch.autograd.gradcheck(f, (x, h0, w.detach().clone().requires_grad_()))
+
+
+def test_backward_is_deterministic_and_retain_graph_repeats():
+    model = triton_rnn.RNN(4, 17, 2, bidirectional=True).to(DEVICE)
+    x = torch.randn(6, 17, 4, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        model.zero_grad()
+        model(x)[0].pow(2).sum().backward()
+        runs.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    model.zero_grad()
+    loss = model(x)[0].pow(2).sum()
+    loss.backward(retain_graph=True)
+    first = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss.backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(first, model.parameters()))
+
+
+def test_gradients_only_for_what_requires_them():
+    model = triton_rnn.RNN(3, 5, 2).to(DEVICE)
+    model.weight_hh_l0.requires_grad_(False)
+    model.bias_ih_l1.requires_grad_(False)
+    x = torch.randn(4, 2, 3, device=DEVICE)           # no grad
+    h0 = torch.randn(2, 2, 5, device=DEVICE, requires_grad=True)
+    model(x, h0)[0].sum().backward()
+    assert x.grad is None and model.weight_hh_l0.grad is None and model.bias_ih_l1.grad is None
+    assert h0.grad is not None and model.weight_hh_l1.grad is not None
+
+
+def test_no_grad_saves_nothing():
+    model = triton_rnn.RNN(3, 5, 2).to(DEVICE)
+    with torch.no_grad():
+        out, h_n = model(torch.randn(4, 2, 3, device=DEVICE))
+    assert out.grad_fn is None and h_n.grad_fn is None
+
+
+def test_saves_only_layer_inputs_outputs_and_h0():
+    """Per layer: the layer input (by the projection GEMM), the weights, the output, h0."""
+    T, N, I, H = 5, 3, 4, 6
+    model = triton_rnn.RNN(I, H, 1).double().to(DEVICE)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model(torch.randn(T, N, I, dtype=torch.float64, device=DEVICE, requires_grad=True))
+    activations = sum(t.numel() for t in saved if not isinstance(t, nn.Parameter)
+                      and t.numel() not in (H * I, H * H, H))
+    assert activations == T * N * I + T * N * H + N * H  # x, out, h0
+
+
+def test_double_backward_raises_clear_error():
+    model = triton_rnn.RNN(2, 3).double().to(DEVICE)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    (gx,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_training_curve_matches_nn_rnn_step_by_step():
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.RNN(3, 8, 2, bidirectional=True)).double()
+    ours = triton_rnn.convert(nn.Sequential(nn.RNN(3, 8, 2, bidirectional=True)).double())
+    ours.load_state_dict(ref.state_dict())
+    ours.to(DEVICE)
+    head = nn.Linear(16, 1).double()
+    heads = {"ref": head, "ours": nn.Linear(16, 1).double().to(DEVICE)}
+    heads["ours"].load_state_dict(head.state_dict())
+    x, y = torch.randn(6, 4, 3, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+    curves = {}
+    for name, rnn, dev in (("ref", ref, "cpu"), ("ours", ours, DEVICE)):
+        params = list(rnn.parameters()) + list(heads[name].parameters())
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        curves[name] = []
+        for _ in range(8):
+            opt.zero_grad()
+            pred = heads[name](rnn(x.to(dev))[0][-1])
+            loss = ((pred - y.to(dev)) ** 2).mean()
+            loss.backward()
+            opt.step()
+            curves[name].append(loss.item())
+    assert curves["ref"][-1] < curves["ref"][0]  # it trains
+    for a, b in zip(curves["ours"], curves["ref"]):
+        assert abs(a - b) <= 1e-9 * abs(b)

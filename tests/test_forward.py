@@ -1,0 +1,165 @@
+"""Forward parity of triton_rnn.RNN with torch.nn.RNN, kernels under test."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import triton_rnn
+from conftest import DEVICE
+from helpers import TOLERANCE, make_pair, rel_err
+
+OPTIONS = list(itertools.product(("tanh", "relu"), (True, False), (1, 2), (False, True),
+                                 (False, True)))
+
+
+def _id(opt):
+    act, bias, layers, bidir, bf = opt
+    return f"{act}-{'bias' if bias else 'nobias'}-L{layers}-{'bi' if bidir else 'uni'}-" \
+           f"{'batchfirst' if bf else 'seqfirst'}"
+
+
+def _run(ours, ref, x, h0=None, dtype=torch.float32):
+    out, h_n = ours(x.to(DEVICE, dtype), None if h0 is None else h0.to(DEVICE, dtype))
+    ref_out, ref_h = ref(x, h0)
+    return out, h_n, ref_out, ref_h
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=[_id(o) for o in OPTIONS])
+def test_option_grid_float64(opt):
+    act, bias, layers, bidir, batch_first = opt
+    ours, ref = make_pair(6, 17, layers, act, bias, batch_first, 0.0, bidir, dtype=torch.float64)
+    N, T = 5, 4
+    x = torch.randn((N, T, 6) if batch_first else (T, N, 6), dtype=torch.float64)
+    h0 = torch.randn(layers * (2 if bidir else 1), N, 17, dtype=torch.float64)
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, h0, torch.float64)
+    assert rel_err(out, ref_out) < 1e-9
+    assert rel_err(h_n, ref_h) < 1e-9
+
+
+SIZES = [(1, 1, 1), (4, 5, 3), (3, 17, 17), (2, 5, 33), (3, 17, 33), (2, 5, 130), (2, 17, 130)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("T,N,H", SIZES, ids=[f"T{t}-N{n}-H{h}" for t, n, h in SIZES])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_sizes_and_dtypes(T, N, H, dtype, act):
+    """Awkward sizes reach every kernel variant: elementwise (N < 16) and tl.dot (N >= 16),
+    resident W_hh (small H) and streamed W_hh (H = 130)."""
+    ours, ref = make_pair(7, H, 1, act, bidirectional=True, dtype=dtype)
+    x = torch.randn(T, N, 7, dtype=torch.float64)
+    h0 = torch.randn(2, N, H, dtype=torch.float64) * 0.5
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, h0, dtype)
+    assert out.dtype == dtype and h_n.dtype == dtype
+    assert rel_err(out, ref_out) < TOLERANCE[dtype]
+    assert rel_err(h_n, ref_h) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seqfirst", "batchfirst"])
+def test_unbatched_input(batch_first):
+    ours, ref = make_pair(4, 9, 2, bidirectional=True, batch_first=batch_first,
+                          dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    h0 = torch.randn(4, 9, dtype=torch.float64)
+    for hx in (None, h0):
+        out, h_n, ref_out, ref_h = _run(ours, ref, x, hx, torch.float64)
+        assert out.shape == ref_out.shape == (6, 18) and h_n.shape == ref_h.shape == (4, 9)
+        assert rel_err(out, ref_out) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
+
+
+def test_default_h0_is_zeros():
+    ours, ref = make_pair(3, 5, 2, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, None, torch.float64)
+    assert rel_err(out, ref_out) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seqfirst", "batchfirst"])
+def test_batch_size_zero(batch_first):
+    ours, ref = make_pair(3, 5, 2, bidirectional=True, batch_first=batch_first,
+                          dtype=torch.float64)
+    x = torch.randn((0, 4, 3) if batch_first else (4, 0, 3), dtype=torch.float64)
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, None, torch.float64)
+    assert out.shape == ref_out.shape and h_n.shape == ref_h.shape
+
+
+def test_non_contiguous_input_and_h0():
+    ours, ref = make_pair(5, 17, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(10, 3, 5, dtype=torch.float64)[::2]                      # stride 2 in time
+    h0 = torch.randn(3, 4, 17, dtype=torch.float64).transpose(0, 1)          # (4, 3, 17)
+    assert not x.is_contiguous() and not h0.is_contiguous()
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, h0, torch.float64)
+    assert rel_err(out, ref_out) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
+
+
+def test_dropout_matches_single_layers_with_same_masks():
+    """In training mode dropout is applied to every layer's output except the last, with
+    F.dropout's masks: rebuilding the stack from single-layer nn.RNNs and F.dropout under the
+    same seed must give the same result, on any device."""
+    ours = triton_rnn.RNN(4, 6, 3, dropout=0.5, bidirectional=True).double().to(DEVICE).train()
+    x = torch.randn(5, 3, 4, dtype=torch.float64, device=DEVICE)
+    singles = []  # built before seeding: initialising parameters draws random numbers
+    for layer in range(3):
+        single = nn.RNN(4 if layer == 0 else 12, 6, bidirectional=True).double().to(DEVICE)
+        single.load_state_dict({k.replace(f"_l{layer}", "_l0"): v for k, v in
+                                ours.state_dict().items() if f"_l{layer}" in k})
+        singles.append(single)
+    torch.manual_seed(123)
+    out, h_n = ours(x)
+    torch.manual_seed(123)
+    layer_in, expected_h = x, []
+    for layer, single in enumerate(singles):
+        layer_out, h = single(layer_in)
+        expected_h.append(h)
+        layer_in = torch.nn.functional.dropout(layer_out, 0.5, True) if layer < 2 else layer_out
+    assert rel_err(out, layer_in) < 1e-9
+    assert rel_err(h_n, torch.cat(expected_h)) < 1e-9
+    # The masks really changed something: eval mode (no dropout) gives another result.
+    assert rel_err(ours.eval()(x)[0], out) > 1e-3
+
+
+def test_dropout_identical_to_nn_rnn_on_cpu():
+    """On CPU, nn.RNN draws its dropout masks with the same generator calls in the same order."""
+    ours = triton_rnn.RNN(4, 6, 2, dropout=0.3).double().train()
+    ref = nn.RNN(4, 6, 2, dropout=0.3).double().train()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    torch.manual_seed(7)
+    out, h_n = ours(x)
+    torch.manual_seed(7)
+    ref_out, ref_h = ref(x)
+    assert rel_err(out, ref_out) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
+
+
+def test_reassigned_weights_are_used():
+    ours, ref = make_pair(3, 5, 1, dtype=torch.float64)
+    new_w = torch.randn(5, 5, dtype=torch.float64)
+    ours.weight_hh_l0 = nn.Parameter(new_w.clone().to(DEVICE))
+    ref.weight_hh_l0 = nn.Parameter(new_w.clone())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    out, _, ref_out, _ = _run(ours, ref, x, None, torch.float64)
+    assert rel_err(out, ref_out) < 1e-9
+
+
+def test_functional_call_uses_given_parameters():
+    ours, ref = make_pair(3, 5, 2, dtype=torch.float64)
+    params = {k: torch.randn_like(v) for k, v in ours.named_parameters()}
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    out, h_n = torch.func.functional_call(ours, params, (x.to(DEVICE),))
+    ref_out, ref_h = torch.func.functional_call(
+        ref, {k: v.cpu() for k, v in params.items()}, (x,))
+    assert rel_err(out, ref_out) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+def test_packed_sequence_gives_nn_rnn_result(enforce_sorted):
+    from torch.nn.utils.rnn import pack_padded_sequence
+    ours, ref = make_pair(3, 5, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    lengths = [6, 4, 2] if enforce_sorted else [2, 6, 4]
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    out, h_n = ours(packed.to(DEVICE))
+    ref_out, ref_h = ref(packed)
+    assert torch.equal(out.batch_sizes, ref_out.batch_sizes)
+    assert rel_err(out.data, ref_out.data) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
