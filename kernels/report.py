@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .dispatch import Config, choose
-from .launch import compile_options, kernel_for
+from .launch import compile_options, interpreting, kernel_for
 
 # Per-SM limits of the targets we ship for.
 ARCHS = {
@@ -133,6 +133,10 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     except Exception as exc:  # a compile failure is a finding, not a crash
         regs = stack = shared = 0
         error = f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if cfg.use_dot and min(cfg.BN, cfg.BH) < 16:
+        # Some Triton versions accept this for some dtypes (falling back to FMA), others reject
+        # it: a shipped configuration must compile on all the versions we support.
+        error = error or f"tl.dot with a dimension under 16 (BN={cfg.BN}, block={cfg.BH})"
     per_sm = programs_per_sm(arch, regs, shared, cfg.num_warps) if not error else 0
     if cfg.variant == "resident" and not error:
         w_bytes = cfg.BH * cfg.BH * dtype.itemsize
@@ -141,9 +145,21 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
                programs, per_sm * ARCHS[arch]["sms"], w_hh, error)
 
 
-def table(archs) -> list:
+def table(archs, shapes=None) -> list:
+    """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given."""
+    shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
     return [measure(p, d, H, N, arch) for arch in archs for p in ("forward", "backward")
-            for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
+            for d, H, N in shapes]
+
+
+def _parse_shapes(text: str) -> list:
+    shapes = []
+    for item in text.split(","):
+        dtype, H, N = item.split(":")
+        if dtype not in DTYPES:
+            raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r}; one of {list(DTYPES)}")
+        shapes.append((dtype, int(H), int(N)))
+    return shapes
 
 
 def _print(rows) -> None:
@@ -162,13 +178,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=("90", "80", "all"), default="all")
     parser.add_argument("--json", action="store_true", help="print rows as JSON")
+    parser.add_argument("--shapes", type=_parse_shapes, default=None,
+                        help="dtype:H:batch[,...] instead of the default table, e.g. fp32:128:16")
     args = parser.parse_args(argv)
+    if interpreting():
+        # Under the interpreter the kernels are not compilable JIT functions: run afresh.
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        argv = sys.argv[1:] if argv is None else argv
+        return subprocess.run([sys.executable, "-m", __spec__.name, *argv], env=env).returncode
     archs = sorted(ARCHS, reverse=True) if args.arch == "all" else [int(args.arch)]
-    rows = table(archs)
+    rows = table(archs, args.shapes)
     if args.json:
         print(json.dumps([dict(asdict(r), faults=r.faults) for r in rows], indent=1))
     else:
-        print(choose.__module__ + " rule: see kernels/dispatch.py docstring")
+        print("Variant rule: kernels/dispatch.py. 'spill B' is the compiled stack frame; "
+              "'programs/capacity' is the launch's programs against co-resident capacity "
+              "(only variants whose programs exchange state need all of them co-resident).")
         _print(rows)
     bad = [r for r in rows if r.faults]
     if bad:
