@@ -1,0 +1,111 @@
+"""Measure one RNN configuration: triton_rnn.RNN against torch.nn.RNN (cuDNN), same weights,
+same inputs, in the same process. CUDA only; the numbers are GPU latencies."""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import triton.testing
+from torch import nn
+
+import triton_rnn
+
+DTYPES = {  # name -> (torch dtype, TF32 allowed for cuDNN and for our GEMMs/kernels)
+    "fp32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+}
+# Relative error of our output against nn.RNN's (same dtype) above which a measurement is
+# marked wrong: a fast wrong kernel must not win.
+MATCH_TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 6e-2, "fp16": 1e-2}
+INPUT_SETS = 4  # inputs rotated between calls so caches do not flatter either side
+
+
+@dataclass
+class Case:
+    dtype: str
+    batch: int
+    hidden: int
+    seq: int
+    layers: int
+    directions: int
+
+    def flops(self, mode: str) -> float:
+        """2·T·N·H·(I + H) per layer and direction (I = H here); training counts 3x."""
+        fwd = 2.0 * self.seq * self.batch * self.hidden * 2 * self.hidden
+        fwd *= self.layers * self.directions
+        return fwd * (3 if mode == "training" else 1)
+
+
+def _models(case: Case):
+    dtype, _ = DTYPES[case.dtype]
+    kwargs = dict(input_size=case.hidden, hidden_size=case.hidden, num_layers=case.layers,
+                  bidirectional=case.directions == 2)
+    ours = triton_rnn.RNN(**kwargs).to("cuda", dtype)
+    ref = nn.RNN(**kwargs).to("cuda", dtype)
+    ref.load_state_dict(ours.state_dict())
+    return {"triton_rnn": ours, "nn.RNN": ref}
+
+
+def _step(model, inputs, grads, mode):
+    """A callable running one inference forward or one training step, rotating inputs."""
+    state = {"i": 0}
+
+    def run():
+        i = state["i"] = (state["i"] + 1) % len(inputs)
+        if mode == "inference":
+            with torch.no_grad():
+                model(inputs[i])
+        else:
+            model.zero_grad(set_to_none=True)
+            out, _ = model(inputs[i])
+            out.backward(grads[i])
+    return run
+
+
+def _rel_err(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def measure(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50) -> list:
+    """One row per (mode, implementation): median and 20/80% quantile latencies in ms."""
+    dtype, tf32 = DTYPES[case.dtype]
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    models = _models(case)
+    shape = (case.seq, case.batch, case.hidden)
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(INPUT_SETS)]
+    out_shape = (case.seq, case.batch, case.directions * case.hidden)
+    grads = [torch.randn(out_shape, device="cuda", dtype=dtype) for _ in range(INPUT_SETS)]
+    with torch.no_grad():
+        err = _rel_err(models["triton_rnn"](inputs[0])[0], models["nn.RNN"](inputs[0])[0])
+    rows = []
+    for mode in modes:
+        for name, model in models.items():
+            med, lo, hi = triton.testing.do_bench(_step(model, inputs, grads, mode),
+                                                  warmup=warmup_ms, rep=rep_ms,
+                                                  quantiles=[0.5, 0.2, 0.8])
+            rows.append(dict(asdict(case), mode=mode, impl=name, ms=med, ms_p20=lo, ms_p80=hi,
+                             us_per_step=1e3 * med / case.seq,
+                             tflops=case.flops(mode) / (med * 1e-3) / 1e12,
+                             rel_err_vs_nn_rnn=err,
+                             matches=bool(err < MATCH_TOLERANCE[case.dtype])))
+    return rows
+
+
+def sweep_cases(batches, hiddens, seqs, layers, directions, dtypes) -> list:
+    return [Case(d, b, h, t, nl, nd) for d in dtypes for nl in layers for nd in directions
+            for t in seqs for h in hiddens for b in batches]
+
+
+def environment() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return dict(gpu=props.name, sm_count=props.multi_processor_count,
+                torch=torch.__version__, triton=triton.__version__,
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+
+
+def geomean(values) -> float:
+    values = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")

@@ -1,0 +1,63 @@
+"""GPU validation in one command, for a machine with a CUDA GPU and no network:
+
+    python perf/gpu_check.py [latency.py options, e.g. --quick]
+
+1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
+2. the kernel resource report for sm_90/sm_80 (report.log);
+3. the latency sweep (perf/latency.py, default sweep unless options narrow it);
+4. summary.md beside them. Commit the folder it prints.
+"""
+import datetime
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd, log: Path, env=None) -> int:
+    print("$", " ".join(map(str, cmd)), f"> {log}", flush=True)
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    tail = log.read_text().strip().splitlines()[-1:] or [""]
+    print(f"  exit {proc.returncode}: {tail[0]}", flush=True)
+    return proc.returncode
+
+
+def main(argv) -> int:
+    if not torch.cuda.is_available():
+        print("No CUDA GPU found: gpu_check needs one (run the tests with python -m pytest).")
+        return 1
+    gpu = torch.cuda.get_device_name(0)
+    date = datetime.date.today().isoformat()
+    out = ROOT / "perf" / "results" / f"{re.sub(r'[^A-Za-z0-9]+', '-', gpu)}_{date}"
+    out.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    codes = {
+        "tests": _run([sys.executable, "-m", "pytest", "-q", "-rs"], out / "tests.log", env),
+        "report": _run([sys.executable, "-m", "triton_rnn.kernels.report"], out / "report.log",
+                       env),
+        "latency": _run([sys.executable, "perf/latency.py", "--out", str(out), *argv],
+                        out / "latency.log", env),
+    }
+    lines = [f"# GPU validation: {gpu}, {date}", "",
+             f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+             f"cuDNN {torch.backends.cudnn.version()}", ""]
+    for name, code in codes.items():
+        tail = (out / f"{name}.log").read_text().strip().splitlines()[-1:] or [""]
+        lines.append(f"- {name}: {'PASS' if code == 0 else f'FAIL (exit {code})'}: {tail[0]}")
+    speedup = out / "speedup.md"
+    if speedup.exists():
+        lines += ["", speedup.read_text()]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:8]))
+    print(f"Results to commit: {out.relative_to(ROOT)}")
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

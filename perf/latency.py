@@ -1,0 +1,150 @@
+"""Latency of triton_rnn.RNN against torch.nn.RNN (cuDNN): the project's main job.
+
+    python perf/latency.py [--quick] [--batch 1 16 ...] [--hidden ...] [--seq ...] ...
+
+On a CUDA GPU: measures inference (no_grad forward) and a training step (forward + backward)
+of both, same weights and inputs, over the sweep; checks every measured output against
+nn.RNN; saves raw numbers with the GPU's name and versions under perf/results/<gpu>_<date>/,
+prints and saves a speedup table (Markdown) and draws the plots.
+Without a GPU: says so, checks the kernels once through Triton's interpreter against nn.RNN,
+and redraws the plots of the most recent recorded GPU results. It never times the CPU.
+"""
+import os
+import sys
+
+import torch
+
+HAS_GPU = torch.cuda.is_available()
+if not HAS_GPU:
+    print("No CUDA GPU found: nothing will be timed. Checking the kernels through Triton's "
+          "interpreter instead, then redrawing the most recent recorded GPU results.",
+          flush=True)
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton_rnn is imported
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plots  # noqa: E402
+
+DEFAULT_SWEEP = dict(batch=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+                     hidden=[128, 256, 512, 1024, 2048, 4096], seq=[16, 128, 1024],
+                     layers=[1, 2], directions=[1, 2], dtypes=["fp32", "tf32", "bf16", "fp16"])
+QUICK_SWEEP = dict(batch=[1, 16, 64], hidden=[128, 512, 2048], seq=[128], layers=[1],
+                   directions=[1], dtypes=["tf32", "bf16"])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a small sweep: " + str(QUICK_SWEEP))
+    for name, values in DEFAULT_SWEEP.items():
+        kind = str if name == "dtypes" else int
+        p.add_argument(f"--{name}", nargs="+", type=kind, default=None,
+                       help=f"default {values}")
+    p.add_argument("--modes", nargs="+", default=["inference", "training"],
+                   choices=["inference", "training"])
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default perf/results/<gpu>_<date>)")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    base = QUICK_SWEEP if args.quick else DEFAULT_SWEEP
+    for name in DEFAULT_SWEEP:
+        if getattr(args, name) is None:
+            setattr(args, name, base[name])
+    return args
+
+
+def interpreter_check() -> bool:
+    """Forward and gradients of the Triton kernels (interpreted) against nn.RNN in float64."""
+    import triton_rnn
+    torch.manual_seed(0)
+    ok = True
+    for N, H in ((3, 17), (17, 33), (2, 130)):
+        ours = triton_rnn.RNN(5, H, 2, bidirectional=True).double()
+        ref = torch.nn.RNN(5, H, 2, bidirectional=True).double()
+        ref.load_state_dict(ours.state_dict())
+        x = torch.randn(4, N, 5, dtype=torch.float64)
+        errs = []
+        for model in (ours, ref):
+            model.zero_grad()
+            out, h_n = model(x)
+            (out.sum() + h_n.sum()).backward()
+            errs.append([out, h_n] + [p.grad for p in model.parameters()])
+        worst = max(((a - b).norm() / b.norm()).item() for a, b in zip(*errs))
+        good = worst < 1e-9
+        ok &= good
+        print(f"  interpreter check N={N:3d} H={H:4d} (2 layers, bidirectional, fwd+grads): "
+              f"max relative error vs nn.RNN {worst:.1e} {'ok' if good else 'MISMATCH'}")
+    return ok
+
+
+def redraw_latest() -> None:
+    path = plots.latest_results()
+    if path is None:
+        print("No recorded GPU results under perf/results/ yet.")
+        return
+    results = json.loads(path.read_text())
+    print(f"Redrawing recorded GPU results: {results['environment']['gpu']}, "
+          f"{results['date']} ({path.parent.name})")
+    print(plots.markdown(results))
+    for p in plots.draw(results, path.parent):
+        print(f"  wrote {p}")
+
+
+def _progress(items):
+    try:
+        from tqdm import tqdm
+        return tqdm(items, unit="case")
+    except ImportError:
+        def gen():
+            for i, item in enumerate(items, 1):
+                print(f"[{i}/{len(items)}] {item}", flush=True)
+                yield item
+        return gen()
+
+
+def run_sweep(args) -> Path:
+    import bench
+    env = bench.environment()
+    date = datetime.date.today().isoformat()
+    out = args.out or plots.RESULTS_DIR / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['gpu'])}_{date}"
+    out.mkdir(parents=True, exist_ok=True)
+    cases = bench.sweep_cases(args.batch, args.hidden, args.seq, args.layers, args.directions,
+                              args.dtypes)
+    results = dict(environment=env, date=date, rows=[], failures=[])
+    for case in _progress(cases):
+        try:
+            results["rows"] += bench.measure(case, args.modes)
+        except torch.cuda.OutOfMemoryError:
+            results["failures"].append(dict(case=vars(case), error="out of memory"))
+            torch.cuda.empty_cache()
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # after every case
+    table = plots.markdown(results)
+    (out / "speedup.md").write_text(table + "\n")
+    print(table)
+    mismatches = [r for r in results["rows"] if not r["matches"]]
+    if mismatches:
+        print(f"WARNING: {len(mismatches)} measured outputs did not match nn.RNN (see "
+              "rel_err_vs_nn_rnn in results.json)")
+    if not args.no_plots:
+        for p in plots.draw(results, out):
+            print(f"wrote {p}")
+    print(f"results: {out}")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if HAS_GPU:
+        run_sweep(args)
+        return 0
+    ok = interpreter_check()
+    redraw_latest()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Plots and Markdown tables drawn from recorded results (perf/results/<gpu>_<date>/results.json).
+
+Everything here reads saved numbers only, so a machine without a GPU can redraw what a GPU
+measured, labelled with that GPU and date."""
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+IMPLS = ("triton_rnn", "nn.RNN")
+MODES = ("inference", "training")
+
+
+def latest_results(results_dir: Path = RESULTS_DIR):
+    """Path of the most recently recorded results.json, or None."""
+    found = sorted(results_dir.glob("*/results.json"),
+                   key=lambda p: (json.loads(p.read_text()).get("date", ""), p.stat().st_mtime))
+    return found[-1] if found else None
+
+
+def _key(row):
+    return (row["dtype"], row["batch"], row["hidden"], row["seq"], row["layers"],
+            row["directions"], row["mode"])
+
+
+def speedups(rows) -> dict:
+    """(dtype, batch, hidden, seq, layers, directions, mode) -> nn.RNN ms / triton_rnn ms."""
+    by_impl = defaultdict(dict)
+    for r in rows:
+        by_impl[_key(r)][r["impl"]] = r
+    return {k: v["nn.RNN"]["ms"] / v["triton_rnn"]["ms"] for k, v in by_impl.items()
+            if set(IMPLS) <= v.keys()}
+
+
+def _geomean(values):
+    values = [v for v in values if v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def _closest(values, target):
+    return min(values, key=lambda v: (abs(math.log(v / target)), v))
+
+
+def markdown(results: dict) -> str:
+    env, rows = results["environment"], results["rows"]
+    sp = speedups(rows)
+    wrong = {_key(r) for r in rows if not r["matches"]}
+    lines = [f"Speedup of triton_rnn.RNN over torch.nn.RNN (cuDNN) on {env['gpu']}, "
+             f"{results['date']} (torch {env['torch']}, triton {env['triton']}, CUDA "
+             f"{env['cuda']}, cuDNN {env['cudnn']}). Speedup = nn.RNN latency / ours; > 1 is "
+             "faster.", "",
+             "| dtype | mode | cases | geomean | min | max | slower cases | output mismatches |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dtype in sorted({k[0] for k in sp}):
+        for mode in MODES:
+            vals = [v for k, v in sp.items() if k[0] == dtype and k[6] == mode]
+            if not vals:
+                continue
+            bad = sum(1 for k in wrong if k[0] == dtype and k[6] == mode)
+            lines.append(f"| {dtype} | {mode} | {len(vals)} | {_geomean(vals):.2f}x | "
+                         f"{min(vals):.2f}x | {max(vals):.2f}x | {sum(v < 1 for v in vals)} | "
+                         f"{bad} |")
+    for mode in MODES:
+        cells = {k: v for k, v in sp.items() if k[6] == mode}
+        if not cells:
+            continue
+        seq = _closest(sorted({k[3] for k in cells}), 128)
+        sub = {k: v for k, v in cells.items() if k[3] == seq and k[4] == 1 and k[5] == 1}
+        hiddens = sorted({k[2] for k in sub})
+        lines += ["", f"{mode}, T = {seq}, 1 layer, unidirectional: speedup by batch (rows) "
+                  "and hidden size (columns)", ""]
+        for dtype in sorted({k[0] for k in sub}):
+            lines += [f"**{dtype}**", "", "| batch | " + " | ".join(map(str, hiddens)) + " |",
+                      "|---" * (len(hiddens) + 1) + "|"]
+            for batch in sorted({k[1] for k in sub if k[0] == dtype}):
+                row = [sub.get((dtype, batch, h, seq, 1, 1, mode)) for h in hiddens]
+                lines.append(f"| {batch} | " + " | ".join(
+                    "-" if v is None else f"{v:.2f}" for v in row) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _series(rows, vary, fixed):
+    """{(impl, mode): [(x, ms, p20, p80)]} over `vary` with the other keys at `fixed`."""
+    out = defaultdict(list)
+    for r in rows:
+        if all(r[k] == v for k, v in fixed.items()):
+            out[(r["impl"], r["mode"])].append((r[vary], r["ms"], r["ms_p20"], r["ms_p80"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def draw(results: dict, out_dir: Path) -> list:
+    """Write the latency and speedup plots as PNGs into out_dir; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env, rows = results["environment"], results["rows"]
+    label = f"{env['gpu']}, {results['date']}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtypes = sorted({r["dtype"] for r in rows})
+    axes_values = {k: sorted({r[k] for r in rows}) for k in ("batch", "hidden", "seq")}
+    defaults = {"batch": _closest(axes_values["batch"], 16),
+                "hidden": _closest(axes_values["hidden"], 512),
+                "seq": _closest(axes_values["seq"], 128), "layers": 1, "directions": 1}
+    paths = []
+    for vary, xlabel in (("batch", "batch size"), ("hidden", "hidden size"),
+                         ("seq", "sequence length T")):
+        fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 4), squeeze=False)
+        fixed_desc = ", ".join(f"{k}={v}" for k, v in defaults.items() if k != vary)
+        for ax, dtype in zip(axes[0], dtypes):
+            fixed = {k: v for k, v in defaults.items() if k != vary}
+            fixed["dtype"] = dtype
+            for (impl, mode), pts in sorted(_series(rows, vary, fixed).items()):
+                xs, ms, lo, hi = zip(*pts)
+                style = "-" if mode == "inference" else "--"
+                color = "tab:blue" if impl == "triton_rnn" else "tab:orange"
+                ax.plot(xs, ms, style, marker="o", color=color, label=f"{impl} {mode}")
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
+            ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="latency (ms)",
+                   title=dtype)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Latency vs {xlabel} - {label}\n({fixed_desc}; median, 20-80% band)")
+        fig.tight_layout()
+        path = out_dir / f"latency_vs_{vary}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+    sp = speedups(rows)
+    seq = defaults["seq"]
+    fig, axes = plt.subplots(len(MODES), len(dtypes), figsize=(4.5 * len(dtypes), 8),
+                             squeeze=False)
+    for i, mode in enumerate(MODES):
+        for j, dtype in enumerate(dtypes):
+            ax = axes[i][j]
+            bs, hs = axes_values["batch"], axes_values["hidden"]
+            grid = [[sp.get((dtype, b, h, seq, 1, 1, mode), float("nan")) for h in hs]
+                    for b in bs]
+            # Log colour scale centred on 1x: equal steps for 2x faster and 2x slower.
+            im = ax.imshow(grid, cmap="RdYlGn", origin="lower",
+                           norm=matplotlib.colors.LogNorm(vmin=0.25, vmax=4.0))
+            for bi in range(len(bs)):
+                for hi in range(len(hs)):
+                    if not math.isnan(grid[bi][hi]):
+                        ax.text(hi, bi, f"{grid[bi][hi]:.1f}", ha="center", va="center",
+                                fontsize=7)
+            ax.set(xticks=range(len(hs)), xticklabels=hs, yticks=range(len(bs)),
+                   yticklabels=bs, xlabel="hidden size", ylabel="batch",
+                   title=f"{dtype} {mode}")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"Speedup over nn.RNN - {label}\n(x, > 1 is faster; T={seq}, 1 layer, "
+                 "unidirectional)")
+    fig.tight_layout()
+    path = out_dir / "speedup_heatmap.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
