@@ -1,5 +1,8 @@
 """triton-rnn: drop-in torch.nn.RNN whose recurrence runs in persistent Triton kernels."""
+from .compile_support import allow_dynamo_to_trace
 from .rnn import RNN, convert
+
+allow_dynamo_to_trace(RNN)
 
 __all__ = ["RNN", "convert"]
 __version__ = "0.1.0"

@@ -10,6 +10,22 @@ _SCALAR_NAME = {torch.float64: "Double", torch.float32: "Float", torch.float16: 
                 torch.bfloat16: "BFloat16"}
 
 
+def _autocast_dtype(device_type: str):
+    """The autocast dtype if autocast is on for this device type, else None."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _cast(t, dtype):
+    """Autocast's rule: floating-point tensors other than float64 go to the autocast dtype."""
+    if isinstance(t, list):
+        return [_cast(w, dtype) for w in t]
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 class RNN(nn.RNN):
     """Drop-in replacement for torch.nn.RNN: same constructor, parameters, initialisation,
     state_dict, shapes and errors. Only `forward` differs: each layer's input projection is one
@@ -38,6 +54,16 @@ class RNN(nn.RNN):
 
         weights = [getattr(self, name) for name in self._flat_weights_names]
         self._check_args(input, hx, weights)
+        autocast_dtype = _autocast_dtype(input.device.type)
+        if autocast_dtype is not None:
+            # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
+            # lower-precision list): cast once here, then run without autocast.
+            input, hx, weights = (_cast(t, autocast_dtype) for t in (input, hx, weights))
+            with torch.autocast(input.device.type, enabled=False):
+                return self._forward_checked(input, hx, weights, is_batched, batch_dim)
+        return self._forward_checked(input, hx, weights, is_batched, batch_dim)
+
+    def _forward_checked(self, input, hx, weights, is_batched, batch_dim):
         x = input.transpose(0, 1) if self.batch_first else input  # (T, N, I)
         if hx is None:
             hx = x.new_zeros((self.num_layers * self._directions(), x.shape[1],
@@ -66,7 +92,8 @@ class RNN(nn.RNN):
                 raise RuntimeError("Input and parameter tensors are not at the same device, "
                                    f"found input tensor at {input.device} and parameter tensor "
                                    f"at {w.device}")
-        if hx is not None and hx.dtype != weights[0].dtype:
+        if hx is not None and hx.dtype != weights[0].dtype and \
+                _autocast_dtype(input.device.type) is None:
             raise RuntimeError(
                 f"mat1 and mat2 must have the same dtype, but got "
                 f"{_SCALAR_NAME.get(hx.dtype, hx.dtype)} and "

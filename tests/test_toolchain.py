@@ -1,0 +1,227 @@
+"""triton_rnn.RNN with PyTorch's toolchain: torch.compile, custom-op checks, autocast,
+deterministic mode, DistributedDataParallel / FSDP, CUDA graphs."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import triton_rnn
+from conftest import CUDA, DEVICE
+from helpers import make_pair, rel_err
+from triton_rnn.ops import recurrence, recurrence_backward
+
+
+class Model(nn.Module):
+    """An RNN inside a model, as users have it."""
+
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        self.embed = nn.Linear(3, 6)
+        self.rnn = triton_rnn.RNN(6, 9, 2, batch_first=True, bidirectional=True,
+                                  dropout=dropout)
+        self.head = nn.Linear(18, 2)
+
+    def forward(self, x):
+        out, h_n = self.rnn(torch.tanh(self.embed(x)))
+        return self.head(out).sum() + h_n.pow(2).sum()
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad()
+    loss = model(x)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("train_dropout", [False, True], ids=["eval", "train-dropout"])
+def test_compile_fullgraph_forward_and_backward(train_dropout):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Model(dropout=0.3).double().to(DEVICE).train(train_dropout)
+    x = torch.randn(4, 5, 3, dtype=torch.float64, device=DEVICE)
+    torch.manual_seed(1)
+    eager = _loss_and_grads(model, x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # fails on a break
+    torch.manual_seed(1)
+    got = _loss_and_grads(compiled, x)
+    assert rel_err(got[0], eager[0]) < 1e-9
+    for g, e in zip(got[1], eager[1]):
+        assert rel_err(g, e) < 1e-9
+
+
+def test_compile_does_not_unlock_plain_nn_rnn():
+    """Our Dynamo adjustment is scoped to triton_rnn.RNN: nn.RNN still graph-breaks as before."""
+    torch._dynamo.reset()
+    compiled = torch.compile(nn.RNN(3, 4), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="RNN"):
+        compiled(torch.randn(2, 1, 3))
+
+
+OPCHECK_SHAPES = [(3, 2, 5, 2, torch.float64), (2, 17, 130, 1, torch.float32)]
+
+
+@pytest.mark.parametrize("T,N,H,D,dtype", OPCHECK_SHAPES,
+                         ids=[f"T{s[0]}-N{s[1]}-H{s[2]}-D{s[3]}" for s in OPCHECK_SHAPES])
+def test_opcheck(T, N, H, D, dtype):
+    kw = dict(dtype=dtype, device=DEVICE)
+    proj = torch.randn(T, N, D * H, **kw, requires_grad=True)
+    h0 = torch.randn(D, N, H, **kw, requires_grad=True)
+    w = (torch.randn(D, H, H, **kw) / H ** 0.5).requires_grad_()
+    torch.library.opcheck(recurrence, (proj, h0, w, False, False))
+    out = recurrence(proj, h0, w, True, False).detach()
+    torch.library.opcheck(recurrence_backward, (torch.randn_like(out), out, w.detach(), True,
+                                                False))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_gives_nn_rnns_dtype(dtype):
+    torch.manual_seed(0)
+    ours = triton_rnn.RNN(4, 6, 2, bidirectional=True).to(DEVICE)
+    ref = nn.RNN(4, 6, 2, bidirectional=True).to(DEVICE)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 4, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=dtype):
+        out, h_n = ours(x)
+        ref_out, ref_h = ref(x)
+    assert (out.dtype, h_n.dtype) == (ref_out.dtype, ref_h.dtype) == (dtype, dtype)
+    assert rel_err(out, ref_out) < 3e-2 and rel_err(h_n, ref_h) < 3e-2
+    out.float().sum().backward()
+    assert ours.weight_hh_l0.grad.dtype == torch.float32  # master weights keep their dtype
+
+
+def test_deterministic_mode_bitwise_repeatable():
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = Model().to(DEVICE)
+        x = torch.randn(17, 5, 3, device=DEVICE)
+        first, second = _loss_and_grads(model, x), _loss_and_grads(model, x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _distributed_worker(rank, world, port, x, result_path):
+    os.environ["TRITON_INTERPRET"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        torch.manual_seed(0)
+        ddp = nn.parallel.DistributedDataParallel(Model().double())
+        ddp(x[rank::world]).backward()  # DDP averages gradients over ranks
+        grads = {"ddp": [p.grad.clone() for p in ddp.module.parameters()]}
+
+        from torch.distributed.fsdp import fully_shard
+        torch.manual_seed(0)
+        sharded = Model().double()
+        fully_shard(sharded.rnn)
+        fully_shard(sharded)
+        sharded(x[rank::world]).backward()  # so does FSDP
+        grads["fsdp"] = [p.grad.full_tensor() for p in sharded.parameters()]
+        if rank == 0:
+            torch.save(grads, result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_and_fsdp_gradients_equal_single_process(tmp_path):
+    """Two gloo processes on localhost, each with half the batch: the averaged gradients must
+    equal a single process's gradients of the average of the two half-batch losses."""
+    x = torch.randn(6, 5, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    single = Model().double()
+    single(x[0::2]).div(2).backward()  # the same per-rank losses, averaged in one process
+    single(x[1::2]).div(2).backward()
+    expected = [p.grad for p in single.parameters()]
+    path = tmp_path / "grads.pt"
+    mp.spawn(_distributed_worker, args=(2, _free_port(), x, str(path)), nprocs=2, join=True)
+    grads = torch.load(path)
+    for kind in ("ddp", "fsdp"):
+        assert len(grads[kind]) == len(expected)
+        for g, e in zip(grads[kind], expected):
+            assert rel_err(g, e) < 1e-12, kind
+
+
+# ----- GPU only: CUDA graphs ------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
+
+
+def _capture(fn):
+    """Warm fn up on a side stream (compiles kernels, allocates), then capture it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = fn()
+    return graph, result
+
+
+@needs_cuda
+def test_cuda_graph_inference_matches_eager():
+    model, _ = make_pair(8, 33, 2, bidirectional=True, dtype=torch.float32)
+    static_x = torch.randn(12, 5, 8, device="cuda")
+    with torch.no_grad():
+        graph, (static_out, static_h) = _capture(lambda: model(static_x))
+        for _ in range(2):
+            static_x.copy_(torch.randn_like(static_x))
+            graph.replay()
+            out, h_n = model(static_x)
+            assert torch.equal(static_out, out) and torch.equal(static_h, h_n)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dropout", [0.0, 1.0], ids=["no-dropout", "dropout-all"])
+def test_cuda_graph_training_step_matches_eager(dropout):
+    """A captured forward + backward gives eager's loss and gradients on new data. With
+    dropout = 1 the dropped layer's output is exactly zero, so the dropout path is captured and
+    the result is still deterministic."""
+    torch.manual_seed(0)
+    model = Model(dropout=dropout).cuda().train()
+    static_x = torch.randn(16, 7, 3, device="cuda")
+
+    def step():
+        model.zero_grad(set_to_none=False)
+        loss = model(static_x)
+        loss.backward()
+        return loss
+
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    graph, static_loss = _capture(step)
+    for _ in range(2):
+        static_x.copy_(torch.randn_like(static_x))
+        graph.replay()
+        captured = [p.grad.clone() for p in model.parameters()]
+        eager_loss = step()
+        assert rel_err(static_loss, eager_loss) < 1e-6
+        for g, p in zip(captured, model.parameters()):
+            assert rel_err(g, p.grad) < 1e-6
+
+
+@needs_cuda
+def test_cuda_graph_dropout_draws_new_masks_each_replay():
+    torch.manual_seed(0)
+    model = Model(dropout=0.5).cuda().train()
+    static_x = torch.randn(16, 7, 3, device="cuda")
+    with torch.no_grad():
+        graph, static_loss = _capture(lambda: model(static_x))
+        losses = []
+        for _ in range(3):
+            graph.replay()
+            losses.append(static_loss.item())
+    assert len(set(losses)) == 3 and all(torch.isfinite(torch.tensor(losses)))
