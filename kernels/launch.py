@@ -41,7 +41,7 @@ def kernel_for(pass_: str, variant: str):
 
 
 def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: bool,
-                    interpreter: bool = False) -> dict:
+                    has_lengths: bool = False, interpreter: bool = False) -> dict:
     """Constexpr arguments and launch options: shared by the launchers and the resource report,
     so the report compiles exactly what runs."""
     dot_dtype = _TL_DTYPE[dtype]
@@ -49,7 +49,7 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
         dot_dtype = tl.float32  # the interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32
     block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
     return dict(
-        ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block,
+        ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, HAS_LENGTHS=has_lengths, **block,
         ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         DOT_DTYPE=dot_dtype,
         PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
@@ -66,7 +66,8 @@ def _weight_operand(w_hh: torch.Tensor, transpose: bool):
     return (s_d, s_col, s_row) if transpose else (s_d, s_row, s_col)
 
 
-def recurrence_forward(proj, h0, w_hh, relu: bool, allow_tf32: bool) -> torch.Tensor:
+def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) -> torch.Tensor:
+    """lengths: None, or (N,) int32 per-sequence lengths on the device (variable-length batch)."""
     T, N, _ = proj.shape
     D, _, H = h0.shape
     out = _empty(like=proj)
@@ -77,23 +78,25 @@ def recurrence_forward(proj, h0, w_hh, relu: bool, allow_tf32: bool) -> torch.Te
     cfg = choose(H, N, proj.dtype)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("forward", cfg.variant)
-    options = compile_options(cfg, proj.dtype, relu, allow_tf32, interpreting())
+    options = compile_options(cfg, proj.dtype, relu, allow_tf32, lengths is not None,
+                              interpreting())
+    p_len = proj if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=True)
     if cfg.variant == "resident":
         kernel[grid](
-            proj, h0, w_hh, out, T, N, H, proj.stride(0), proj.stride(1),
+            proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
             h0.stride(0), h0.stride(1), *w_strides, out.stride(0), out.stride(1), **options)
     else:
         acc_dtype = torch.float64 if proj.dtype == torch.float64 else torch.float32
         state = _empty((D, 2, N, H), dtype=acc_dtype, device=proj.device)
         state[:, 1] = h0
         kernel[grid](
-            proj, w_hh, out, state, T, N, H, proj.stride(0), proj.stride(1),
+            proj, w_hh, out, state, p_len, T, N, H, proj.stride(0), proj.stride(1),
             *w_strides, out.stride(0), out.stride(1), *state.stride()[:3], **options)
     return out
 
 
-def recurrence_backward(dout, out, w_hh, relu: bool, allow_tf32: bool):
+def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
     """Returns (dz, dh0): dz_t = dL/d(proj_t) for every step, dh0 = dL/dh0."""
     T, N, DH = out.shape
     D, H = w_hh.shape[0], w_hh.shape[1]
@@ -106,17 +109,19 @@ def recurrence_backward(dout, out, w_hh, relu: bool, allow_tf32: bool):
     cfg = choose(H, N, out.dtype)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("backward", cfg.variant)
-    options = compile_options(cfg, out.dtype, relu, allow_tf32, interpreting())
+    options = compile_options(cfg, out.dtype, relu, allow_tf32, lengths is not None,
+                              interpreting())
+    p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=False)
     if cfg.variant == "resident":
         kernel[grid](
-            dout, out, w_hh, dz, dh0, T, N, H, out.stride(0), out.stride(1),
+            dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),
             *w_strides, dh0.stride(0), dh0.stride(1), **options)
     else:
         acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
         state = torch.zeros((D, 2, N, H), dtype=acc_dtype, device=out.device)
         kernel[grid](
-            dout, out, w_hh, dz, state, T, N, H, out.stride(0), out.stride(1),
+            dout, out, w_hh, dz, state, p_len, T, N, H, out.stride(0), out.stride(1),
             *w_strides, *state.stride()[:3], **options)
         dh0.copy_(state[:, (T - 1) % 2])
     return dz, dh0

@@ -68,16 +68,26 @@ def time_index(t, T, i_d, BACKWARD_IN_TIME: tl.constexpr):
         return t + i_d * (T - 1 - 2 * t)
 
 
+@triton.jit
+def active(tt, b_len):
+    """(BN, 1) mask of the rows for which step tt lies inside their sequence.
+
+    Variable-length (packed) batches: a sequence holds its state outside its own steps, so
+    forward it keeps its last state to the end, and in reverse it starts from h0 at its own
+    last element; the backward pass passes gradients through held steps unchanged."""
+    return (tt < b_len)[:, None]
+
+
 @triton.jit(do_not_specialize=["T"])
 def rnn_forward_resident_kernel(
-    p_proj, p_h0, p_b, p_out,
+    p_proj, p_h0, p_b, p_out, p_len,
     T, N, H,
     s_pt, s_pn,          # proj (T, N, D*H): time and batch strides, features contiguous
     s_hd, s_hn,          # h0 (D, N, H)
     s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
     s_ot, s_on,          # out (T, N, D*H)
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     i_d = tl.program_id(1).to(tl.int64)
@@ -86,6 +96,8 @@ def rnn_forward_resident_kernel(
     m_n = o_n < N
     m_h = o_h < H
     m_nh = m_n[:, None] & m_h[None, :]
+    if HAS_LENGTHS:
+        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
     # Padded rows/columns load as zero, so padded features of h stay act(0) = 0.
     b_b = tl.load(p_b + i_d * s_bd + o_h[:, None] * s_bk + o_h[None, :] * s_bj,
@@ -97,19 +109,23 @@ def rnn_forward_resident_kernel(
     for t in range(T):
         tt = time_index(t, T, i_d, False)
         b_p = tl.load(p_proj + tt * s_pt + o_p, mask=m_nh, other=0.0).to(ACC)
-        b_h = activate(b_p + mix(b_h, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION), ACT)
+        b_new = activate(b_p + mix(b_h, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION), ACT)
+        if HAS_LENGTHS:
+            b_h = tl.where(active(tt, b_len), b_new, b_h)
+        else:
+            b_h = b_new
         tl.store(p_out + tt * s_ot + o_o, b_h.to(p_out.dtype.element_ty), mask=m_nh)
 
 
 @triton.jit(do_not_specialize=["T"])
 def rnn_backward_resident_kernel(
-    p_dout, p_out, p_b, p_dz, p_dh0,
+    p_dout, p_out, p_b, p_dz, p_dh0, p_len,
     T, N, H,
     s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
     s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
     s_hd, s_hn,          # dh0 (D, N, H)
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     i_d = tl.program_id(1).to(tl.int64)
@@ -118,6 +134,8 @@ def rnn_backward_resident_kernel(
     m_n = o_n < N
     m_h = o_h < H
     m_nh = m_n[:, None] & m_h[None, :]
+    if HAS_LENGTHS:
+        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
     b_b = tl.load(p_b + i_d * s_bd + o_h[:, None] * s_bk + o_h[None, :] * s_bj,
                   mask=m_h[:, None] & m_h[None, :], other=0.0)
@@ -128,7 +146,11 @@ def rnn_backward_resident_kernel(
         b_g = tl.load(p_dout + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC) + b_c
         b_y = tl.load(p_out + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
         b_dz = activation_grad(b_g, b_y, ACT)
+        if HAS_LENGTHS:
+            b_dz = tl.where(active(tt, b_len), b_dz, 0.0)
         tl.store(p_dz + tt * s_t + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nh)
         b_c = mix(b_dz, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
+        if HAS_LENGTHS:  # a held step passes its gradient through unchanged
+            b_c = tl.where(active(tt, b_len), b_c, b_g)
     tl.store(p_dh0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],
              b_c.to(p_dh0.dtype.element_ty), mask=m_nh)

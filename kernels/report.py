@@ -46,6 +46,7 @@ _PTR_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16
 class Row:
     arch: int
     pass_: str
+    batch_kind: str  # "padded" or "packed" (per-sequence lengths)
     dtype: str
     H: int
     N: int
@@ -80,6 +81,8 @@ def _signature(kernel, dtype: torch.dtype, consts: dict) -> dict:
             sig[name] = "constexpr"
         elif name == "p_state":
             sig[name] = "*" + acc
+        elif name == "p_len":
+            sig[name] = "*i32"
         elif name.startswith("p_"):
             sig[name] = "*" + _PTR_TYPE[dtype]
         else:
@@ -92,9 +95,11 @@ def _cuobjdump() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def compile_resources(pass_: str, cfg: Config, dtype: torch.dtype, arch: int):
+def compile_resources(pass_: str, cfg: Config, dtype: torch.dtype, arch: int,
+                      has_lengths: bool = False):
     """(registers, stack bytes, shared bytes) of one compiled configuration; raises on failure."""
-    options = compile_options(cfg, dtype, relu=False, allow_tf32=dtype == torch.float32)
+    options = compile_options(cfg, dtype, relu=False, allow_tf32=dtype == torch.float32,
+                              has_lengths=has_lengths)
     launch = {k: options.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in options}
     kernel = kernel_for(pass_, cfg.variant)
     src = ASTSource(kernel, _signature(kernel, dtype, options), constexprs=options)
@@ -119,7 +124,8 @@ def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
     return min(by_regs, by_smem, by_threads, limits["max_blocks_per_sm"])
 
 
-def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1) -> Row:
+def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1,
+            packed: bool = False) -> Row:
     dtype = DTYPES[dtype_name]
     cfg = choose(H, N, dtype)
     programs = triton.cdiv(N, cfg.BN) * directions
@@ -128,7 +134,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     else:
         w_hh = "on-chip"
     try:
-        regs, stack, shared = compile_resources(pass_, cfg, dtype, arch)
+        regs, stack, shared = compile_resources(pass_, cfg, dtype, arch, packed)
         error = ""
     except Exception as exc:  # a compile failure is a finding, not a crash
         regs = stack = shared = 0
@@ -141,15 +147,15 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     if cfg.variant == "resident" and not error:
         w_bytes = cfg.BH * cfg.BH * dtype.itemsize
         w_hh = "on-chip (shared memory)" if shared >= w_bytes else "on-chip (registers)"
-    return Row(arch, pass_, dtype_name, H, N, cfg.describe(), regs, stack, shared, per_sm,
+    return Row(arch, pass_, "packed" if packed else "padded", dtype_name, H, N, cfg.describe(), regs, stack, shared, per_sm,
                programs, per_sm * ARCHS[arch]["sms"], w_hh, error)
 
 
 def table(archs, shapes=None) -> list:
     """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given."""
     shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
-    return [measure(p, d, H, N, arch) for arch in archs for p in ("forward", "backward")
-            for d, H, N in shapes]
+    return [measure(p, d, H, N, arch, packed=packed) for arch in archs
+            for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes]
 
 
 def _parse_shapes(text: str) -> list:
@@ -163,9 +169,9 @@ def _parse_shapes(text: str) -> list:
 
 
 def _print(rows) -> None:
-    head = ("arch", "pass", "dtype", "H", "N", "configuration", "regs", "spill B", "smem B",
+    head = ("arch", "pass", "batch", "dtype", "H", "N", "configuration", "regs", "spill B", "smem B",
             "prog/SM", "programs/capacity", "W_hh", "faults")
-    lines = [head] + [(f"sm_{r.arch}", r.pass_, r.dtype, r.H, r.N, r.config, r.registers,
+    lines = [head] + [(f"sm_{r.arch}", r.pass_, r.batch_kind, r.dtype, r.H, r.N, r.config, r.registers,
                        r.spilled_bytes, r.shared_bytes, r.programs_per_sm,
                        f"{r.programs}/{r.capacity}", r.w_hh, "; ".join(r.faults) or "-")
                       for r in rows]

@@ -8,7 +8,7 @@ warp of the program before the next step, hence the barrier at the end of each p
 import triton
 import triton.language as tl
 
-from .recurrence import activate, activation_grad, mix, time_index
+from .recurrence import activate, activation_grad, active, mix, time_index
 
 
 @triton.jit
@@ -33,19 +33,21 @@ def _chunk_product(p_src, s_src_n, p_b, o_n, m_n, j0, K, s_bk, s_bj,
 
 @triton.jit(do_not_specialize=["T"])
 def rnn_forward_streaming_kernel(
-    p_proj, p_b, p_out, p_state,
+    p_proj, p_b, p_out, p_state, p_len,
     T, N, H,
     s_pt, s_pn,          # proj (T, N, D*H)
     s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
     s_ot, s_on,          # out (T, N, D*H)
     s_sd, s_ss, s_sn,    # state (D, 2, N, H); slot 1 holds h0 on entry
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     i_d = tl.program_id(1).to(tl.int64)
     o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
     m_n = o_n < N
+    if HAS_LENGTHS:
+        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
     p_b = p_b + i_d * s_bd
     p_state = p_state + i_d * s_sd
     for t in range(T):
@@ -60,6 +62,10 @@ def rnn_forward_streaming_kernel(
             b_z += _chunk_product(p_prev, s_sn, p_b, o_n, m_n, j0, H, s_bk, s_bj,
                                   ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             b_h = activate(b_z, ACT)
+            if HAS_LENGTHS:  # rows outside their sequence hold the previous state
+                b_prev = tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj,
+                                 other=0.0)
+                b_h = tl.where(active(tt, b_len), b_h, b_prev)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_h, mask=m_nj)
             tl.store(p_out + tt * s_ot + o_n[:, None] * s_on + i_d * H + o_j[None, :],
                      b_h.to(p_out.dtype.element_ty), mask=m_nj)
@@ -68,18 +74,20 @@ def rnn_forward_streaming_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def rnn_backward_streaming_kernel(
-    p_dout, p_out, p_b, p_dz, p_state,
+    p_dout, p_out, p_b, p_dz, p_state, p_len,
     T, N, H,
     s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
     s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
     s_sd, s_ss, s_sn,    # state (D, 2, N, H), zero on entry; slot (T - 1) % 2 holds dh0 on exit
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
     i_d = tl.program_id(1).to(tl.int64)
     o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
     m_n = o_n < N
+    if HAS_LENGTHS:
+        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
     p_b = p_b + i_d * s_bd
     p_state = p_state + i_d * s_sd
     for t in range(T):
@@ -94,8 +102,10 @@ def rnn_backward_streaming_kernel(
             b_g = tl.load(p_dout + o_x, mask=m_nj, other=0.0).to(ACC)
             b_g += tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj, other=0.0)
             b_y = tl.load(p_out + o_x, mask=m_nj, other=0.0).to(ACC)
-            tl.store(p_dz + o_x, activation_grad(b_g, b_y, ACT).to(p_dz.dtype.element_ty),
-                     mask=m_nj)
+            b_dz = activation_grad(b_g, b_y, ACT)
+            if HAS_LENGTHS:
+                b_dz = tl.where(active(tt, b_len), b_dz, 0.0)
+            tl.store(p_dz + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nj)
         tl.debug_barrier()
         # Phase 2: the gradient carried into the previous step, c = dz_t W_hh.
         p_dz_t = p_dz + tt * s_t + i_d * H
@@ -104,5 +114,11 @@ def rnn_backward_streaming_kernel(
             m_nj = m_n[:, None] & (o_j < H)[None, :]
             b_c = _chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, s_bk, s_bj,
                                  ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
+            if HAS_LENGTHS:  # a held step passes its gradient through unchanged
+                o_x = tt * s_t + o_n[:, None] * s_n + i_d * H + o_j[None, :]
+                b_g = tl.load(p_dout + o_x, mask=m_nj, other=0.0).to(ACC)
+                b_g += tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj,
+                               other=0.0)
+                b_c = tl.where(active(tt, b_len), b_c, b_g)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_c, mask=m_nj)
         tl.debug_barrier()

@@ -31,8 +31,9 @@ def _report(shapes):
 
 def test_dispatched_kernels_compile_for_sm90_without_spills():
     returncode, rows = _report(SHAPES)
-    assert len(rows) == 2 * len(SHAPES)  # forward and backward of each
-    faults = [f"{r['pass_']} {r['dtype']} H={r['H']} N={r['N']} {r['config']}: {r['faults']}"
+    assert len(rows) == 4 * len(SHAPES)  # forward and backward, padded and packed, of each
+    faults = [f"{r['pass_']} {r['batch_kind']} {r['dtype']} H={r['H']} N={r['N']} "
+              f"{r['config']}: {r['faults']}"
               for r in rows if r["faults"]]
     assert not faults, "\n".join(faults)
     assert returncode == 0

@@ -61,20 +61,24 @@ def test_compile_does_not_unlock_plain_nn_rnn():
         compiled(torch.randn(2, 1, 3))
 
 
-OPCHECK_SHAPES = [(3, 2, 5, 2, torch.float64), (2, 17, 130, 1, torch.float32)]
+OPCHECK_SHAPES = [(3, 2, 5, 2, torch.float64, False), (2, 17, 130, 1, torch.float32, False),
+                  (4, 3, 5, 2, torch.float64, True)]
 
 
-@pytest.mark.parametrize("T,N,H,D,dtype", OPCHECK_SHAPES,
-                         ids=[f"T{s[0]}-N{s[1]}-H{s[2]}-D{s[3]}" for s in OPCHECK_SHAPES])
-def test_opcheck(T, N, H, D, dtype):
+@pytest.mark.parametrize("T,N,H,D,dtype,packed", OPCHECK_SHAPES,
+                         ids=[f"T{s[0]}-N{s[1]}-H{s[2]}-D{s[3]}{'-lengths' if s[5] else ''}"
+                              for s in OPCHECK_SHAPES])
+def test_opcheck(T, N, H, D, dtype, packed):
     kw = dict(dtype=dtype, device=DEVICE)
     proj = torch.randn(T, N, D * H, **kw, requires_grad=True)
     h0 = torch.randn(D, N, H, **kw, requires_grad=True)
     w = (torch.randn(D, H, H, **kw) / H ** 0.5).requires_grad_()
-    torch.library.opcheck(recurrence, (proj, h0, w, False, False))
-    out = recurrence(proj, h0, w, True, False).detach()
-    torch.library.opcheck(recurrence_backward, (torch.randn_like(out), out, w.detach(), True,
-                                                False))
+    lengths = torch.tensor([T, 1, T - 1], dtype=torch.int32, device=DEVICE)[:N] if packed \
+        else None
+    torch.library.opcheck(recurrence, (proj, h0, w, lengths, False, False))
+    out = recurrence(proj, h0, w, lengths, True, False).detach()
+    torch.library.opcheck(recurrence_backward, (torch.randn_like(out), out, w.detach(), lengths,
+                                                True, False))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

@@ -1,7 +1,9 @@
 """One RNN layer's recurrence as torch.library custom ops, with autograd.
 
-`recurrence(proj, h0, w_hh, relu, allow_tf32) -> out` runs D directions of one layer:
-  proj (T, N, D*H) = X W_ihᵀ + b_ih + b_hh, h0 (D, N, H), w_hh (D, H, H), out (T, N, D*H).
+`recurrence(proj, h0, w_hh, lengths, relu, allow_tf32) -> out` runs D directions of one layer:
+  proj (T, N, D*H) = X W_ihᵀ + b_ih + b_hh, h0 (D, N, H), w_hh (D, H, H), out (T, N, D*H);
+  lengths: None, or (N,) int32 per-sequence lengths for a variable-length (packed) batch, in
+  which case a sequence holds its state outside its own steps (see kernels/recurrence.py).
 CUDA tensors, and CPU tensors under TRITON_INTERPRET=1, run the Triton kernels; other CPU
 tensors run triton_rnn.reference. Being custom ops with fake implementations, both trace
 under torch.compile without a graph break.
@@ -10,6 +12,8 @@ Backward saves only out, h0 and w_hh (the layer input is saved by the projection
 autograd): dz comes from the backward kernel, then dW_hh = Σ_t dz_tᵀ h_{t-1} is one large
 matrix multiply per direction over all timesteps.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -23,28 +27,29 @@ def uses_kernels(t: Tensor) -> bool:
 
 
 @torch.library.custom_op("triton_rnn::recurrence", mutates_args=())
-def recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, allow_tf32: bool) -> Tensor:
+def recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], relu: bool,
+               allow_tf32: bool) -> Tensor:
     if uses_kernels(proj):
-        return kernel_forward(proj, h0, w_hh, relu, allow_tf32)
-    return reference.recurrence_forward(proj, h0, w_hh, relu)
+        return kernel_forward(proj, h0, w_hh, lengths, relu, allow_tf32)
+    return reference.recurrence_forward(proj, h0, w_hh, lengths, relu)
 
 
 @recurrence.register_fake
-def _(proj, h0, w_hh, relu, allow_tf32):
+def _(proj, h0, w_hh, lengths, relu, allow_tf32):
     return torch.empty_like(proj, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("triton_rnn::recurrence_backward", mutates_args=())
-def recurrence_backward(dout: Tensor, out: Tensor, w_hh: Tensor, relu: bool,
-                        allow_tf32: bool) -> tuple[Tensor, Tensor]:
+def recurrence_backward(dout: Tensor, out: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                        relu: bool, allow_tf32: bool) -> tuple[Tensor, Tensor]:
     """(dz, dh0): gradients with respect to proj and h0."""
     if uses_kernels(out):
-        return kernel_backward(dout, out, w_hh, relu, allow_tf32)
-    return reference.recurrence_backward(dout, out, w_hh, relu)
+        return kernel_backward(dout, out, w_hh, lengths, relu, allow_tf32)
+    return reference.recurrence_backward(dout, out, w_hh, lengths, relu)
 
 
 @recurrence_backward.register_fake
-def _(dout, out, w_hh, relu, allow_tf32):
+def _(dout, out, w_hh, lengths, relu, allow_tf32):
     D, N, H = w_hh.shape[0], out.shape[1], w_hh.shape[1]
     return (torch.empty_like(out, memory_format=torch.contiguous_format),
             out.new_empty((D, N, H)))
@@ -52,7 +57,9 @@ def _(dout, out, w_hh, relu, allow_tf32):
 
 def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> Tensor:
     """dW_hh[d] = Σ_t dz_t[d]ᵀ h_{t-1}[d], where h_{t-1} is the state before step t in that
-    direction's order: out[t-1] forward (h0 at t=0), out[t+1] reverse (h0 at t=T-1)."""
+    direction's order: out[t-1] forward (h0 at t=0), out[t+1] reverse (h0 at t=T-1). With
+    per-sequence lengths the formula is unchanged: held steps have dz = 0, and in reverse the
+    held steps after a sequence's end hold exactly h0."""
     T, N, _ = out.shape
     D, _, H = h0.shape
     grads = []
@@ -69,16 +76,17 @@ def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> Tensor:
 
 
 def _setup_context(ctx, inputs, output):
-    proj, h0, w_hh, relu, allow_tf32 = inputs
-    ctx.save_for_backward(output, h0, w_hh)
+    proj, h0, w_hh, lengths, relu, allow_tf32 = inputs
+    ctx.save_for_backward(output, h0, w_hh, lengths)
     ctx.relu, ctx.allow_tf32 = relu, allow_tf32
 
 
 def _backward(ctx, dout):
-    out, h0, w_hh = ctx.saved_tensors
-    dz, dh0 = recurrence_backward(dout.contiguous(), out, w_hh, ctx.relu, ctx.allow_tf32)
+    out, h0, w_hh, lengths = ctx.saved_tensors
+    dz, dh0 = recurrence_backward(dout.contiguous(), out, w_hh, lengths, ctx.relu,
+                                  ctx.allow_tf32)
     dw_hh = hidden_weight_grad(dz, out, h0) if ctx.needs_input_grad[2] else None
-    return dz, dh0 if ctx.needs_input_grad[1] else None, dw_hh, None, None
+    return dz, dh0 if ctx.needs_input_grad[1] else None, dw_hh, None, None, None
 
 
 def _no_double_backward(ctx, ddz, ddh0):

@@ -8,8 +8,14 @@ def _steps(T: int, direction: int):
     return range(T) if direction == 0 else range(T - 1, -1, -1)
 
 
-def recurrence_forward(proj, h0, w_hh, relu: bool) -> torch.Tensor:
-    """out_t = act(proj_t + out_{t-1} W_hhᵀ) per direction; direction 1 runs backwards in time."""
+def _inside(lengths, t: int):
+    """(N, 1) mask of the sequences that step t belongs to, or None for equal lengths."""
+    return None if lengths is None else (t < lengths)[:, None]
+
+
+def recurrence_forward(proj, h0, w_hh, lengths, relu: bool) -> torch.Tensor:
+    """out_t = act(proj_t + out_{t-1} W_hhᵀ) per direction; direction 1 runs backwards in time.
+    With per-sequence `lengths`, a sequence holds its state at steps outside it."""
     act = torch.relu if relu else torch.tanh
     H = h0.shape[2]
     out = torch.empty_like(proj, memory_format=torch.contiguous_format)
@@ -17,13 +23,16 @@ def recurrence_forward(proj, h0, w_hh, relu: bool) -> torch.Tensor:
         cols = slice(d * H, (d + 1) * H)
         h = h0[d]
         for t in _steps(proj.shape[0], d):
-            h = act(proj[t, :, cols] + h @ w_hh[d].T)
+            new = act(proj[t, :, cols] + h @ w_hh[d].T)
+            inside = _inside(lengths, t)
+            h = new if inside is None else torch.where(inside, new, h)
             out[t, :, cols] = h
     return out
 
 
-def recurrence_backward(dout, out, w_hh, relu: bool):
-    """Returns (dz, dh0): dz_t = (dout_t + dz_{t+1} W_hh) ⊙ act'(out_t), walking time backwards."""
+def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
+    """Returns (dz, dh0): dz_t = (dout_t + dz_{t+1} W_hh) ⊙ act'(out_t), walking time backwards;
+    a held step (outside its sequence) has dz = 0 and passes its gradient through."""
     D, H = w_hh.shape[0], w_hh.shape[1]
     dz = torch.empty_like(out, memory_format=torch.contiguous_format)
     dh0 = out.new_empty((D, out.shape[1], H))
@@ -33,7 +42,13 @@ def recurrence_backward(dout, out, w_hh, relu: bool):
         for t in reversed(_steps(out.shape[0], d)):
             y = out[t, :, cols]
             g = dout[t, :, cols] + carried
-            dz[t, :, cols] = g * (y > 0) if relu else g * (1 - y * y)
-            carried = dz[t, :, cols] @ w_hh[d]
+            dz_t = g * (y > 0) if relu else g * (1 - y * y)
+            inside = _inside(lengths, t)
+            if inside is not None:
+                dz_t = torch.where(inside, dz_t, 0)
+            dz[t, :, cols] = dz_t
+            carried = dz_t @ w_hh[d]
+            if inside is not None:
+                carried = torch.where(inside, carried, g)
         dh0[d] = carried
     return dz, dh0

@@ -10,6 +10,11 @@ _SCALAR_NAME = {torch.float64: "Double", torch.float32: "Float", torch.float16: 
                 torch.bfloat16: "BFloat16"}
 
 
+def scalar_name(dtype: torch.dtype) -> str:
+    """The C++ ScalarType name PyTorch's own error messages use ("Float", "Double", ...)."""
+    return _SCALAR_NAME.get(dtype, str(dtype).replace("torch.", "").capitalize())
+
+
 def _autocast_dtype(device_type: str):
     """The autocast dtype if autocast is on for this device type, else None."""
     if torch.is_autocast_enabled(device_type):
@@ -26,16 +31,37 @@ def _cast(t, dtype):
     return t.to(dtype)
 
 
+class PackedLayout:
+    """Where the rows of a PackedSequence sit in the padded (T, N) grid, and each sequence's
+    length. Packed rows are time-major over the sequences still running at each step, which
+    is exactly the row-major order of the grid cells with batch index < batch_sizes[t]."""
+
+    def __init__(self, batch_sizes: Tensor, device: torch.device):
+        self.T, self.N = len(batch_sizes), int(batch_sizes[0])
+        inside = torch.arange(self.N)[None, :] < batch_sizes[:, None]       # (T, N), on CPU
+        self.index = inside.flatten().nonzero().squeeze(1).to(device)
+        self.lengths = inside.sum(0).to(torch.int32).to(device)
+
+    def pad(self, rows: Tensor) -> Tensor:
+        """(P, C) packed rows -> (T, N, C), zeros outside the sequences."""
+        grid = rows.new_zeros((self.T * self.N, rows.shape[1]))
+        return grid.index_copy(0, self.index, rows).view(self.T, self.N, -1)
+
+    def pack(self, grid: Tensor) -> Tensor:
+        """(T, N, C) -> (P, C) packed rows."""
+        return grid.reshape(self.T * self.N, grid.shape[2]).index_select(0, self.index)
+
+
 class RNN(nn.RNN):
     """Drop-in replacement for torch.nn.RNN: same constructor, parameters, initialisation,
     state_dict, shapes and errors. Only `forward` differs: each layer's input projection is one
     matrix multiply over all timesteps, then one persistent kernel launch per layer (both
-    directions together) runs the recurrence with W_hh held on-chip."""
+    directions together) runs the recurrence with W_hh held on-chip. PackedSequence input runs
+    in the same kernels, which take per-sequence lengths."""
 
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
-            # Not yet in our kernels: nn.RNN's own path gives the exact result meanwhile.
-            return super().forward(input, hx)
+            return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
             raise ValueError(
                 f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
@@ -51,39 +77,38 @@ class RNN(nn.RNN):
         elif hx is not None and hx.dim() != 3:
             raise RuntimeError(
                 f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-
         weights = [getattr(self, name) for name in self._flat_weights_names]
-        self._check_args(input, hx, weights)
-        autocast_dtype = _autocast_dtype(input.device.type)
-        if autocast_dtype is not None:
-            # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
-            # lower-precision list): cast once here, then run without autocast.
-            input, hx, weights = (_cast(t, autocast_dtype) for t in (input, hx, weights))
-            with torch.autocast(input.device.type, enabled=False):
-                return self._forward_checked(input, hx, weights, is_batched, batch_dim)
-        return self._forward_checked(input, hx, weights, is_batched, batch_dim)
-
-    def _forward_checked(self, input, hx, weights, is_batched, batch_dim):
+        self._check_args(input, hx, weights, None)
+        if input.size(1 if self.batch_first else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         x = input.transpose(0, 1) if self.batch_first else input  # (T, N, I)
-        if hx is None:
-            hx = x.new_zeros((self.num_layers * self._directions(), x.shape[1],
-                              self.hidden_size))
-        output, h_n = self._run_layers(x, hx, weights)
+        output, h_n = self._run(x, hx, weights, x.shape[1], None)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
             output, h_n = output.squeeze(batch_dim), h_n.squeeze(1)
         return output, h_n
 
+    def _forward_packed(self, packed: PackedSequence, hx):
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        if hx is not None:  # the caller's order -> the packed (sorted) order
+            hx = self.permute_hidden(hx, sorted_indices)
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        self._check_args(data, hx, weights, batch_sizes)
+        layout = PackedLayout(batch_sizes, data.device)
+        output, h_n = self._run(data, hx, weights, layout.N, layout)
+        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(h_n, unsorted_indices))
+
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _check_args(self, input: Tensor, hx, weights) -> None:
+    def _check_args(self, input: Tensor, hx, weights, batch_sizes) -> None:
         """nn.RNN's checks, with nn.RNN's exception types and messages."""
         if hx is not None:
-            self.check_forward_args(input, hx, None)
+            self.check_forward_args(input, hx, batch_sizes)
         else:
-            self.check_input(input, None)
+            self.check_input(input, batch_sizes)
         if hx is not None and hx.device != input.device:
             raise RuntimeError("Input and hidden tensors are not at the same device, found "
                                f"input tensor at {input.device} and hidden tensor at {hx.device}")
@@ -94,12 +119,21 @@ class RNN(nn.RNN):
                                    f"at {w.device}")
         if hx is not None and hx.dtype != weights[0].dtype and \
                 _autocast_dtype(input.device.type) is None:
-            raise RuntimeError(
-                f"mat1 and mat2 must have the same dtype, but got "
-                f"{_SCALAR_NAME.get(hx.dtype, hx.dtype)} and "
-                f"{_SCALAR_NAME.get(weights[0].dtype, weights[0].dtype)}")
-        if input.size(0 if not self.batch_first else 1) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                               f"{scalar_name(hx.dtype)} and {scalar_name(weights[0].dtype)}")
+
+    def _run(self, x: Tensor, hx, weights, batch: int, layout):
+        """Autocast and the default h0, then the layers."""
+        autocast_dtype = _autocast_dtype(x.device.type)
+        if autocast_dtype is not None:
+            # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
+            # lower-precision list): cast once here, then run without autocast.
+            x, hx, weights = (_cast(t, autocast_dtype) for t in (x, hx, weights))
+            with torch.autocast(x.device.type, enabled=False):
+                return self._run(x, hx, weights, batch, layout)
+        if hx is None:
+            hx = x.new_zeros((self.num_layers * self._directions(), batch, self.hidden_size))
+        return self._run_layers(x, hx, weights, layout)
 
     def _layer_weights(self, weights, layer: int):
         """(W_ih (D*H, I), bias (D*H) or None, W_hh (D, H, H)) of one layer, directions stacked."""
@@ -114,24 +148,31 @@ class RNN(nn.RNN):
             bias = torch.cat([g[2] + g[3] for g in groups]) if D > 1 else groups[0][2] + groups[0][3]
         return w_ih, bias, w_hh
 
-    def _run_layers(self, x: Tensor, hx: Tensor, weights):
+    def _run_layers(self, x: Tensor, hx: Tensor, weights, layout):
+        """x: (T, N, I), or (P, I) packed rows when `layout` is given."""
         D, H = self._directions(), self.hidden_size
-        T, N = x.shape[0], x.shape[1]
         allow_tf32 = torch.backends.cudnn.allow_tf32
         relu = self.nonlinearity == "relu"
+        lengths = None if layout is None else layout.lengths
         h_n = []
         for layer in range(self.num_layers):
             w_ih, bias, w_hh = self._layer_weights(weights, layer)
             # Input projection for all timesteps and both directions: one large GEMM.
-            proj = F.linear(x.reshape(T * N, x.shape[-1]), w_ih, bias).view(T, N, D * H)
-            out = recurrence(proj, hx[layer * D:(layer + 1) * D], w_hh, relu, allow_tf32)
-            # h_n is the state after each direction's last step: out[T-1] forward, out[0] reverse.
-            h_n.append(out[T - 1, :, :H])
+            if layout is None:
+                T, N = x.shape[0], x.shape[1]
+                proj = F.linear(x.reshape(T * N, x.shape[2]), w_ih, bias).view(T, N, D * H)
+            else:
+                proj = layout.pad(F.linear(x, w_ih, bias))
+            out = recurrence(proj, hx[layer * D:(layer + 1) * D], w_hh, lengths, relu,
+                             allow_tf32)
+            # h_n: the state after each direction's last step. Sequences hold their state
+            # outside their own steps, so that is out[T-1] forward and out[0] in reverse.
+            h_n.append(out[-1, :, :H])
             if D == 2:
                 h_n.append(out[0, :, H:])
+            x = out if layout is None else layout.pack(out)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                out = F.dropout(out, self.dropout, training=True)
-            x = out
+                x = F.dropout(x, self.dropout, training=True)
         return x, torch.stack(h_n)
 
 
