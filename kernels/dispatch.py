@@ -33,7 +33,7 @@ RESIDENT_MAX_BH = {
 
 @dataclass(frozen=True)
 class Config:
-    variant: str      # "resident" or "streaming"
+    variant: str      # "resident" or "streaming" (recurrence), or "cell"
     use_dot: bool
     BN: int           # batch rows per program
     BH: int           # padded hidden size (resident) or chunk width BJ (streaming)
@@ -57,3 +57,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype) -> Config:
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
         return Config("resident", use_dot, BN, BH, num_warps)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=1)
+
+
+def choose_cell(batch: int, dtype: torch.dtype) -> Config:
+    """RNNCell: one fused launch over (batch tiles, column tiles of H), both weight matrices
+    streamed in STREAM_CHUNK-wide chunks; the batch tile follows rule 1 above."""
+    use_dot = batch >= DOT_MIN_BATCH
+    return Config("cell", use_dot, DOT_MIN_BATCH if use_dot else 1, STREAM_CHUNK, num_warps=4,
+                  num_stages=1)

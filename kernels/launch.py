@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import Config, choose
+from .cell import rnn_cell_forward_kernel
+from .dispatch import Config, choose, choose_cell
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .streaming import rnn_backward_streaming_kernel, rnn_forward_streaming_kernel
 
@@ -34,22 +35,24 @@ def _empty(*args, like=None, **kwargs) -> torch.Tensor:
 
 def kernel_for(pass_: str, variant: str):
     """The @triton.jit kernel for "forward"/"backward" and a dispatch variant."""
-    return {("forward", "resident"): rnn_forward_resident_kernel,
+    return {("forward", "cell"): rnn_cell_forward_kernel,
+            ("forward", "resident"): rnn_forward_resident_kernel,
             ("forward", "streaming"): rnn_forward_streaming_kernel,
             ("backward", "resident"): rnn_backward_resident_kernel,
             ("backward", "streaming"): rnn_backward_streaming_kernel}[(pass_, variant)]
 
 
 def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: bool,
-                    has_lengths: bool = False, interpreter: bool = False) -> dict:
+                    interpreter: bool = False, **flags) -> dict:
     """Constexpr arguments and launch options: shared by the launchers and the resource report,
-    so the report compiles exactly what runs."""
+    so the report compiles exactly what runs. `flags`: the kernel's own boolean constexprs
+    (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
     dot_dtype = _TL_DTYPE[dtype]
     if interpreter and dtype == torch.bfloat16:
         dot_dtype = tl.float32  # the interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32
     block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
     return dict(
-        ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, HAS_LENGTHS=has_lengths, **block,
+        ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block, **flags,
         ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         DOT_DTYPE=dot_dtype,
         PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
@@ -78,8 +81,8 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
     cfg = choose(H, N, proj.dtype)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("forward", cfg.variant)
-    options = compile_options(cfg, proj.dtype, relu, allow_tf32, lengths is not None,
-                              interpreting())
+    options = compile_options(cfg, proj.dtype, relu, allow_tf32, interpreting(),
+                              HAS_LENGTHS=lengths is not None)
     p_len = proj if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=True)
     if cfg.variant == "resident":
@@ -109,8 +112,8 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
     cfg = choose(H, N, out.dtype)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("backward", cfg.variant)
-    options = compile_options(cfg, out.dtype, relu, allow_tf32, lengths is not None,
-                              interpreting())
+    options = compile_options(cfg, out.dtype, relu, allow_tf32, interpreting(),
+                              HAS_LENGTHS=lengths is not None)
     p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=False)
     if cfg.variant == "resident":
@@ -125,3 +128,26 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
             *w_strides, *state.stride()[:3], **options)
         dh0.copy_(state[:, (T - 1) % 2])
     return dz, dh0
+
+
+def rnn_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool, allow_tf32: bool):
+    """act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) for x (N, I), h (N, H) or None (zeros), biases or
+    None, in one launch."""
+    N, I = x.shape
+    H = w_ih.shape[0]
+    out = _empty((N, H), dtype=x.dtype, device=x.device)
+    if N == 0:
+        return out
+    x = x.contiguous()
+    h = None if h is None else h.contiguous()
+    cfg = choose_cell(N, x.dtype)
+    options = compile_options(cfg, x.dtype, relu, allow_tf32, interpreting(),
+                              HAS_H=h is not None, HAS_BIAS=b_ih is not None)
+    grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
+    unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
+    rnn_cell_forward_kernel[grid](
+        x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
+        unused if b_hh is None else b_hh, out, N, I, H,
+        x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
+        w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
+    return out

@@ -7,75 +7,14 @@ Both are "h ← f(h @ B)" with B = W_hhᵀ forward and B = W_hh backward; the la
 passing W_hh's strides swapped, so no transposed copy exists. Grid: (batch tiles, directions).
 Direction 1 walks time backwards through index arithmetic (no flipped copies).
 
-Two variants share these helpers:
-- resident (this file): the whole B tile is loaded once into registers before the time loop.
+Two variants share the helpers in blocks.py:
+- resident (this file): the whole B tile is loaded once, on-chip, before the time loop.
 - streaming (streaming.py): B is re-read from L2 in chunks every step, for H too large to hold.
 """
 import triton
 import triton.language as tl
 
-TANH = tl.constexpr(0)
-RELU = tl.constexpr(1)
-
-
-@triton.jit
-def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both tails (exp overflow gives 1, underflow -1).
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-
-
-@triton.jit
-def activate(b_z, ACT: tl.constexpr):
-    if ACT == 0:
-        return _tanh(b_z)
-    else:
-        return tl.maximum(b_z, 0.0)
-
-
-@triton.jit
-def activation_grad(b_g, b_y, ACT: tl.constexpr):
-    """dz = g ⊙ act'(z), with act' written in terms of the saved output y = act(z)."""
-    if ACT == 0:
-        return b_g * (1.0 - b_y * b_y)
-    else:
-        return tl.where(b_y > 0.0, b_g, 0.0)
-
-
-@triton.jit
-def mix(b_h, b_b, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-        PRECISION: tl.constexpr):
-    """(BN, BK) @ (BK, BJ) -> (BN, BJ) in the accumulator dtype.
-
-    USE_DOT: tensor-core tl.dot (needs BN, BK, BJ >= 16 on the GPU). The h operand is rounded to
-    the weight dtype first, as cuDNN does; DOT_DTYPE equals the weight dtype except under the
-    interpreter, whose bfloat16 tl.dot is wrong, where the same bf16 values go through fp32.
-    Otherwise an elementwise multiply-and-sum in ACC, which keeps batch tiles of 1 unpadded.
-    """
-    if USE_DOT:
-        b_a = b_h.to(b_b.dtype).to(DOT_DTYPE)
-        return tl.dot(b_a, b_b.to(DOT_DTYPE), input_precision=PRECISION, out_dtype=ACC)
-    else:
-        return tl.sum(b_h[:, :, None] * b_b.to(ACC)[None, :, :], axis=1)
-
-
-@triton.jit
-def time_index(t, T, i_d, BACKWARD_IN_TIME: tl.constexpr):
-    """Timestep visited at loop iteration t: direction 0 runs forward in time, direction 1 in
-    reverse; the backward pass visits each direction's steps in the opposite order."""
-    if BACKWARD_IN_TIME:
-        return t + (1 - i_d) * (T - 1 - 2 * t)
-    else:
-        return t + i_d * (T - 1 - 2 * t)
-
-
-@triton.jit
-def active(tt, b_len):
-    """(BN, 1) mask of the rows for which step tt lies inside their sequence.
-
-    Variable-length (packed) batches: a sequence holds its state outside its own steps, so
-    forward it keeps its last state to the end, and in reverse it starts from h0 at its own
-    last element; the backward pass passes gradients through held steps unchanged."""
-    return (tt < b_len)[:, None]
+from .blocks import activate, activation_grad, active, mix, time_index
 
 
 @triton.jit(do_not_specialize=["T"])

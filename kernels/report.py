@@ -24,7 +24,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .dispatch import Config, choose
+from .dispatch import Config, choose, choose_cell
 from .launch import compile_options, interpreting, kernel_for
 
 # Per-SM limits of the targets we ship for.
@@ -98,8 +98,12 @@ def _cuobjdump() -> str:
 def compile_resources(pass_: str, cfg: Config, dtype: torch.dtype, arch: int,
                       has_lengths: bool = False):
     """(registers, stack bytes, shared bytes) of one compiled configuration; raises on failure."""
+    if cfg.variant == "cell":
+        flags = dict(HAS_H=True, HAS_BIAS=True)
+    else:
+        flags = dict(HAS_LENGTHS=has_lengths)
     options = compile_options(cfg, dtype, relu=False, allow_tf32=dtype == torch.float32,
-                              has_lengths=has_lengths)
+                              **flags)
     launch = {k: options.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in options}
     kernel = kernel_for(pass_, cfg.variant)
     src = ASTSource(kernel, _signature(kernel, dtype, options), constexprs=options)
@@ -126,15 +130,19 @@ def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
 
 def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1,
             packed: bool = False) -> Row:
+    """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell)."""
     dtype = DTYPES[dtype_name]
-    cfg = choose(H, N, dtype)
-    programs = triton.cdiv(N, cfg.BN) * directions
-    if cfg.variant == "streaming":
-        w_hh = "streamed from L2"
+    if pass_ == "cell":
+        cfg = choose_cell(N, dtype)
+        programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
+        w_hh = "streamed (one step)"
     else:
-        w_hh = "on-chip"
+        cfg = choose(H, N, dtype)
+        programs = triton.cdiv(N, cfg.BN) * directions
+        w_hh = "streamed from L2" if cfg.variant == "streaming" else "on-chip"
     try:
-        regs, stack, shared = compile_resources(pass_, cfg, dtype, arch, packed)
+        regs, stack, shared = compile_resources("forward" if pass_ == "cell" else pass_, cfg,
+                                                dtype, arch, packed)
         error = ""
     except Exception as exc:  # a compile failure is a finding, not a crash
         regs = stack = shared = 0
@@ -147,15 +155,17 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     if cfg.variant == "resident" and not error:
         w_bytes = cfg.BH * cfg.BH * dtype.itemsize
         w_hh = "on-chip (shared memory)" if shared >= w_bytes else "on-chip (registers)"
-    return Row(arch, pass_, "packed" if packed else "padded", dtype_name, H, N, cfg.describe(), regs, stack, shared, per_sm,
+    batch_kind = "-" if pass_ == "cell" else "packed" if packed else "padded"
+    return Row(arch, pass_, batch_kind, dtype_name, H, N, cfg.describe(), regs, stack, shared, per_sm,
                programs, per_sm * ARCHS[arch]["sms"], w_hh, error)
 
 
 def table(archs, shapes=None) -> list:
     """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given."""
     shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
-    return [measure(p, d, H, N, arch, packed=packed) for arch in archs
+    rows = [measure(p, d, H, N, arch, packed=packed) for arch in archs
             for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes]
+    return rows + [measure("cell", d, H, N, arch) for arch in archs for d, H, N in shapes]
 
 
 def _parse_shapes(text: str) -> list:

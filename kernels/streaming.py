@@ -8,27 +8,7 @@ warp of the program before the next step, hence the barrier at the end of each p
 import triton
 import triton.language as tl
 
-from .recurrence import activate, activation_grad, active, mix, time_index
-
-
-@triton.jit
-def _chunk_product(p_src, s_src_n, p_b, o_n, m_n, j0, K, s_bk, s_bj,
-                   ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                   PRECISION: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   BJ: tl.constexpr):
-    """src[o_n, :K] @ B[:K, j0:j0+BJ], streaming both operands in chunks of BK."""
-    o_j = j0 + tl.arange(0, BJ).to(tl.int64)
-    m_j = o_j < K
-    b_acc = tl.zeros((BN, BJ), dtype=ACC)
-    for k0 in range(0, K, BK):
-        o_k = k0 + tl.arange(0, BK).to(tl.int64)
-        m_k = o_k < K
-        b_src = tl.load(p_src + o_n[:, None] * s_src_n + o_k[None, :],
-                        mask=m_n[:, None] & m_k[None, :], other=0.0).to(ACC)
-        b_b = tl.load(p_b + o_k[:, None] * s_bk + o_j[None, :] * s_bj,
-                      mask=m_k[:, None] & m_j[None, :], other=0.0)
-        b_acc += mix(b_src, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
-    return b_acc
+from .blocks import activate, activation_grad, active, chunk_product, time_index
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -59,7 +39,7 @@ def rnn_forward_streaming_kernel(
             m_nj = m_n[:, None] & (o_j < H)[None, :]
             b_z = tl.load(p_proj + tt * s_pt + o_n[:, None] * s_pn + i_d * H + o_j[None, :],
                           mask=m_nj, other=0.0).to(ACC)
-            b_z += _chunk_product(p_prev, s_sn, p_b, o_n, m_n, j0, H, s_bk, s_bj,
+            b_z += chunk_product(p_prev, s_sn, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                   ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             b_h = activate(b_z, ACT)
             if HAS_LENGTHS:  # rows outside their sequence hold the previous state
@@ -112,7 +92,7 @@ def rnn_backward_streaming_kernel(
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
             m_nj = m_n[:, None] & (o_j < H)[None, :]
-            b_c = _chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, s_bk, s_bj,
+            b_c = chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                  ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             if HAS_LENGTHS:  # a held step passes its gradient through unchanged
                 o_x = tt * s_t + o_n[:, None] * s_n + i_d * H + o_j[None, :]

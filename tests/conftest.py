@@ -23,11 +23,11 @@ def kernels_only(monkeypatch):
     """Poison kernel outputs with NaN, and fail any test in which a tensor the kernels should
     handle reaches the plain-PyTorch reference instead (so a pass proves the kernels ran)."""
     monkeypatch.setattr(launch, "poison_outputs", True)
-    for name in ("recurrence_forward", "recurrence_backward"):
+    for name in ("recurrence_forward", "recurrence_backward", "rnn_cell"):
         original = getattr(reference, name)
 
         def guarded(*args, _original=original, _name=name, **kwargs):
-            assert not uses_kernels(args[1]), f"reference.{_name} ran instead of the kernels"
+            assert not uses_kernels(args[0]), f"reference.{_name} ran instead of the kernels"
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(reference, name, guarded)

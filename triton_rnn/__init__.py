@@ -1,8 +1,9 @@
 """triton-rnn: drop-in torch.nn.RNN whose recurrence runs in persistent Triton kernels."""
+from .cell import RNNCell
 from .compile_support import allow_dynamo_to_trace
 from .rnn import RNN, convert
 
 allow_dynamo_to_trace(RNN)
 
-__all__ = ["RNN", "convert"]
+__all__ = ["RNN", "RNNCell", "convert"]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from torch import Tensor
 from . import reference
 from .kernels import interpreting, recurrence_backward as kernel_backward
 from .kernels import recurrence_forward as kernel_forward
+from .kernels import rnn_cell_forward as kernel_cell
 
 
 def uses_kernels(t: Tensor) -> bool:
@@ -97,3 +98,42 @@ def _no_double_backward(ctx, ddz, ddh0):
 recurrence.register_autograd(_backward, setup_context=_setup_context)
 recurrence_backward.register_autograd(_no_double_backward,
                                       setup_context=lambda ctx, inputs, output: None)
+
+
+# ----- RNNCell: one step, both projections fused -------------------------------------------
+
+@torch.library.custom_op("triton_rnn::rnn_cell", mutates_args=())
+def rnn_cell(x: Tensor, h: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+             b_hh: Optional[Tensor], relu: bool, allow_tf32: bool) -> Tensor:
+    """act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh); h None means zeros, biases None means none."""
+    if uses_kernels(x):
+        return kernel_cell(x, h, w_ih, w_hh, b_ih, b_hh, relu, allow_tf32)
+    return reference.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, relu)
+
+
+@rnn_cell.register_fake
+def _(x, h, w_ih, w_hh, b_ih, b_hh, relu, allow_tf32):
+    return x.new_empty((x.shape[0], w_ih.shape[0]))
+
+
+def _cell_setup_context(ctx, inputs, output):
+    x, h, w_ih, w_hh, b_ih, b_hh, relu, allow_tf32 = inputs
+    ctx.save_for_backward(x, h, w_ih, w_hh, output)
+    ctx.relu = relu
+
+
+def _cell_backward(ctx, dout):
+    """Elementwise dz, then the four products: large-batch GEMMs, nothing per element."""
+    x, h, w_ih, w_hh, out = ctx.saved_tensors
+    dz = torch.where(out > 0, dout, 0) if ctx.relu else dout * (1 - out * out)
+    need = ctx.needs_input_grad
+    dx = dz @ w_ih if need[0] else None
+    dh = dz @ w_hh if need[1] else None
+    dw_ih = dz.T @ x if need[2] else None
+    dw_hh = (dz.T @ h if h is not None else torch.zeros_like(w_hh)) if need[3] else None
+    db = dz.sum(0)
+    return (dx, dh, dw_ih, dw_hh, db if need[4] else None, db if need[5] else None,
+            None, None)
+
+
+rnn_cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)

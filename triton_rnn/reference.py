@@ -52,3 +52,13 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
                 carried = torch.where(inside, carried, g)
         dh0[d] = carried
     return dz, dh0
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool) -> torch.Tensor:
+    """One step: act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh); h None means zeros."""
+    z = x @ w_ih.T
+    if h is not None:
+        z = z + h @ w_hh.T
+    if b_ih is not None:
+        z = z + b_ih + b_hh
+    return torch.relu(z) if relu else torch.tanh(z)

@@ -7,7 +7,10 @@ from torch.nn.utils.rnn import PackedSequence
 from .ops import recurrence
 
 _SCALAR_NAME = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
-                torch.bfloat16: "BFloat16"}
+                torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
+                torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+                torch.bool: "Bool", torch.complex64: "ComplexFloat",
+                torch.complex128: "ComplexDouble"}
 
 
 def scalar_name(dtype: torch.dtype) -> str:
@@ -177,12 +180,14 @@ class RNN(nn.RNN):
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Turn every torch.nn.RNN in `model` (`model` itself included) into a triton_rnn.RNN, in
-    place, and return `model`.
+    """Turn every torch.nn.RNN (and nn.RNNCell) in `model`, `model` itself included, into a
+    triton_rnn.RNN (RNNCell), in place, and return `model`.
 
     Each module is re-classed rather than copied, so it keeps its parameter objects, buffers,
     hooks and training mode, and optimizers already holding its parameters keep working."""
+    from .cell import RNNCell
+    replacements = {nn.RNN: RNN, nn.RNNCell: RNNCell}
     for module in model.modules():
-        if type(module) is nn.RNN:
-            module.__class__ = RNN
+        if type(module) in replacements:
+            module.__class__ = replacements[type(module)]
     return model

@@ -1,0 +1,84 @@
+"""Building blocks shared by the kernels: activations, the h @ B product, time indexing,
+variable-length masks, and a K-chunked product streamed from memory."""
+import triton
+import triton.language as tl
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both tails (exp overflow gives 1, underflow -1).
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def activate(b_z, ACT: tl.constexpr):
+    if ACT == 0:
+        return _tanh(b_z)
+    else:
+        return tl.maximum(b_z, 0.0)
+
+
+@triton.jit
+def activation_grad(b_g, b_y, ACT: tl.constexpr):
+    """dz = g ⊙ act'(z), with act' written in terms of the saved output y = act(z)."""
+    if ACT == 0:
+        return b_g * (1.0 - b_y * b_y)
+    else:
+        return tl.where(b_y > 0.0, b_g, 0.0)
+
+
+@triton.jit
+def mix(b_h, b_b, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """(BN, BK) @ (BK, BJ) -> (BN, BJ) in the accumulator dtype.
+
+    USE_DOT: tensor-core tl.dot (needs BN, BK, BJ >= 16 on the GPU). The h operand is rounded to
+    the weight dtype first, as cuDNN does; DOT_DTYPE equals the weight dtype except under the
+    interpreter, whose bfloat16 tl.dot is wrong, where the same bf16 values go through fp32.
+    Otherwise an elementwise multiply-and-sum in ACC, which keeps batch tiles of 1 unpadded.
+    """
+    if USE_DOT:
+        b_a = b_h.to(b_b.dtype).to(DOT_DTYPE)
+        return tl.dot(b_a, b_b.to(DOT_DTYPE), input_precision=PRECISION, out_dtype=ACC)
+    else:
+        return tl.sum(b_h[:, :, None] * b_b.to(ACC)[None, :, :], axis=1)
+
+
+@triton.jit
+def time_index(t, T, i_d, BACKWARD_IN_TIME: tl.constexpr):
+    """Timestep visited at loop iteration t: direction 0 runs forward in time, direction 1 in
+    reverse; the backward pass visits each direction's steps in the opposite order."""
+    if BACKWARD_IN_TIME:
+        return t + (1 - i_d) * (T - 1 - 2 * t)
+    else:
+        return t + i_d * (T - 1 - 2 * t)
+
+
+@triton.jit
+def active(tt, b_len):
+    """(BN, 1) mask of the rows for which step tt lies inside their sequence.
+
+    Variable-length (packed) batches: a sequence holds its state outside its own steps, so
+    forward it keeps its last state to the end, and in reverse it starts from h0 at its own
+    last element; the backward pass passes gradients through held steps unchanged."""
+    return (tt < b_len)[:, None]
+
+
+@triton.jit
+def chunk_product(p_src, s_src_n, p_b, o_n, m_n, j0, K, J, s_bk, s_bj,
+                  ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                  PRECISION: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                  BJ: tl.constexpr):
+    """src[o_n, :K] @ B[:K, j0:j0+BJ] for a (K, J) matrix B, streaming both operands from
+    memory in chunks of BK (src rows are contiguous in K)."""
+    o_j = j0 + tl.arange(0, BJ).to(tl.int64)
+    m_j = o_j < J
+    b_acc = tl.zeros((BN, BJ), dtype=ACC)
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK).to(tl.int64)
+        m_k = o_k < K
+        b_src = tl.load(p_src + o_n[:, None] * s_src_n + o_k[None, :],
+                        mask=m_n[:, None] & m_k[None, :], other=0.0).to(ACC)
+        b_b = tl.load(p_b + o_k[:, None] * s_bk + o_j[None, :] * s_bj,
+                      mask=m_k[:, None] & m_j[None, :], other=0.0)
+        b_acc += mix(b_src, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
+    return b_acc
