@@ -19,6 +19,7 @@ DTYPES = {  # name -> (torch dtype, TF32 allowed for cuDNN and for our GEMMs/ker
 # marked wrong: a fast wrong kernel must not win.
 MATCH_TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 6e-2, "fp16": 1e-2}
 INPUT_SETS = 4  # inputs rotated between calls so caches do not flatter either side
+DEVICE = "cuda"  # what is timed; perf/latency.py never times anything else
 
 
 @dataclass
@@ -41,13 +42,13 @@ def _models(case: Case):
     dtype, _ = DTYPES[case.dtype]
     kwargs = dict(input_size=case.hidden, hidden_size=case.hidden, num_layers=case.layers,
                   bidirectional=case.directions == 2)
-    ours = triton_rnn.RNN(**kwargs).to("cuda", dtype)
-    ref = nn.RNN(**kwargs).to("cuda", dtype)
+    ours = triton_rnn.RNN(**kwargs).to(DEVICE, dtype)
+    ref = nn.RNN(**kwargs).to(DEVICE, dtype)
     ref.load_state_dict(ours.state_dict())
     return {"triton_rnn": ours, "nn.RNN": ref}
 
 
-def _step(model, inputs, grads, mode):
+def _step(model, inputs, grads, mode, packed=False):
     """A callable running one inference forward or one training step, rotating inputs."""
     state = {"i": 0}
 
@@ -59,7 +60,7 @@ def _step(model, inputs, grads, mode):
         else:
             model.zero_grad(set_to_none=True)
             out, _ = model(inputs[i])
-            out.backward(grads[i])
+            (out.data if packed else out).backward(grads[i])
     return run
 
 
@@ -75,9 +76,9 @@ def measure(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50
     torch.backends.cuda.matmul.allow_tf32 = tf32
     models = _models(case)
     shape = (case.seq, case.batch, case.hidden)
-    inputs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(INPUT_SETS)]
+    inputs = [torch.randn(shape, device=DEVICE, dtype=dtype) for _ in range(INPUT_SETS)]
     out_shape = (case.seq, case.batch, case.directions * case.hidden)
-    grads = [torch.randn(out_shape, device="cuda", dtype=dtype) for _ in range(INPUT_SETS)]
+    grads = [torch.randn(out_shape, device=DEVICE, dtype=dtype) for _ in range(INPUT_SETS)]
     with torch.no_grad():
         err = _rel_err(models["triton_rnn"](inputs[0])[0], models["nn.RNN"](inputs[0])[0])
     rows = []
@@ -94,9 +95,9 @@ def measure(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50
     return rows
 
 
-def sweep_cases(batches, hiddens, seqs, layers, directions, dtypes) -> list:
+def sweep_cases(batch, hidden, seq, layers, directions, dtypes) -> list:
     return [Case(d, b, h, t, nl, nd) for d in dtypes for nl in layers for nd in directions
-            for t in seqs for h in hiddens for b in batches]
+            for t in seq for h in hidden for b in batch]
 
 
 def environment() -> dict:
@@ -109,3 +110,54 @@ def environment() -> dict:
 def geomean(values) -> float:
     values = [v for v in values if v > 0]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def _lengths(case: Case, seed: int = 0) -> list:
+    """Variable lengths uniform in [T/2, T], longest first, always including T."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(case.seq // 2, case.seq + 1, (case.batch,), generator=g)
+    lengths[0] = case.seq
+    return sorted(lengths.tolist(), reverse=True)
+
+
+def measure_packed(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50) -> list:
+    """Packed against padded input at the same number of tokens, for both implementations.
+
+    Packed: `case.batch` sequences with lengths uniform in [T/2, T] (P tokens in all). Padded:
+    the same batch with every sequence of length round(P / batch)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    dtype, tf32 = DTYPES[case.dtype]
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    models = _models(case)
+    lengths = _lengths(case)
+    tokens = sum(lengths)
+    padded_len = max(1, round(tokens / case.batch))
+    feature = case.hidden
+    packed_inputs = [pack_padded_sequence(
+        torch.randn(case.seq, case.batch, feature, device=DEVICE, dtype=dtype), lengths)
+        for _ in range(INPUT_SETS)]
+    padded_inputs = [torch.randn(padded_len, case.batch, feature, device=DEVICE, dtype=dtype)
+                     for _ in range(INPUT_SETS)]
+    out_features = case.directions * case.hidden
+    packed_grads = [torch.randn(tokens, out_features, device=DEVICE, dtype=dtype)
+                    for _ in range(INPUT_SETS)]
+    padded_grads = [torch.randn(padded_len, case.batch, out_features, device=DEVICE,
+                                dtype=dtype) for _ in range(INPUT_SETS)]
+    with torch.no_grad():
+        err = _rel_err(models["triton_rnn"](packed_inputs[0])[0].data,
+                       models["nn.RNN"](packed_inputs[0])[0].data)
+    rows = []
+    for mode in modes:
+        for name, model in models.items():
+            for layout, inputs, grads in (("packed", packed_inputs, packed_grads),
+                                          ("padded", padded_inputs, padded_grads)):
+                step = _step(model, inputs, grads, mode, packed=layout == "packed")
+                med, lo, hi = triton.testing.do_bench(step, warmup=warmup_ms, rep=rep_ms,
+                                                      quantiles=[0.5, 0.2, 0.8])
+                rows.append(dict(asdict(case), mode=mode, impl=name, layout=layout,
+                                 tokens=tokens, ms=med, ms_p20=lo, ms_p80=hi,
+                                 rel_err_vs_nn_rnn=err,
+                                 matches=bool(err < MATCH_TOLERANCE[case.dtype])))
+    return rows

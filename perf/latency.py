@@ -33,6 +33,8 @@ import plots  # noqa: E402
 DEFAULT_SWEEP = dict(batch=[1, 2, 4, 8, 16, 32, 64, 128, 256],
                      hidden=[128, 256, 512, 1024, 2048, 4096], seq=[16, 128, 1024],
                      layers=[1, 2], directions=[1, 2], dtypes=["fp32", "tf32", "bf16", "fp16"])
+# Packed (variable-length) against padded input at the same token count: a few shape classes.
+PACKED_SWEEP = dict(batch=[16, 64], hidden=[256, 1024], seq=[128], layers=[1], directions=[1])
 QUICK_SWEEP = dict(batch=[1, 16, 64], hidden=[128, 512, 2048], seq=[128], layers=[1],
                    directions=[1], dtypes=["tf32", "bf16"])
 
@@ -49,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default perf/results/<gpu>_<date>)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-packed", action="store_true",
+                   help="skip the packed-vs-padded comparison " + str(PACKED_SWEEP))
     args = p.parse_args(argv)
     base = QUICK_SWEEP if args.quick else DEFAULT_SWEEP
     for name in DEFAULT_SWEEP:
@@ -90,6 +94,7 @@ def redraw_latest() -> None:
     print(f"Redrawing recorded GPU results: {results['environment']['gpu']}, "
           f"{results['date']} ({path.parent.name})")
     print(plots.markdown(results))
+    print(plots.packed_markdown(results))
     for p in plots.draw(results, path.parent):
         print(f"  wrote {p}")
 
@@ -114,15 +119,19 @@ def run_sweep(args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cases = bench.sweep_cases(args.batch, args.hidden, args.seq, args.layers, args.directions,
                               args.dtypes)
-    results = dict(environment=env, date=date, rows=[], failures=[])
-    for case in _progress(cases):
+    results = dict(environment=env, date=date, rows=[], packed_rows=[], failures=[])
+    jobs = [(bench.measure, "rows", c) for c in cases]
+    if not args.no_packed:
+        jobs += [(bench.measure_packed, "packed_rows", c) for c in bench.sweep_cases(
+            dtypes=args.dtypes, **PACKED_SWEEP)]
+    for measure, key, case in _progress(jobs):
         try:
-            results["rows"] += bench.measure(case, args.modes)
+            results[key] += measure(case, args.modes)
         except torch.cuda.OutOfMemoryError:
             results["failures"].append(dict(case=vars(case), error="out of memory"))
             torch.cuda.empty_cache()
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after every case
-    table = plots.markdown(results)
+    table = plots.markdown(results) + "\n\n" + plots.packed_markdown(results)
     (out / "speedup.md").write_text(table + "\n")
     print(table)
     mismatches = [r for r in results["rows"] if not r["matches"]]

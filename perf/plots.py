@@ -81,6 +81,32 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def packed_markdown(results: dict) -> str:
+    """Packed latency over padded latency at the same token count (1.0 = padded speed)."""
+    rows = results.get("packed_rows") or []
+    if not rows:
+        return ""
+    by_case = defaultdict(dict)
+    for r in rows:
+        by_case[(r["dtype"], r["batch"], r["hidden"], r["seq"], r["mode"])][
+            (r["impl"], r["layout"])] = r["ms"]
+    lines = ["Packed (lengths uniform in [T/2, T]) over padded latency at the same number of "
+             "tokens; 1.00 = padded speed.", "",
+             "| dtype | batch | hidden | T | mode | triton_rnn packed/padded | "
+             "nn.RNN packed/padded | triton_rnn packed (ms) | nn.RNN packed (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(by_case):
+        v = by_case[key]
+        if len(v) < 4:
+            continue
+        ours = v[("triton_rnn", "packed")] / v[("triton_rnn", "padded")]
+        ref = v[("nn.RNN", "packed")] / v[("nn.RNN", "padded")]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {ours:.2f} | "
+                     f"{ref:.2f} | {v[('triton_rnn', 'packed')]:.3f} | "
+                     f"{v[('nn.RNN', 'packed')]:.3f} |")
+    return "\n".join(lines)
+
+
 def _series(rows, vary, fixed):
     """{(impl, mode): [(x, ms, p20, p80)]} over `vary` with the other keys at `fixed`."""
     out = defaultdict(list)
@@ -158,4 +184,42 @@ def draw(results: dict, out_dir: Path) -> list:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
+    if results.get("packed_rows"):
+        paths.append(_draw_packed(plt, results, out_dir, label))
     return paths
+
+
+def _draw_packed(plt, results, out_dir: Path, label: str) -> Path:
+    """Grouped bars: padded and packed latency of both implementations per shape class."""
+    rows = results["packed_rows"]
+    cases = sorted({(r["dtype"], r["batch"], r["hidden"], r["seq"]) for r in rows})
+    bars = [("triton_rnn", "padded"), ("triton_rnn", "packed"), ("nn.RNN", "padded"),
+            ("nn.RNN", "packed")]
+    colors = ["tab:blue", "lightsteelblue", "tab:orange", "navajowhite"]
+    fig, axes = plt.subplots(1, len(MODES), figsize=(max(8, 1.2 * len(cases)) * len(MODES) / 1.5,
+                                                      4.5), squeeze=False)
+    for ax, mode in zip(axes[0], MODES):
+        ms = {(r["dtype"], r["batch"], r["hidden"], r["seq"], r["impl"], r["layout"]): r
+              for r in rows if r["mode"] == mode}
+        width = 0.2
+        for k, ((impl, layout), color) in enumerate(zip(bars, colors)):
+            xs, ys, err = [], [], [[], []]
+            for i, c in enumerate(cases):
+                r = ms.get((*c, impl, layout))
+                if r:
+                    xs.append(i + (k - 1.5) * width)
+                    ys.append(r["ms"])
+                    err[0].append(r["ms"] - r["ms_p20"])
+                    err[1].append(r["ms_p80"] - r["ms"])
+            ax.bar(xs, ys, width, yerr=err, color=color, label=f"{impl} {layout}")
+        ax.set(yscale="log", ylabel="latency (ms)", title=mode,
+               xticks=range(len(cases)),
+               xticklabels=[f"{d}\nN={b} H={h}\nT={t}" for d, b, h, t in cases])
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Packed vs padded input at the same token count - {label}")
+    fig.tight_layout()
+    path = out_dir / "packed_vs_padded.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
