@@ -3,7 +3,9 @@
 The rule, in order (the resource report prints it beside every configuration):
 1. Batch tile: BN = 16 with tensor-core tl.dot when the batch has at least 16 rows; otherwise
    BN = 1 with an elementwise multiply-and-sum, one program per sequence (tl.dot needs every
-   dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work).
+   dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work). Exception:
+   float32 with TF32 disabled (IEEE) uses the elementwise product whenever BH > 32: its tl.dot
+   has no tensor-core path and the FMA fallback spills.
 2. Variant: "resident" (W_hh loaded once into registers for the whole sequence) while the padded
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the dtype and tile kind; else
    "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
@@ -21,6 +23,7 @@ import torch
 import triton
 
 DOT_MIN_BATCH = 16
+IEEE_DOT_MAX_BH = 32
 STREAM_CHUNK = 32
 
 # Largest padded hidden size whose W_hh tile stays in registers, by (element bytes, use_dot).
@@ -47,11 +50,15 @@ class Config:
                 f" stages={self.num_stages}")
 
 
-def choose(hidden_size: int, batch: int, dtype: torch.dtype) -> Config:
-    use_dot = batch >= DOT_MIN_BATCH
-    BN = DOT_MIN_BATCH if use_dot else 1
+def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True) -> Config:
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = torch.empty((), dtype=dtype).element_size()
+    # IEEE fp32 (TF32 off) has no tensor-core path: tl.dot falls back to FMA, whose layouts
+    # spill (kilobytes for resident tiles over 32, bytes when streaming); use the elementwise
+    # product instead, which is what the FMA fallback computes anyway.
+    ieee_fp32 = dtype == torch.float32 and not allow_tf32
+    use_dot = batch >= DOT_MIN_BATCH and not (ieee_fp32 and BH > IEEE_DOT_MAX_BH)
+    BN = DOT_MIN_BATCH if use_dot else 1
     if BH <= RESIDENT_MAX_BH[(elem, use_dot)]:
         tile_regs = BH * BH * elem // 4                 # 32-bit registers for the W_hh tile
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))

@@ -78,7 +78,7 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
         return out
     proj = proj.contiguous()
     h0 = h0.contiguous()
-    cfg = choose(H, N, proj.dtype)
+    cfg = choose(H, N, proj.dtype, allow_tf32)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("forward", cfg.variant)
     options = compile_options(cfg, proj.dtype, relu, allow_tf32, interpreting(),
@@ -109,7 +109,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
     dh0 = _empty((D, N, H), dtype=out.dtype, device=out.device)
     if N == 0:
         return dz, dh0
-    cfg = choose(H, N, out.dtype)
+    cfg = choose(H, N, out.dtype, allow_tf32)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("backward", cfg.variant)
     options = compile_options(cfg, out.dtype, relu, allow_tf32, interpreting(),

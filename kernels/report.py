@@ -34,8 +34,11 @@ ARCHS = {
     80: dict(name="A100 (sm_80)", sms=108, regs_per_sm=65536, smem_per_sm=167936,
              smem_per_block=166912, max_blocks_per_sm=32),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-          "fp64": torch.float64}
+# name -> (dtype, TF32 allowed): "tf32" is float32 with torch.backends.cudnn.allow_tf32 on
+# (PyTorch's default), "fp32" with it off (IEEE products).
+DTYPES = {"tf32": (torch.float32, True), "fp32": (torch.float32, False),
+          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
+          "fp64": (torch.float64, False)}
 HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 BATCHES = (1, 16, 256)
 _PTR_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
@@ -96,14 +99,13 @@ def _cuobjdump() -> str:
 
 @functools.lru_cache(maxsize=None)
 def compile_resources(pass_: str, cfg: Config, dtype: torch.dtype, arch: int,
-                      has_lengths: bool = False):
+                      has_lengths: bool = False, allow_tf32: bool = True):
     """(registers, stack bytes, shared bytes) of one compiled configuration; raises on failure."""
     if cfg.variant == "cell":
         flags = dict(HAS_H=True, HAS_BIAS=True)
     else:
         flags = dict(HAS_LENGTHS=has_lengths)
-    options = compile_options(cfg, dtype, relu=False, allow_tf32=dtype == torch.float32,
-                              **flags)
+    options = compile_options(cfg, dtype, relu=False, allow_tf32=allow_tf32, **flags)
     launch = {k: options.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in options}
     kernel = kernel_for(pass_, cfg.variant)
     src = ASTSource(kernel, _signature(kernel, dtype, options), constexprs=options)
@@ -131,18 +133,18 @@ def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
 def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1,
             packed: bool = False) -> Row:
     """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell)."""
-    dtype = DTYPES[dtype_name]
+    dtype, allow_tf32 = DTYPES[dtype_name]
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
         w_hh = "streamed (one step)"
     else:
-        cfg = choose(H, N, dtype)
+        cfg = choose(H, N, dtype, allow_tf32)
         programs = triton.cdiv(N, cfg.BN) * directions
         w_hh = "streamed from L2" if cfg.variant == "streaming" else "on-chip"
     try:
         regs, stack, shared = compile_resources("forward" if pass_ == "cell" else pass_, cfg,
-                                                dtype, arch, packed)
+                                                dtype, arch, packed, allow_tf32)
         error = ""
     except Exception as exc:  # a compile failure is a finding, not a crash
         regs = stack = shared = 0

@@ -13,11 +13,12 @@ import torch
 
 from triton_rnn.kernels.dispatch import choose
 
-# (dtype, H, batch): every variant (resident/streaming) x (elementwise/tl.dot).
-SHAPES = [("fp32", 3, 17), ("fp32", 17, 1), ("fp32", 128, 1), ("fp32", 128, 64),
-          ("fp32", 256, 64), ("fp32", 1024, 1), ("fp32", 1024, 64), ("bf16", 128, 16),
-          ("bf16", 2048, 64), ("fp16", 256, 1), ("fp16", 4096, 256), ("fp64", 64, 16),
-          ("fp64", 256, 16)]
+# (dtype, H, batch): every variant (resident/streaming) x (elementwise/tl.dot), float32 with
+# TF32 on ("tf32") and off ("fp32", IEEE) on both sides of each limit.
+SHAPES = [("tf32", 3, 17), ("tf32", 17, 1), ("tf32", 128, 1), ("tf32", 128, 64),
+          ("tf32", 256, 64), ("tf32", 1024, 1), ("tf32", 1024, 64), ("fp32", 32, 16),
+          ("fp32", 128, 64), ("fp32", 512, 64), ("bf16", 128, 16), ("bf16", 2048, 64),
+          ("fp16", 256, 1), ("fp16", 4096, 256), ("fp64", 64, 16), ("fp64", 256, 16)]
 
 
 def _report(shapes):
@@ -42,7 +43,6 @@ def test_dispatched_kernels_compile_for_sm90_without_spills():
 
 
 def test_shapes_cover_every_variant():
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-              "fp64": torch.float64}
-    kinds = {(c.variant, c.use_dot) for c in (choose(h, n, dtypes[d]) for d, h, n in SHAPES)}
+    from triton_rnn.kernels.report import DTYPES
+    kinds = {(c.variant, c.use_dot) for c in (choose(h, n, *DTYPES[d]) for d, h, n in SHAPES)}
     assert kinds == {(v, d) for v in ("resident", "streaming") for d in (True, False)}

@@ -163,3 +163,18 @@ def test_packed_sequence_gives_nn_rnn_result(enforce_sorted):
     ref_out, ref_h = ref(packed)
     assert torch.equal(out.batch_sizes, ref_out.batch_sizes)
     assert rel_err(out.data, ref_out.data) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
+
+
+@pytest.mark.parametrize("H", [33, 130])
+def test_float32_with_tf32_disabled(H, monkeypatch):
+    """cudnn.allow_tf32 = False selects IEEE products (and the elementwise kernels for batches
+    of 16 and more); results must then be IEEE-fp32 accurate on any device."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    ours, ref = make_pair(5, H, 1, bidirectional=True, dtype=torch.float32)
+    x = torch.randn(3, 17, 5, dtype=torch.float64)
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, None, torch.float32)
+    assert rel_err(out, ref_out) < 1e-5 and rel_err(h_n, ref_h) < 1e-5
+    out.sum().backward()
+    ref_out.sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert rel_err(p.grad, q.grad) < 2e-5, name
