@@ -70,7 +70,14 @@ def _rel_err(a, b) -> float:
 
 
 def measure(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50) -> list:
-    """One row per (mode, implementation): median and 20/80% quantile latencies in ms."""
+    """One row per (mode, implementation): median and 20/80% quantile latencies in ms.
+    triton_rnn.RNN is measured on its own kernels (routing to cuDNN off): these numbers are
+    what perf/routing_table.py decides the routing from."""
+    with triton_rnn.routing.kernels_always():
+        return _measure(case, modes, warmup_ms, rep_ms)
+
+
+def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
     dtype, tf32 = DTYPES[case.dtype]
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -103,6 +110,7 @@ def sweep_cases(batch, hidden, seq, layers, directions, dtypes) -> list:
 def environment() -> dict:
     props = torch.cuda.get_device_properties(0)
     return dict(gpu=props.name, sm_count=props.multi_processor_count,
+                arch=f"sm_{props.major}{props.minor}",
                 torch=torch.__version__, triton=triton.__version__,
                 cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
 
@@ -125,6 +133,11 @@ def measure_packed(case: Case, modes=("inference", "training"), warmup_ms=10, re
 
     Packed: `case.batch` sequences with lengths uniform in [T/2, T] (P tokens in all). Padded:
     the same batch with every sequence of length round(P / batch)."""
+    with triton_rnn.routing.kernels_always():
+        return _measure_packed(case, modes, warmup_ms, rep_ms)
+
+
+def _measure_packed(case: Case, modes, warmup_ms, rep_ms) -> list:
     from torch.nn.utils.rnn import pack_padded_sequence
 
     dtype, tf32 = DTYPES[case.dtype]

@@ -5,7 +5,8 @@
 1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
 2. the kernel resource report for sm_90/sm_80 (report.log);
 3. the latency sweep (perf/latency.py, default sweep unless options narrow it);
-4. summary.md beside them. Commit the folder it prints.
+4. perf/routing_table.py on those results (updates triton_rnn/cudnn_faster.json);
+5. summary.md beside them. Commit the folder it prints and the routing table.
 """
 import datetime
 import os
@@ -44,6 +45,9 @@ def main(argv) -> int:
         "latency": _run([sys.executable, "perf/latency.py", "--out", str(out), *argv],
                         out / "latency.log", env),
     }
+    if (out / "results.json").exists():  # route shape classes where cuDNN won
+        codes["routing"] = _run([sys.executable, "perf/routing_table.py",
+                                 str(out / "results.json")], out / "routing.log", env)
     lines = [f"# GPU validation: {gpu}, {date}", "",
              f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
              f"cuDNN {torch.backends.cudnn.version()}", ""]

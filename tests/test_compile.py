@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import torch
 
 from triton_rnn.kernels.dispatch import choose
 

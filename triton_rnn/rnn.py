@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import routing
 from .ops import recurrence
 
 _SCALAR_NAME = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
@@ -63,6 +64,8 @@ class RNN(nn.RNN):
     in the same kernels, which take per-sequence lengths."""
 
     def forward(self, input, hx=None):
+        if self._cudnn_is_faster(input):
+            return super().forward(input, hx)  # measured faster for this shape class
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
@@ -102,6 +105,22 @@ class RNN(nn.RNN):
         output, h_n = self._run(data, hx, weights, layout.N, layout)
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(h_n, unsorted_indices))
+
+    def _cudnn_is_faster(self, input) -> bool:
+        """Whether routing.py's table sends this call to nn.RNN's own path."""
+        if isinstance(input, PackedSequence):
+            data, batch = input.data, int(input.batch_sizes[0])
+        elif input.dim() in (2, 3):
+            data = input
+            batch = 1 if input.dim() == 2 else input.size(0 if self.batch_first else 1)
+        else:
+            return False  # our argument checks raise nn.RNN's error
+        if not data.is_cuda:
+            return False
+        dtype = _autocast_dtype("cuda") or self.weight_ih_l0.dtype
+        training = torch.is_grad_enabled() and (
+            data.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return routing.cudnn_is_faster(data.device, dtype, self.hidden_size, batch, training)
 
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1

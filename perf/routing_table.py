@@ -1,0 +1,80 @@
+"""Write triton_rnn/cudnn_faster.json from recorded GPU results: the shape classes in which
+nn.RNN (cuDNN) was faster, so triton_rnn.RNN routes them to nn.RNN's own path.
+
+    python perf/routing_table.py [perf/results/<gpu>_<date>/results.json ...]
+
+With no arguments, uses the most recent results of each GPU under perf/results/. A class is
+(dtype, hidden bucket, batch bucket, mode); it is listed when the geometric mean of the
+measured speedups (nn.RNN ms / ours) over the other axes (T, layers, directions) is below 1,
+or when any of its measured outputs did not match nn.RNN.
+"""
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "perf"))
+import plots  # noqa: E402
+
+TABLE = ROOT / "triton_rnn" / "cudnn_faster.json"
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def slower_classes(results: dict) -> list:
+    speedups = defaultdict(list)
+    wrong = set()
+    for key, speedup in plots.speedups(results["rows"]).items():
+        dtype, batch, hidden, _, _, _, mode = key
+        speedups[(dtype, _bucket(hidden), _bucket(batch), mode)].append(speedup)
+    for r in results["rows"]:
+        if not r["matches"]:
+            wrong.add((r["dtype"], _bucket(r["hidden"]), _bucket(r["batch"]), r["mode"]))
+    listed = []
+    for cls, values in sorted(speedups.items()):
+        geomean = math.exp(sum(map(math.log, values)) / len(values))
+        if geomean < 1.0 or cls in wrong:
+            listed.append(dict(zip(("dtype", "hidden", "batch", "mode"), cls),
+                               speedup=round(geomean, 3), output_mismatch=cls in wrong))
+    return listed
+
+
+def build(paths) -> dict:
+    table = json.loads(TABLE.read_text())
+    table["sources"], table["cudnn_faster"] = [], {}
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        arch = results["environment"].get("arch")
+        if arch is None:
+            raise SystemExit(f"{path}: no 'arch' (compute capability) recorded")
+        table["sources"].append(str(Path(path).resolve().relative_to(ROOT)))
+        table["cudnn_faster"][arch] = slower_classes(results)
+    return table
+
+
+def latest_per_gpu() -> list:
+    newest = {}
+    for path in sorted((ROOT / "perf" / "results").glob("*/results.json")):
+        results = json.loads(path.read_text())
+        gpu = results["environment"]["gpu"]
+        if gpu not in newest or results["date"] >= newest[gpu][0]:
+            newest[gpu] = (results["date"], path)
+    return [p for _, p in newest.values()]
+
+
+def main(argv) -> int:
+    paths = argv or latest_per_gpu()
+    table = build(paths)
+    TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    for arch, classes in table["cudnn_faster"].items():
+        print(f"{arch}: {len(classes)} shape classes routed to nn.RNN")
+    print(f"wrote {TABLE.relative_to(ROOT)} from {len(paths)} result file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""Use nn.RNN's own path (cuDNN) for the shape classes where it was measured faster.
+
+perf/routing_table.py turns recorded GPU results (perf/results/*/results.json) into
+cudnn_faster.json beside this file: for each GPU architecture, the shape classes in which
+triton_rnn.RNN's geometric-mean latency over the measured sequence lengths, layer counts and
+directions was above nn.RNN's. A shape class is (dtype, hidden size rounded up to a power of
+two, batch rounded up to a power of two, inference or training). Shapes outside every measured
+class run our kernels, and so does everything under torch.compile (our custom ops trace into
+the graph; nn.RNN's path does not). An empty table (no GPU results recorded yet) changes
+nothing.
+"""
+import contextlib
+import functools
+import json
+from pathlib import Path
+
+import torch
+import triton
+
+TABLE = Path(__file__).with_name("cudnn_faster.json")
+enabled = True  # perf/ turns routing off to measure our kernels themselves
+
+
+@contextlib.contextmanager
+def kernels_always():
+    """Run triton_rnn.RNN's kernels for every shape, whatever the table says."""
+    global enabled
+    previous, enabled = enabled, False
+    try:
+        yield
+    finally:
+        enabled = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _classes(path: Path = TABLE) -> dict:
+    """{"sm_90": {(dtype, hidden, batch, mode), ...}, ...} from the shipped table."""
+    if not path.exists():
+        return {}
+    table = json.loads(path.read_text())
+    return {arch: {(c["dtype"], c["hidden"], c["batch"], c["mode"]) for c in classes}
+            for arch, classes in table.get("cudnn_faster", {}).items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def shape_class(dtype: torch.dtype, hidden: int, batch: int, training: bool) -> tuple:
+    return (dtype_name(dtype), triton.next_power_of_2(hidden),
+            triton.next_power_of_2(max(batch, 1)), "training" if training else "inference")
+
+
+def cudnn_is_faster(device: torch.device, dtype: torch.dtype, hidden: int, batch: int,
+                    training: bool) -> bool:
+    # Under torch.compile our custom ops trace into the graph and nn.RNN's path would not.
+    if not enabled or device.type != "cuda" or torch.compiler.is_compiling():
+        return False
+    classes = _classes()
+    if not classes:
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return shape_class(dtype, hidden, batch, training) in classes.get(f"sm_{major}{minor}", ())
