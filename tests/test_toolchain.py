@@ -1,7 +1,6 @@
 """triton_rnn.RNN with PyTorch's toolchain: torch.compile, custom-op checks, autocast,
 deterministic mode, DistributedDataParallel / FSDP, CUDA graphs."""
 import os
-import socket
 
 import pytest
 import torch
@@ -109,15 +108,10 @@ def test_deterministic_mode_bitwise_repeatable():
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _distributed_worker(rank, world, port, x, result_path):
+def _distributed_worker(rank, world, store_path, x, result_path):
     os.environ["TRITON_INTERPRET"] = "1"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # A file rendezvous: no port to race for with anything else on the machine.
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=world)
     try:
         torch.manual_seed(0)
@@ -148,7 +142,8 @@ def test_ddp_and_fsdp_gradients_equal_single_process(tmp_path):
     single(x[1::2]).div(2).backward()
     expected = [p.grad for p in single.parameters()]
     path = tmp_path / "grads.pt"
-    mp.spawn(_distributed_worker, args=(2, _free_port(), x, str(path)), nprocs=2, join=True)
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "store"), x, str(path)), nprocs=2,
+             join=True)
     grads = torch.load(path)
     for kind in ("ddp", "fsdp"):
         assert len(grads[kind]) == len(expected)
