@@ -3,6 +3,7 @@
 Tensors (one layer, D directions, T steps, N batch, H hidden):
   proj (T, N, D*H) contiguous, h0 (D, N, H), w_hh (D, H, H) any strides, out/dout/dz like proj.
 """
+import contextlib
 import os
 
 import torch
@@ -63,6 +64,16 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     )
 
 
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' own (cuda:1, say)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """The kernels' accumulator and state dtype: fp64 for fp64, fp32 otherwise."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _weight_operand(w_hh: torch.Tensor, transpose: bool):
     """Strides (d, k, j) that read B = W_hhᵀ (transpose) or B = W_hh without copying."""
     s_d, s_row, s_col = w_hh.stride()
@@ -76,8 +87,7 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
     out = _empty(like=proj)
     if N == 0:
         return out
-    proj = proj.contiguous()
-    h0 = h0.contiguous()
+    proj, h0 = proj.contiguous(), h0.contiguous()
     cfg = choose(H, N, proj.dtype, allow_tf32)
     grid = (triton.cdiv(N, cfg.BN), D)
     kernel = kernel_for("forward", cfg.variant)
@@ -85,26 +95,25 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
                               HAS_LENGTHS=lengths is not None)
     p_len = proj if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=True)
-    if cfg.variant == "resident":
-        kernel[grid](
-            proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
-            h0.stride(0), h0.stride(1), *w_strides, out.stride(0), out.stride(1), **options)
-    else:
-        acc_dtype = torch.float64 if proj.dtype == torch.float64 else torch.float32
-        state = _empty((D, 2, N, H), dtype=acc_dtype, device=proj.device)
-        state[:, 1] = h0
-        kernel[grid](
-            proj, w_hh, out, state, p_len, T, N, H, proj.stride(0), proj.stride(1),
-            *w_strides, out.stride(0), out.stride(1), *state.stride()[:3], **options)
+    with _on_device(proj):
+        if cfg.variant == "resident":
+            kernel[grid](
+                proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
+                h0.stride(0), h0.stride(1), *w_strides, out.stride(0), out.stride(1), **options)
+        else:
+            state = _empty((D, 2, N, H), dtype=_acc_dtype(proj), device=proj.device)
+            state[:, 1] = h0
+            kernel[grid](
+                proj, w_hh, out, state, p_len, T, N, H, proj.stride(0), proj.stride(1),
+                *w_strides, out.stride(0), out.stride(1), *state.stride()[:3], **options)
     return out
 
 
 def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
     """Returns (dz, dh0): dz_t = dL/d(proj_t) for every step, dh0 = dL/dh0."""
-    T, N, DH = out.shape
+    T, N, _ = out.shape
     D, H = w_hh.shape[0], w_hh.shape[1]
-    dout = dout.contiguous()
-    out = out.contiguous()
+    dout, out = dout.contiguous(), out.contiguous()
     dz = _empty(like=out)
     dh0 = _empty((D, N, H), dtype=out.dtype, device=out.device)
     if N == 0:
@@ -116,17 +125,17 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
                               HAS_LENGTHS=lengths is not None)
     p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=False)
-    if cfg.variant == "resident":
-        kernel[grid](
-            dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),
-            *w_strides, dh0.stride(0), dh0.stride(1), **options)
-    else:
-        acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
-        state = torch.zeros((D, 2, N, H), dtype=acc_dtype, device=out.device)
-        kernel[grid](
-            dout, out, w_hh, dz, state, p_len, T, N, H, out.stride(0), out.stride(1),
-            *w_strides, *state.stride()[:3], **options)
-        dh0.copy_(state[:, (T - 1) % 2])
+    with _on_device(out):
+        if cfg.variant == "resident":
+            kernel[grid](
+                dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),
+                *w_strides, dh0.stride(0), dh0.stride(1), **options)
+        else:
+            state = torch.zeros((D, 2, N, H), dtype=_acc_dtype(out), device=out.device)
+            kernel[grid](
+                dout, out, w_hh, dz, state, p_len, T, N, H, out.stride(0), out.stride(1),
+                *w_strides, *state.stride()[:3], **options)
+            dh0.copy_(state[:, (T - 1) % 2])
     return dz, dh0
 
 
@@ -138,16 +147,18 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool, allow_tf32: bool)
     out = _empty((N, H), dtype=x.dtype, device=x.device)
     if N == 0:
         return out
+    # The kernel reads rows of x and h and the biases with unit feature stride.
     x = x.contiguous()
-    h = None if h is None else h.contiguous()
+    h, b_ih, b_hh = (None if t is None else t.contiguous() for t in (h, b_ih, b_hh))
     cfg = choose_cell(N, x.dtype)
     options = compile_options(cfg, x.dtype, relu, allow_tf32, interpreting(),
                               HAS_H=h is not None, HAS_BIAS=b_ih is not None)
     grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
     unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
-    rnn_cell_forward_kernel[grid](
-        x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
-        unused if b_hh is None else b_hh, out, N, I, H,
-        x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
-        w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
+    with _on_device(x):
+        rnn_cell_forward_kernel[grid](
+            x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
+            unused if b_hh is None else b_hh, out, N, I, H,
+            x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
+            w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
     return out

@@ -51,7 +51,8 @@ def test_option_grid_float64(opt):
     _compare(ours, ref, x, h0, torch.float64, 1e-9)
 
 
-SIZES = [(1, 1, 1), (3, 5, 3), (3, 17, 17), (2, 5, 130), (2, 17, 130)]
+SIZES = [(1, 1, 1), (3, 5, 3), (3, 17, 17), (2, 5, 100), (2, 17, 128), (2, 5, 130),
+         (2, 17, 130)]
 
 
 # ReLU in 16-bit is left out of the gradient comparison: whether a unit whose pre-activation
@@ -200,3 +201,10 @@ def test_training_curve_matches_nn_rnn_step_by_step():
     assert curves["ref"][-1] < curves["ref"][0]  # it trains
     for a, b in zip(curves["ours"], curves["ref"]):
         assert abs(a - b) <= 1e-9 * abs(b)
+
+
+def test_long_sequence_gradients_float64():
+    ours, ref = make_pair(4, 17, 1, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(64, 3, 4, dtype=torch.float64)
+    h0 = torch.randn(2, 3, 17, dtype=torch.float64)
+    _compare(ours, ref, x, h0, torch.float64, 1e-9)

@@ -126,3 +126,25 @@ def test_cell_op_opcheck():
             torch.randn(5, 4, **kw, requires_grad=True), torch.randn(5, 5, **kw),
             torch.randn(5, **kw), torch.randn(5, **kw), False, False)
     torch.library.opcheck(rnn_cell, args)
+
+
+def test_non_contiguous_weights_and_biases():
+    ours, ref = _pair(4, 6)
+    strided = {"weight_ih": torch.randn(6, 8, dtype=torch.float64)[:, ::2],
+               "weight_hh": torch.randn(6, 6, dtype=torch.float64).T,
+               "bias_ih": torch.randn(12, dtype=torch.float64)[::2],
+               "bias_hh": torch.randn(12, dtype=torch.float64)[1::2]}
+    assert not any(t.is_contiguous() for t in strided.values())
+    x, h = torch.randn(17, 4, dtype=torch.float64), torch.randn(17, 6, dtype=torch.float64)
+    out = torch.func.functional_call(
+        ours, {k: v.to(DEVICE) for k, v in strided.items()}, (x.to(DEVICE), h.to(DEVICE)))
+    assert rel_err(out, torch.func.functional_call(ref, strided, (x, h))) < 1e-9
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_nan_propagates_like_nn_rnn_cell(act):
+    ours, ref = _pair(3, 5, nonlinearity=act)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x[1, 2] = float("nan")
+    out, expected = ours(x.to(DEVICE)), ref(x)
+    assert torch.equal(out.isnan().cpu(), expected.isnan()) and expected.isnan().any()

@@ -37,7 +37,9 @@ def test_option_grid_float64(opt):
     assert rel_err(h_n, ref_h) < 1e-9
 
 
-SIZES = [(1, 1, 1), (4, 5, 3), (3, 17, 17), (2, 5, 33), (3, 17, 33), (2, 5, 130), (2, 17, 130)]
+# H = 100 and 128 fill the largest resident tile (BH = 128); 130 streams W_hh.
+SIZES = [(1, 1, 1), (4, 5, 3), (3, 17, 17), (2, 5, 33), (3, 17, 33), (2, 5, 100), (2, 17, 128),
+         (2, 5, 130), (2, 17, 130)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
@@ -178,3 +180,38 @@ def test_float32_with_tf32_disabled(H, monkeypatch):
     ref_out.sum().backward()
     for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
         assert rel_err(p.grad, q.grad) < 2e-5, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_small_pre_activations_keep_full_precision(dtype):
+    """tanh near 0 (weights scaled by 1e-3): a cancelling formula would lose digits here."""
+    ours, ref = make_pair(4, 9, 2, dtype=dtype)
+    with torch.no_grad():
+        for m in (ours, ref):
+            for p in m.parameters():
+                p.mul_(1e-3)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, None, dtype)
+    assert rel_err(out, ref_out) < TOLERANCE[dtype] and rel_err(h_n, ref_h) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("T,N,H", [(64, 3, 17), (48, 17, 33)], ids=["T64-N3-H17", "T48-N17-H33"])
+def test_long_sequences(T, N, H, dtype):
+    ours, ref = make_pair(4, H, 1, bidirectional=True, dtype=dtype)
+    x = torch.randn(T, N, 4, dtype=torch.float64)
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, None, dtype)
+    assert rel_err(out, ref_out) < TOLERANCE[dtype] and rel_err(h_n, ref_h) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_nan_propagates_like_nn_rnn(act):
+    ours, ref = make_pair(3, 5, 2, act, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    x[2, 1, 0] = float("nan")
+    out, h_n, ref_out, ref_h = _run(ours, ref, x, None, torch.float64)
+    assert ref_out.isnan().any()
+    assert torch.equal(out.isnan().cpu(), ref_out.isnan()) and \
+        torch.equal(h_n.isnan().cpu(), ref_h.isnan())
+    finite = ~ref_out.isnan()
+    assert rel_err(out.cpu()[finite], ref_out[finite]) < 1e-9

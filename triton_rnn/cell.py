@@ -44,14 +44,14 @@ class RNNCell(nn.RNNCell):
             if hx.size(1) != self.hidden_size:
                 raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, "
                                    f"expected {self.hidden_size}")
-        if _autocast_dtype(input.device.type) is not None:
-            return
-        for tensor, weight in ((input, self.weight_ih), (hx, self.weight_hh)):
-            if tensor is not None and tensor.dtype != weight.dtype:
-                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
-                                   f"{scalar_name(tensor.dtype)} and {scalar_name(weight.dtype)}")
         for tensor, kind in ((input, "Input"), (hx, "Hidden")):
             if tensor is not None and tensor.device != self.weight_ih.device:
                 raise RuntimeError(f"{kind} and parameter tensors are not at the same device, "
                                    f"found {kind.lower()} tensor at {tensor.device} and "
                                    f"parameter tensor at {self.weight_ih.device}")
+        if _autocast_dtype(input.device.type) is not None:
+            return  # autocast casts everything to one dtype
+        for tensor, weight in ((input, self.weight_ih), (hx, self.weight_hh)):
+            if tensor is not None and tensor.dtype != weight.dtype:
+                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                                   f"{scalar_name(tensor.dtype)} and {scalar_name(weight.dtype)}")

@@ -42,7 +42,8 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
         for t in reversed(_steps(out.shape[0], d)):
             y = out[t, :, cols]
             g = dout[t, :, cols] + carried
-            dz_t = g * (y > 0) if relu else g * (1 - y * y)
+            # relu': as torch's threshold_backward (a NaN output passes its gradient)
+            dz_t = torch.where(y <= 0, 0, g) if relu else g * (1 - y * y)
             inside = _inside(lengths, t)
             if inside is not None:
                 dz_t = torch.where(inside, dz_t, 0)

@@ -19,6 +19,14 @@ def scalar_name(dtype: torch.dtype) -> str:
     return _SCALAR_NAME.get(dtype, str(dtype).replace("torch.", "").capitalize())
 
 
+def tf32_allowed() -> bool:
+    """TF32 for float32 the way nn.RNN decides it: cuDNN's flag while cuDNN is enabled, else
+    the matmul flag its native implementation's GEMMs follow."""
+    if torch.backends.cudnn.enabled:
+        return torch.backends.cudnn.allow_tf32
+    return torch.backends.cuda.matmul.allow_tf32
+
+
 def _autocast_dtype(device_type: str):
     """The autocast dtype if autocast is on for this device type, else None."""
     if torch.is_autocast_enabled(device_type):
@@ -120,7 +128,8 @@ class RNN(nn.RNN):
         dtype = _autocast_dtype("cuda") or self.weight_ih_l0.dtype
         training = torch.is_grad_enabled() and (
             data.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return routing.cudnn_is_faster(data.device, dtype, self.hidden_size, batch, training)
+        return routing.cudnn_is_faster(data.device, dtype, tf32_allowed(), self.hidden_size,
+                                       batch, training)
 
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -173,7 +182,7 @@ class RNN(nn.RNN):
     def _run_layers(self, x: Tensor, hx: Tensor, weights, layout):
         """x: (T, N, I), or (P, I) packed rows when `layout` is given."""
         D, H = self._directions(), self.hidden_size
-        allow_tf32 = torch.backends.cudnn.allow_tf32
+        allow_tf32 = tf32_allowed()
         relu = self.nonlinearity == "relu"
         lengths = None if layout is None else layout.lengths
         h_n = []

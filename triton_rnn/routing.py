@@ -42,19 +42,21 @@ def _classes(path: Path = TABLE) -> dict:
             for arch, classes in table.get("cudnn_faster", {}).items()}
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """perf/bench.py's names: float32 is "tf32" or "fp32" (IEEE) by whether TF32 is allowed."""
     if dtype == torch.float32:
-        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+        return "tf32" if allow_tf32 else "fp32"
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
-def shape_class(dtype: torch.dtype, hidden: int, batch: int, training: bool) -> tuple:
-    return (dtype_name(dtype), triton.next_power_of_2(hidden),
+def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,
+                training: bool) -> tuple:
+    return (dtype_name(dtype, allow_tf32), triton.next_power_of_2(hidden),
             triton.next_power_of_2(max(batch, 1)), "training" if training else "inference")
 
 
-def cudnn_is_faster(device: torch.device, dtype: torch.dtype, hidden: int, batch: int,
-                    training: bool) -> bool:
+def cudnn_is_faster(device: torch.device, dtype: torch.dtype, allow_tf32: bool, hidden: int,
+                    batch: int, training: bool) -> bool:
     # Under torch.compile our custom ops trace into the graph and nn.RNN's path would not.
     if not enabled or device.type != "cuda" or torch.compiler.is_compiling():
         return False
@@ -62,4 +64,5 @@ def cudnn_is_faster(device: torch.device, dtype: torch.dtype, hidden: int, batch
     if not classes:
         return False
     major, minor = torch.cuda.get_device_capability(device)
-    return shape_class(dtype, hidden, batch, training) in classes.get(f"sm_{major}{minor}", ())
+    return shape_class(dtype, allow_tf32, hidden, batch, training) in \
+        classes.get(f"sm_{major}{minor}", ())
