@@ -77,6 +77,9 @@ class Row:
 
 
 def _signature(kernel, dtype: torch.dtype, consts: dict) -> dict:
+    """Argument types for compilation. Integers compile as plain i32, without the JIT's value
+    specialisations (== 1, multiple of 16) that a real launch may add: those only remove
+    instructions, so this is the conservative build of what runs."""
     acc = "fp64" if dtype == torch.float64 else "fp32"
     sig = {}
     for name in kernel.arg_names:
