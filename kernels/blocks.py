@@ -62,6 +62,23 @@ def mix(b_h, b_b, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.conste
 
 
 @triton.jit
+def batch_tile(N, BN: tl.constexpr):
+    """This program's direction (grid axis 1) and batch rows (axis 0): (i_d, o_n, m_n), with
+    int64 offsets so that T·N·H may pass 2³¹."""
+    i_d = tl.program_id(1).to(tl.int64)
+    o_n = tl.program_id(0).to(tl.int64) * BN + tl.arange(0, BN).to(tl.int64)
+    return i_d, o_n, o_n < N
+
+
+@triton.jit
+def load_square_tile(p_b, s_bk, s_bj, o_h, m_h):
+    """The (BH, BH) tile B[k, j] of an H x H matrix; zero outside H, so padded features of the
+    state stay act(0) = 0."""
+    return tl.load(p_b + o_h[:, None] * s_bk + o_h[None, :] * s_bj,
+                   mask=m_h[:, None] & m_h[None, :], other=0.0)
+
+
+@triton.jit
 def time_index(t, T, i_d, BACKWARD_IN_TIME: tl.constexpr):
     """Timestep visited at loop iteration t: direction 0 runs forward in time, direction 1 in
     reverse; the backward pass visits each direction's steps in the opposite order."""

@@ -80,6 +80,14 @@ def _weight_operand(w_hh: torch.Tensor, transpose: bool):
     return (s_d, s_col, s_row) if transpose else (s_d, s_row, s_col)
 
 
+def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool):
+    """(config, kernel, grid, constexprs and launch options) of one layer's recurrence."""
+    cfg = choose(H, N, dtype, allow_tf32)
+    options = compile_options(cfg, dtype, relu, allow_tf32, interpreting(),
+                              HAS_LENGTHS=lengths is not None)
+    return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
+
+
 def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) -> torch.Tensor:
     """lengths: None, or (N,) int32 per-sequence lengths on the device (variable-length batch)."""
     T, N, _ = proj.shape
@@ -88,11 +96,7 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
     if N == 0:
         return out
     proj, h0 = proj.contiguous(), h0.contiguous()
-    cfg = choose(H, N, proj.dtype, allow_tf32)
-    grid = (triton.cdiv(N, cfg.BN), D)
-    kernel = kernel_for("forward", cfg.variant)
-    options = compile_options(cfg, proj.dtype, relu, allow_tf32, interpreting(),
-                              HAS_LENGTHS=lengths is not None)
+    cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu, allow_tf32)
     p_len = proj if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=True)
     with _on_device(proj):
@@ -118,11 +122,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
     dh0 = _empty((D, N, H), dtype=out.dtype, device=out.device)
     if N == 0:
         return dz, dh0
-    cfg = choose(H, N, out.dtype, allow_tf32)
-    grid = (triton.cdiv(N, cfg.BN), D)
-    kernel = kernel_for("backward", cfg.variant)
-    options = compile_options(cfg, out.dtype, relu, allow_tf32, interpreting(),
-                              HAS_LENGTHS=lengths is not None)
+    cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu, allow_tf32)
     p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=False)
     with _on_device(out):

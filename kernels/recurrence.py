@@ -14,7 +14,8 @@ Two variants share the helpers in blocks.py:
 import triton
 import triton.language as tl
 
-from .blocks import activate, activation_grad, active, mix, time_index
+from .blocks import (activate, activation_grad, active, batch_tile, load_square_tile, mix,
+                     time_index)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -28,19 +29,14 @@ def rnn_forward_resident_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
+    i_d, o_n, m_n = batch_tile(N, BN)
     o_h = tl.arange(0, BH).to(tl.int64)
-    m_n = o_n < N
     m_h = o_h < H
     m_nh = m_n[:, None] & m_h[None, :]
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
-    # Padded rows/columns load as zero, so padded features of h stay act(0) = 0.
-    b_b = tl.load(p_b + i_d * s_bd + o_h[:, None] * s_bk + o_h[None, :] * s_bj,
-                  mask=m_h[:, None] & m_h[None, :], other=0.0)
+    b_b = load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h)  # on-chip for all T steps
     b_h = tl.load(p_h0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],
                   mask=m_nh, other=0.0).to(ACC)
     o_p = o_n[:, None] * s_pn + i_d * H + o_h[None, :]
@@ -66,18 +62,14 @@ def rnn_backward_resident_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
+    i_d, o_n, m_n = batch_tile(N, BN)
     o_h = tl.arange(0, BH).to(tl.int64)
-    m_n = o_n < N
     m_h = o_h < H
     m_nh = m_n[:, None] & m_h[None, :]
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
-    b_b = tl.load(p_b + i_d * s_bd + o_h[:, None] * s_bk + o_h[None, :] * s_bj,
-                  mask=m_h[:, None] & m_h[None, :], other=0.0)
+    b_b = load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h)  # on-chip for all T steps
     b_c = tl.zeros((BN, BH), dtype=ACC)  # gradient carried into the step being visited
     o_x = o_n[:, None] * s_n + i_d * H + o_h[None, :]
     for t in range(T):

@@ -8,7 +8,7 @@ warp of the program before the next step, hence the barrier at the end of each p
 import triton
 import triton.language as tl
 
-from .blocks import activate, activation_grad, active, chunk_product, time_index
+from .blocks import activate, activation_grad, active, batch_tile, chunk_product, time_index
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -22,10 +22,7 @@ def rnn_forward_streaming_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
-    m_n = o_n < N
+    i_d, o_n, m_n = batch_tile(N, BN)
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
     p_b = p_b + i_d * s_bd
@@ -62,10 +59,7 @@ def rnn_backward_streaming_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BN + tl.arange(0, BN).to(tl.int64)
-    m_n = o_n < N
+    i_d, o_n, m_n = batch_tile(N, BN)
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
     p_b = p_b + i_d * s_bd

@@ -94,11 +94,21 @@ def measure(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50
         return _measure(case, modes, warmup_ms, rep_ms)
 
 
-def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
+def _setup(case: Case):
+    """Set the TF32 flags for the case's dtype; return (dtype, both models)."""
     dtype, tf32 = DTYPES[case.dtype]
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    models = _models(case)
+    return dtype, _models(case)
+
+
+def _time(step, warmup_ms, rep_ms):
+    """(median, 20% quantile, 80% quantile) in ms."""
+    return triton.testing.do_bench(step, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+
+
+def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
+    dtype, models = _setup(case)
     shape = (case.seq, case.batch, case.hidden)
     inputs = [torch.randn(shape, device=DEVICE, dtype=dtype) for _ in range(INPUT_SETS)]
     out_shape = (case.seq, case.batch, case.directions * case.hidden)
@@ -107,9 +117,7 @@ def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
     rows = []
     for mode in modes:
         for name, model in models.items():
-            med, lo, hi = triton.testing.do_bench(_step(model, inputs, grads, mode),
-                                                  warmup=warmup_ms, rep=rep_ms,
-                                                  quantiles=[0.5, 0.2, 0.8])
+            med, lo, hi = _time(_step(model, inputs, grads, mode), warmup_ms, rep_ms)
             rows.append(dict(asdict(case), mode=mode, impl=name, ms=med, ms_p20=lo, ms_p80=hi,
                              us_per_step=1e3 * med / case.seq,
                              tflops=case.flops(mode) / (med * 1e-3) / 1e12,
@@ -156,10 +164,7 @@ def measure_packed(case: Case, modes=("inference", "training"), warmup_ms=10, re
 def _measure_packed(case: Case, modes, warmup_ms, rep_ms) -> list:
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    dtype, tf32 = DTYPES[case.dtype]
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    models = _models(case)
+    dtype, models = _setup(case)
     lengths = _lengths(case)
     tokens = sum(lengths)
     padded_len = max(1, round(tokens / case.batch))
@@ -181,8 +186,7 @@ def _measure_packed(case: Case, modes, warmup_ms, rep_ms) -> list:
             for layout, inputs, grads in (("packed", packed_inputs, packed_grads),
                                           ("padded", padded_inputs, padded_grads)):
                 step = _step(model, inputs, grads, mode, packed=layout == "packed")
-                med, lo, hi = triton.testing.do_bench(step, warmup=warmup_ms, rep=rep_ms,
-                                                      quantiles=[0.5, 0.2, 0.8])
+                med, lo, hi = _time(step, warmup_ms, rep_ms)
                 rows.append(dict(asdict(case), mode=mode, impl=name, layout=layout,
                                  tokens=tokens, ms=med, ms_p20=lo, ms_p80=hi,
                                  rel_err_vs_nn_rnn=err,

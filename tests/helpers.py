@@ -1,5 +1,6 @@
 """Shared pieces of the tests: model pairs, the float64 reference, tolerances."""
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -49,3 +50,14 @@ def clone_as(module: nn.Module, cls):
     other = copy.deepcopy(module)
     other.__class__ = cls
     return other
+
+
+# Every option combination of the module: nonlinearity, bias, layers, bidirectional, batch_first.
+OPTIONS = list(itertools.product(("tanh", "relu"), (True, False), (1, 2), (False, True),
+                                 (False, True)))
+
+
+def option_id(opt) -> str:
+    act, bias, layers, bidir, batch_first = opt
+    return (f"{act}-{'bias' if bias else 'nobias'}-L{layers}-{'bi' if bidir else 'uni'}-"
+            f"{'batchfirst' if batch_first else 'seqfirst'}")

@@ -1,22 +1,11 @@
 """Gradients of triton_rnn.RNN against torch.nn.RNN, from our backward kernel."""
-import itertools
-
 import pytest
 import torch
 from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, make_pair, rel_err
-
-OPTIONS = list(itertools.product(("tanh", "relu"), (True, False), (1, 2), (False, True),
-                                 (False, True)))
-
-
-def _id(opt):
-    act, bias, layers, bidir, bf = opt
-    return f"{act}-{'bias' if bias else 'nobias'}-L{layers}-{'bi' if bidir else 'uni'}-" \
-           f"{'batchfirst' if bf else 'seqfirst'}"
+from helpers import GRAD_TOLERANCE, OPTIONS, make_pair, option_id, rel_err
 
 
 def _grads(model, x, h0, seed=1):
@@ -41,7 +30,7 @@ def _compare(ours, ref, x, h0, dtype, tol):
         assert rel_err(got[name], expected[name]) < tol, name
 
 
-@pytest.mark.parametrize("opt", OPTIONS, ids=[_id(o) for o in OPTIONS])
+@pytest.mark.parametrize("opt", OPTIONS, ids=[option_id(o) for o in OPTIONS])
 def test_option_grid_float64(opt):
     act, bias, layers, bidir, batch_first = opt
     ours, ref = make_pair(5, 9, layers, act, bias, batch_first, 0.0, bidir, dtype=torch.float64)

@@ -1,22 +1,11 @@
 """Forward parity of triton_rnn.RNN with torch.nn.RNN, kernels under test."""
-import itertools
-
 import pytest
 import torch
 from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import TOLERANCE, make_pair, rel_err
-
-OPTIONS = list(itertools.product(("tanh", "relu"), (True, False), (1, 2), (False, True),
-                                 (False, True)))
-
-
-def _id(opt):
-    act, bias, layers, bidir, bf = opt
-    return f"{act}-{'bias' if bias else 'nobias'}-L{layers}-{'bi' if bidir else 'uni'}-" \
-           f"{'batchfirst' if bf else 'seqfirst'}"
+from helpers import OPTIONS, TOLERANCE, make_pair, option_id, rel_err
 
 
 def _run(ours, ref, x, h0=None, dtype=torch.float32):
@@ -25,7 +14,7 @@ def _run(ours, ref, x, h0=None, dtype=torch.float32):
     return out, h_n, ref_out, ref_h
 
 
-@pytest.mark.parametrize("opt", OPTIONS, ids=[_id(o) for o in OPTIONS])
+@pytest.mark.parametrize("opt", OPTIONS, ids=[option_id(o) for o in OPTIONS])
 def test_option_grid_float64(opt):
     act, bias, layers, bidir, batch_first = opt
     ours, ref = make_pair(6, 17, layers, act, bias, batch_first, 0.0, bidir, dtype=torch.float64)
