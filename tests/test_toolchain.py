@@ -52,6 +52,19 @@ def test_compile_fullgraph_forward_and_backward(train_dropout):
         assert rel_err(g, e) < 1e-9
 
 
+@pytest.mark.skipif(not CUDA, reason="Inductor's GPU code generation needs a CUDA device")
+def test_compile_fullgraph_inductor_on_gpu():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Model().cuda()
+    x = torch.randn(4, 5, 3, device="cuda")
+    eager = _loss_and_grads(model, x)
+    got = _loss_and_grads(torch.compile(model, fullgraph=True), x)  # default backend
+    assert rel_err(got[0], eager[0]) < 1e-5
+    for g, e in zip(got[1], eager[1]):
+        assert rel_err(g, e) < 1e-4
+
+
 def test_compile_does_not_unlock_plain_nn_rnn():
     """Our Dynamo adjustment is scoped to triton_rnn.RNN: nn.RNN still graph-breaks as before."""
     torch._dynamo.reset()
@@ -96,7 +109,9 @@ def test_autocast_gives_nn_rnns_dtype(dtype):
     assert ours.weight_hh_l0.grad.dtype == torch.float32  # master weights keep their dtype
 
 
-def test_deterministic_mode_bitwise_repeatable():
+def test_deterministic_mode_bitwise_repeatable(monkeypatch):
+    # cuBLAS (the projection GEMMs) refuses deterministic mode without this setting.
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     try:
         model = Model().to(DEVICE)
