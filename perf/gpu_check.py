@@ -3,7 +3,8 @@
     python perf/gpu_check.py [latency.py options, e.g. --quick]
 
 1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
-2. the kernel resource report for sm_90/sm_80 (report.log);
+2. the kernel resource report for sm_90/sm_80 (report.log) and the bytes saved for backward
+   against cuDNN (memory.log);
 3. the latency sweep (perf/latency.py, default sweep unless options narrow it);
 4. perf/routing_table.py on those results (updates triton_rnn/cudnn_faster.json);
 5. summary.md beside them. Commit the folder it prints and the routing table.
@@ -42,6 +43,7 @@ def main(argv) -> int:
         "tests": _run([sys.executable, "-m", "pytest", "-q", "-rs"], out / "tests.log", env),
         "report": _run([sys.executable, "-m", "triton_rnn.kernels.report"], out / "report.log",
                        env),
+        "memory": _run([sys.executable, "perf/memory.py"], out / "memory.log", env),
         "latency": _run([sys.executable, "perf/latency.py", "--out", str(out), *argv],
                         out / "latency.log", env),
     }

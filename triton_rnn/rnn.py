@@ -172,8 +172,9 @@ class RNN(nn.RNN):
         D = self._directions()
         groups = [weights[(layer * D + d) * per_dir:(layer * D + d + 1) * per_dir]
                   for d in range(D)]
+        # One direction: views of the parameters, so backward saves no copies of them.
         w_ih = torch.cat([g[0] for g in groups]) if D > 1 else groups[0][0]
-        w_hh = torch.stack([g[1] for g in groups])
+        w_hh = torch.stack([g[1] for g in groups]) if D > 1 else groups[0][1].unsqueeze(0)
         bias = None
         if self.bias:
             bias = torch.cat([g[2] + g[3] for g in groups]) if D > 1 else groups[0][2] + groups[0][3]

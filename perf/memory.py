@@ -1,0 +1,59 @@
+"""Bytes saved for backward by triton_rnn.RNN and by torch.nn.RNN, per layer, on this device.
+
+    python perf/memory.py [--device cuda|cpu]
+
+Counts the distinct storages autograd keeps for one training forward (through
+saved_tensors_hooks), parameters excluded. On a GPU, nn.RNN is cuDNN and its reserve buffer is
+among what it saves; on the CPU, nn.RNN is PyTorch's native per-step implementation. Sizes,
+not timings: valid on any device.
+"""
+import argparse
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton_rnn is imported
+
+import triton_rnn  # noqa: E402
+
+SHAPES = [(128, 16, 256, 1, 1), (128, 16, 256, 2, 2)]  # T, N, H (= I), layers, directions
+GPU_SHAPES = SHAPES + [(512, 64, 512, 1, 1), (1024, 64, 1024, 2, 2)]  # too slow interpreted
+
+
+def saved_bytes(model, x) -> int:
+    """Bytes of the distinct non-parameter storages saved for backward by one forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    backend = "cuDNN" if args.device == "cuda" else "native CPU"
+    print(f"Saved for backward per layer, fp32, device {args.device} (nn.RNN: {backend})")
+    print("| T | N | H (= I) | layers | directions | triton_rnn | nn.RNN | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for T, N, H, L, D in GPU_SHAPES if args.device == "cuda" else SHAPES:
+        kwargs = dict(input_size=H, hidden_size=H, num_layers=L, bidirectional=D == 2)
+        ours = triton_rnn.RNN(**kwargs).to(args.device)
+        ref = torch.nn.RNN(**kwargs).to(args.device)
+        x = torch.randn(T, N, H, device=args.device, requires_grad=True)
+        a, b = saved_bytes(ours, x) / L, saved_bytes(ref, x) / L
+        print(f"| {T} | {N} | {H} | {L} | {D} | {a / 2**20:.1f} MiB | {b / 2**20:.1f} MiB | "
+              f"{b / a:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
