@@ -3,7 +3,7 @@
 `recurrence(proj, h0, w_hh, lengths, relu, allow_tf32) -> out` runs D directions of one layer:
   proj (T, N, D*H) = X W_ihᵀ + b_ih + b_hh, h0 (D, N, H), w_hh (D, H, H), out (T, N, D*H);
   lengths: None, or (N,) int32 per-sequence lengths for a variable-length (packed) batch, in
-  which case a sequence holds its state outside its own steps (see kernels/recurrence.py).
+  which case a sequence holds its state outside its own steps (`active` in kernels/blocks.py).
 CUDA tensors, and CPU tensors under TRITON_INTERPRET=1, run the Triton kernels; other CPU
 tensors run triton_rnn.reference. Being custom ops with fake implementations, both trace
 under torch.compile without a graph break.
