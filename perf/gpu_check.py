@@ -1,6 +1,6 @@
 """GPU validation in one command, for a machine with a CUDA GPU and no network:
 
-    python perf/gpu_check.py [latency.py options, e.g. --quick]
+    python perf/gpu_check.py [latency.py options, e.g. --quick or --budget-minutes 6]
 
 1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
 2. the kernel resource report for sm_90/sm_80 (report.log) and the bytes saved for backward
