@@ -141,6 +141,7 @@ def run_sweep(args) -> Path:
             results["failures"].append(dict(case=vars(case), error="out of memory"))
             torch.cuda.empty_cache()
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after every case
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     table = plots.markdown(results) + "\n\n" + plots.packed_markdown(results)
     (out / "speedup.md").write_text(table + "\n")
     print(table)
