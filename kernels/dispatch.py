@@ -6,8 +6,8 @@ The rule, in order (the resource report prints it beside every configuration):
    dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work). Exception:
    float32 with TF32 disabled (IEEE) uses the elementwise product whenever BH > 32: its tl.dot
    has no tensor-core path and the FMA fallback spills.
-2. Variant: "resident" (W_hh loaded once into registers for the whole sequence) while the padded
-   hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the dtype and tile kind; else
+2. Variant: "resident" (W_hh loaded once, on-chip, for the whole sequence) while the padded
+   hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread; the
    streaming variant uses 4 warps, BJ = 32 and no software pipelining (num_stages = 1): BJ = 64
@@ -26,12 +26,9 @@ DOT_MIN_BATCH = 16
 IEEE_DOT_MAX_BH = 32
 STREAM_CHUNK = 32
 
-# Largest padded hidden size whose W_hh tile stays in registers, by (element bytes, use_dot).
-RESIDENT_MAX_BH = {
-    (8, True): 64, (8, False): 64,
-    (4, True): 128, (4, False): 128,
-    (2, True): 128, (2, False): 128,
-}
+# Largest padded hidden size whose W_hh tile stays on-chip without spills, by element bytes
+# (the same for tl.dot and elementwise tiles).
+RESIDENT_MAX_BH = {8: 64, 4: 128, 2: 128}
 
 
 @dataclass(frozen=True)
@@ -52,14 +49,14 @@ class Config:
 
 def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True) -> Config:
     BH = max(16, triton.next_power_of_2(hidden_size))
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = dtype.itemsize
     # IEEE fp32 (TF32 off) has no tensor-core path: tl.dot falls back to FMA, whose layouts
     # spill (kilobytes for resident tiles over 32, bytes when streaming); use the elementwise
     # product instead, which is what the FMA fallback computes anyway.
     ieee_fp32 = dtype == torch.float32 and not allow_tf32
     use_dot = batch >= DOT_MIN_BATCH and not (ieee_fp32 and BH > IEEE_DOT_MAX_BH)
     BN = DOT_MIN_BATCH if use_dot else 1
-    if BH <= RESIDENT_MAX_BH[(elem, use_dot)]:
+    if BH <= RESIDENT_MAX_BH[elem]:
         tile_regs = BH * BH * elem // 4                 # 32-bit registers for the W_hh tile
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
         return Config("resident", use_dot, BN, BH, num_warps)

@@ -54,7 +54,7 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
     return dict(
         ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block, **flags,
-        ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+        ACC=_TL_DTYPE[acc_dtype(dtype)],
         DOT_DTYPE=dot_dtype,
         PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
         num_warps=cfg.num_warps,
@@ -69,9 +69,9 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The kernels' accumulator and state dtype: fp64 for fp64, fp32 otherwise."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _weight_operand(w_hh: torch.Tensor, transpose: bool):
@@ -105,7 +105,7 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
                 proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
                 h0.stride(0), h0.stride(1), *w_strides, out.stride(0), out.stride(1), **options)
         else:
-            state = _empty((D, 2, N, H), dtype=_acc_dtype(proj), device=proj.device)
+            state = _empty((D, 2, N, H), dtype=acc_dtype(proj.dtype), device=proj.device)
             state[:, 1] = h0
             kernel[grid](
                 proj, w_hh, out, state, p_len, T, N, H, proj.stride(0), proj.stride(1),
@@ -131,7 +131,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
                 dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),
                 *w_strides, dh0.stride(0), dh0.stride(1), **options)
         else:
-            state = torch.zeros((D, 2, N, H), dtype=_acc_dtype(out), device=out.device)
+            state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             kernel[grid](
                 dout, out, w_hh, dz, state, p_len, T, N, H, out.stride(0), out.stride(1),
                 *w_strides, *state.stride()[:3], **options)

@@ -78,10 +78,11 @@ def rnn_backward_resident_kernel(
         b_y = tl.load(p_out + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
         b_dz = activation_grad(b_g, b_y, ACT)
         if HAS_LENGTHS:
-            b_dz = tl.where(active(tt, b_len), b_dz, 0.0)
+            m_act = active(tt, b_len)
+            b_dz = tl.where(m_act, b_dz, 0.0)
         tl.store(p_dz + tt * s_t + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nh)
         b_c = mix(b_dz, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
         if HAS_LENGTHS:  # a held step passes its gradient through unchanged
-            b_c = tl.where(active(tt, b_len), b_c, b_g)
+            b_c = tl.where(m_act, b_c, b_g)
     tl.store(p_dh0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],
              b_c.to(p_dh0.dtype.element_ty), mask=m_nh)

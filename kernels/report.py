@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .dispatch import Config, choose, choose_cell
-from .launch import compile_options, interpreting, kernel_for
+from .launch import acc_dtype, compile_options, interpreting, kernel_for
 
 # Per-SM limits of the targets we ship for.
 ARCHS = {
@@ -80,7 +80,7 @@ def _signature(kernel, dtype: torch.dtype, consts: dict) -> dict:
     """Argument types for compilation. Integers compile as plain i32, without the JIT's value
     specialisations (== 1, multiple of 16) that a real launch may add: those only remove
     instructions, so this is the conservative build of what runs."""
-    acc = "fp64" if dtype == torch.float64 else "fp32"
+    acc = _PTR_TYPE[acc_dtype(dtype)]
     sig = {}
     for name in kernel.arg_names:
         if name in consts:

@@ -78,7 +78,12 @@ def rnn_backward_streaming_kernel(
             b_y = tl.load(p_out + o_x, mask=m_nj, other=0.0).to(ACC)
             b_dz = activation_grad(b_g, b_y, ACT)
             if HAS_LENGTHS:
-                b_dz = tl.where(active(tt, b_len), b_dz, 0.0)
+                # A held step passes its gradient through unchanged: its carried gradient is
+                # final here, and phase 2 writes only the rows inside their sequence.
+                m_act = active(tt, b_len)
+                b_dz = tl.where(m_act, b_dz, 0.0)
+                tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_g,
+                         mask=m_nj & ~m_act)
             tl.store(p_dz + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nj)
         tl.debug_barrier()
         # Phase 2: the gradient carried into the previous step, c = dz_t W_hh.
@@ -86,13 +91,9 @@ def rnn_backward_streaming_kernel(
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
             m_nj = m_n[:, None] & (o_j < H)[None, :]
+            if HAS_LENGTHS:
+                m_nj = m_nj & active(tt, b_len)
             b_c = chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                  ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
-            if HAS_LENGTHS:  # a held step passes its gradient through unchanged
-                o_x = tt * s_t + o_n[:, None] * s_n + i_d * H + o_j[None, :]
-                b_g = tl.load(p_dout + o_x, mask=m_nj, other=0.0).to(ACC)
-                b_g += tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj,
-                               other=0.0)
-                b_c = tl.where(active(tt, b_len), b_c, b_g)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_c, mask=m_nj)
         tl.debug_barrier()

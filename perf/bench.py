@@ -1,6 +1,5 @@
 """Measure one RNN configuration: triton_rnn.RNN against torch.nn.RNN (cuDNN), same weights,
 same inputs, in the same process. CUDA only; the numbers are GPU latencies."""
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -137,11 +136,6 @@ def environment() -> dict:
                 arch=f"sm_{props.major}{props.minor}",
                 torch=torch.__version__, triton=triton.__version__,
                 cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-
-
-def geomean(values) -> float:
-    values = [v for v in values if v > 0]
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
 def _lengths(case: Case, seed: int = 0) -> list:

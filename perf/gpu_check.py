@@ -11,7 +11,6 @@
 """
 import datetime
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "perf"))
+import plots  # noqa: E402
 
 
 def _run(cmd, log: Path, env=None) -> int:
@@ -36,7 +37,7 @@ def main(argv) -> int:
         return 1
     gpu = torch.cuda.get_device_name(0)
     date = datetime.date.today().isoformat()
-    out = ROOT / "perf" / "results" / f"{re.sub(r'[^A-Za-z0-9]+', '-', gpu)}_{date}"
+    out = plots.results_folder(gpu, date)
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     codes = {

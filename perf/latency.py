@@ -24,7 +24,6 @@ if not HAS_GPU:
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -118,7 +117,7 @@ def run_sweep(args) -> Path:
     import bench
     env = bench.environment()
     date = datetime.date.today().isoformat()
-    out = args.out or plots.RESULTS_DIR / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['gpu'])}_{date}"
+    out = args.out or plots.results_folder(env["gpu"], date)
     out.mkdir(parents=True, exist_ok=True)
     cases = bench.sweep_cases(args.batch, args.hidden, args.seq, args.layers, args.directions,
                               args.dtypes)

@@ -4,10 +4,16 @@ Everything here reads saved numbers only, so a machine without a GPU can redraw 
 measured, labelled with that GPU and date."""
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def results_folder(gpu: str, date: str) -> Path:
+    """perf/results/<gpu>_<date>: where one run's numbers, tables, plots and logs go."""
+    return RESULTS_DIR / f"{re.sub(r'[^A-Za-z0-9]+', '-', gpu)}_{date}"
 IMPLS = ("triton_rnn", "nn.RNN")
 MODES = ("inference", "training")
 
@@ -33,7 +39,7 @@ def speedups(rows) -> dict:
             if set(IMPLS) <= v.keys()}
 
 
-def _geomean(values):
+def geomean(values):
     values = [v for v in values if v > 0]
     return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
 
@@ -58,7 +64,7 @@ def markdown(results: dict) -> str:
             if not vals:
                 continue
             bad = sum(1 for k in wrong if k[0] == dtype and k[6] == mode)
-            lines.append(f"| {dtype} | {mode} | {len(vals)} | {_geomean(vals):.2f}x | "
+            lines.append(f"| {dtype} | {mode} | {len(vals)} | {geomean(vals):.2f}x | "
                          f"{min(vals):.2f}x | {max(vals):.2f}x | {sum(v < 1 for v in vals)} | "
                          f"{bad} |")
     for mode in MODES:

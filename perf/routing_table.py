@@ -9,7 +9,6 @@ measured speedups (nn.RNN ms / ours) over the other axes (T, layers, directions)
 or when any of its measured outputs did not match nn.RNN.
 """
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -17,12 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 import plots  # noqa: E402
+from triton_rnn.routing import bucket  # noqa: E402
 
 TABLE = ROOT / "triton_rnn" / "cudnn_faster.json"
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def slower_classes(results: dict) -> list:
@@ -30,16 +26,16 @@ def slower_classes(results: dict) -> list:
     wrong = set()
     for key, speedup in plots.speedups(results["rows"]).items():
         dtype, batch, hidden, _, _, _, mode = key
-        speedups[(dtype, _bucket(hidden), _bucket(batch), mode)].append(speedup)
+        speedups[(dtype, bucket(hidden), bucket(batch), mode)].append(speedup)
     for r in results["rows"]:
         if not r["matches"]:
-            wrong.add((r["dtype"], _bucket(r["hidden"]), _bucket(r["batch"]), r["mode"]))
+            wrong.add((r["dtype"], bucket(r["hidden"]), bucket(r["batch"]), r["mode"]))
     listed = []
     for cls, values in sorted(speedups.items()):
-        geomean = math.exp(sum(map(math.log, values)) / len(values))
-        if geomean < 1.0 or cls in wrong:
+        speedup = plots.geomean(values)
+        if speedup < 1.0 or cls in wrong:
             listed.append(dict(zip(("dtype", "hidden", "batch", "mode"), cls),
-                               speedup=round(geomean, 3), output_mismatch=cls in wrong))
+                               speedup=round(speedup, 3), output_mismatch=cls in wrong))
     return listed
 
 

@@ -1,5 +1,4 @@
 """Shared pieces of the tests: model pairs, the float64 reference, tolerances."""
-import copy
 import itertools
 
 import torch
@@ -45,11 +44,13 @@ def make_pair(*args, dtype=torch.float32, device=DEVICE, seed=0, **kwargs):
     return ours, ref
 
 
-def clone_as(module: nn.Module, cls):
-    """A copy of `module` re-classed as `cls` (nn.RNN <-> triton_rnn.RNN), same weights."""
-    other = copy.deepcopy(module)
-    other.__class__ = cls
-    return other
+def cpu_training_pair(*args, **kwargs):
+    """(ours, nn.RNN) on the CPU in float64 and training mode with the same weights: on the
+    CPU both draw their dropout masks with the same generator calls in the same order."""
+    ours = triton_rnn.RNN(*args, **kwargs).double().train()
+    ref = nn.RNN(*args, **kwargs).double().train()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
 
 
 # Every option combination of the module: nonlinearity, bias, layers, bidirectional, batch_first.

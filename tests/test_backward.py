@@ -5,7 +5,7 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, OPTIONS, make_pair, option_id, rel_err
+from helpers import GRAD_TOLERANCE, OPTIONS, cpu_training_pair, make_pair, option_id, rel_err
 
 
 def _grads(model, x, h0, seed=1):
@@ -85,9 +85,7 @@ def test_unbatched_and_batch_first():
 
 
 def test_dropout_gradients_match_nn_rnn_on_cpu():
-    ours = triton_rnn.RNN(3, 4, 3, dropout=0.4, bidirectional=True).double().train()
-    ref = nn.RNN(3, 4, 3, dropout=0.4, bidirectional=True).double().train()
-    ref.load_state_dict(ours.state_dict())
+    ours, ref = cpu_training_pair(3, 4, 3, dropout=0.4, bidirectional=True)
     x, h0 = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(6, 2, 4, dtype=torch.float64)
     torch.manual_seed(3)
     got = _grads(ours, x, h0)

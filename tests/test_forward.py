@@ -5,7 +5,7 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import OPTIONS, TOLERANCE, make_pair, option_id, rel_err
+from helpers import OPTIONS, TOLERANCE, cpu_training_pair, make_pair, option_id, rel_err
 
 
 def _run(ours, ref, x, h0=None, dtype=torch.float32):
@@ -112,9 +112,7 @@ def test_dropout_matches_single_layers_with_same_masks():
 
 def test_dropout_identical_to_nn_rnn_on_cpu():
     """On CPU, nn.RNN draws its dropout masks with the same generator calls in the same order."""
-    ours = triton_rnn.RNN(4, 6, 2, dropout=0.3).double().train()
-    ref = nn.RNN(4, 6, 2, dropout=0.3).double().train()
-    ref.load_state_dict(ours.state_dict())
+    ours, ref = cpu_training_pair(4, 6, 2, dropout=0.3)
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     torch.manual_seed(7)
     out, h_n = ours(x)

@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, TOLERANCE, make_pair, rel_err
+from helpers import GRAD_TOLERANCE, TOLERANCE, cpu_training_pair, make_pair, rel_err
 
 LENGTHS = {"all-equal": [5, 5, 5], "all-different": [5, 3, 1, 4],
            "length-1": [1, 1], "one-sequence": [4], "unsorted-17": list(range(17, 0, -1))[::-1]}
@@ -82,9 +82,7 @@ def test_pack_sequence_of_a_list_and_no_h0():
 
 def test_packed_dropout_matches_nn_rnn_on_cpu():
     """Dropout acts on the packed rows, with the same generator calls as nn.RNN."""
-    ours = triton_rnn.RNN(3, 4, 3, dropout=0.4, bidirectional=True).double().train()
-    ref = nn.RNN(3, 4, 3, dropout=0.4, bidirectional=True).double().train()
-    ref.load_state_dict(ours.state_dict())
+    ours, ref = cpu_training_pair(3, 4, 3, dropout=0.4, bidirectional=True)
     x, h0 = torch.randn(5, 3, 3, dtype=torch.float64), torch.randn(6, 3, 4, dtype=torch.float64)
     torch.manual_seed(5)
     out, h_n, grads = _packed_grads(ours, x, [2, 5, 4], h0, False)

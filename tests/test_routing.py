@@ -46,7 +46,7 @@ def test_lookup_buckets_shapes_like_the_table(tmp_path):
 
 def test_shipped_table_loads_and_cpu_never_routes():
     assert isinstance(routing._classes(), dict)
-    assert not routing.cudnn_is_faster(torch.device("cpu"), torch.float32, True, 512, 16, False)
+    assert not routing.classes_for(torch.device("cpu"))
 
 
 @pytest.mark.skipif(not CUDA, reason="routing applies to CUDA tensors")

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from .ops import rnn_cell
-from .rnn import _autocast_dtype, _cast, scalar_name
+from .nn_rules import autocast_cast, autocast_dtype, scalar_name
 
 
 class RNNCell(nn.RNNCell):
@@ -23,10 +23,9 @@ class RNNCell(nn.RNNCell):
             hx = None if hx is None else hx.unsqueeze(0)
         self._check_args(input, hx)
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
-        autocast_dtype = _autocast_dtype(input.device.type)
-        if autocast_dtype is not None:  # nn.RNNCell runs in the autocast dtype
-            input, hx, weights = _cast(input, autocast_dtype), _cast(hx, autocast_dtype), \
-                _cast(weights, autocast_dtype)
+        dtype = autocast_dtype(input.device.type)
+        if dtype is not None:  # nn.RNNCell runs in the autocast dtype
+            input, hx, weights = (autocast_cast(t, dtype) for t in (input, hx, weights))
         with torch.autocast(input.device.type, enabled=False):
             out = rnn_cell(input, hx, *weights, self.nonlinearity == "relu",
                            torch.backends.cuda.matmul.allow_tf32)
@@ -49,7 +48,7 @@ class RNNCell(nn.RNNCell):
                 raise RuntimeError(f"{kind} and parameter tensors are not at the same device, "
                                    f"found {kind.lower()} tensor at {tensor.device} and "
                                    f"parameter tensor at {self.weight_ih.device}")
-        if _autocast_dtype(input.device.type) is not None:
+        if autocast_dtype(input.device.type) is not None:
             return  # autocast casts everything to one dtype
         for tensor, weight in ((input, self.weight_ih), (hx, self.weight_hh)):
             if tensor is not None and tensor.dtype != weight.dtype:

@@ -125,7 +125,7 @@ def _cell_setup_context(ctx, inputs, output):
 def _cell_backward(ctx, dout):
     """Elementwise dz, then the four products: large-batch GEMMs, nothing per element."""
     x, h, w_ih, w_hh, out = ctx.saved_tensors
-    dz = torch.where(out <= 0, 0, dout) if ctx.relu else dout * (1 - out * out)
+    dz = reference.activation_grad(dout, out, ctx.relu)
     need = ctx.needs_input_grad
     dx = dz @ w_ih if need[0] else None
     dh = dz @ w_hh if need[1] else None

@@ -30,6 +30,12 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool) -> torch.Tensor:
     return out
 
 
+def activation_grad(g, y, relu: bool):
+    """dz = g ⊙ act'(z), from the output y = act(z); relu' as torch's threshold_backward (a NaN
+    output passes its gradient)."""
+    return torch.where(y <= 0, 0, g) if relu else g * (1 - y * y)
+
+
 def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
     """Returns (dz, dh0): dz_t = (dout_t + dz_{t+1} W_hh) ⊙ act'(out_t), walking time backwards;
     a held step (outside its sequence) has dz = 0 and passes its gradient through."""
@@ -42,8 +48,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
         for t in reversed(_steps(out.shape[0], d)):
             y = out[t, :, cols]
             g = dout[t, :, cols] + carried
-            # relu': as torch's threshold_backward (a NaN output passes its gradient)
-            dz_t = torch.where(y <= 0, 0, g) if relu else g * (1 - y * y)
+            dz_t = activation_grad(g, y, relu)
             inside = _inside(lengths, t)
             if inside is not None:
                 dz_t = torch.where(inside, dz_t, 0)

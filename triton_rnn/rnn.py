@@ -5,43 +5,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import routing
+from .nn_rules import autocast_cast, autocast_dtype, scalar_name, tf32_allowed
 from .ops import recurrence
-
-_SCALAR_NAME = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
-                torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
-                torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-                torch.bool: "Bool", torch.complex64: "ComplexFloat",
-                torch.complex128: "ComplexDouble"}
-
-
-def scalar_name(dtype: torch.dtype) -> str:
-    """The C++ ScalarType name PyTorch's own error messages use ("Float", "Double", ...)."""
-    return _SCALAR_NAME.get(dtype, str(dtype).replace("torch.", "").capitalize())
-
-
-def tf32_allowed() -> bool:
-    """TF32 for float32 the way nn.RNN decides it: cuDNN's flag while cuDNN is enabled, else
-    the matmul flag its native implementation's GEMMs follow."""
-    if torch.backends.cudnn.enabled:
-        return torch.backends.cudnn.allow_tf32
-    return torch.backends.cuda.matmul.allow_tf32
-
-
-def _autocast_dtype(device_type: str):
-    """The autocast dtype if autocast is on for this device type, else None."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _cast(t, dtype):
-    """Autocast's rule: floating-point tensors other than float64 go to the autocast dtype."""
-    if isinstance(t, list):
-        return [_cast(w, dtype) for w in t]
-    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
-        return t
-    return t.to(dtype)
-
 
 class PackedLayout:
     """Where the rows of a PackedSequence sit in the padded (T, N) grid, and each sequence's
@@ -116,20 +81,21 @@ class RNN(nn.RNN):
 
     def _cudnn_is_faster(self, input) -> bool:
         """Whether routing.py's table sends this call to nn.RNN's own path."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        classes = routing.classes_for(data.device)
+        if not classes:
+            return False  # the common case: nothing routed here, nothing more to compute
         if isinstance(input, PackedSequence):
-            data, batch = input.data, int(input.batch_sizes[0])
+            batch = int(input.batch_sizes[0])
         elif input.dim() in (2, 3):
-            data = input
             batch = 1 if input.dim() == 2 else input.size(0 if self.batch_first else 1)
         else:
             return False  # our argument checks raise nn.RNN's error
-        if not data.is_cuda:
-            return False
-        dtype = _autocast_dtype("cuda") or self.weight_ih_l0.dtype
+        dtype = autocast_dtype("cuda") or self.weight_ih_l0.dtype
         training = torch.is_grad_enabled() and (
             data.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return routing.cudnn_is_faster(data.device, dtype, tf32_allowed(), self.hidden_size,
-                                       batch, training)
+        return routing.shape_class(dtype, tf32_allowed(), self.hidden_size, batch,
+                                   training) in classes
 
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -149,17 +115,17 @@ class RNN(nn.RNN):
                                    f"found input tensor at {input.device} and parameter tensor "
                                    f"at {w.device}")
         if hx is not None and hx.dtype != weights[0].dtype and \
-                _autocast_dtype(input.device.type) is None:
+                autocast_dtype(input.device.type) is None:
             raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
                                f"{scalar_name(hx.dtype)} and {scalar_name(weights[0].dtype)}")
 
     def _run(self, x: Tensor, hx, weights, batch: int, layout):
         """Autocast and the default h0, then the layers."""
-        autocast_dtype = _autocast_dtype(x.device.type)
-        if autocast_dtype is not None:
+        dtype = autocast_dtype(x.device.type)
+        if dtype is not None:
             # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
             # lower-precision list): cast once here, then run without autocast.
-            x, hx, weights = (_cast(t, autocast_dtype) for t in (x, hx, weights))
+            x, hx, weights = (autocast_cast(t, dtype) for t in (x, hx, weights))
             with torch.autocast(x.device.type, enabled=False):
                 return self._run(x, hx, weights, batch, layout)
         if hx is None:
@@ -175,9 +141,7 @@ class RNN(nn.RNN):
         # One direction: views of the parameters, so backward saves no copies of them.
         w_ih = torch.cat([g[0] for g in groups]) if D > 1 else groups[0][0]
         w_hh = torch.stack([g[1] for g in groups]) if D > 1 else groups[0][1].unsqueeze(0)
-        bias = None
-        if self.bias:
-            bias = torch.cat([g[2] + g[3] for g in groups]) if D > 1 else groups[0][2] + groups[0][3]
+        bias = torch.cat([g[2] + g[3] for g in groups]) if self.bias else None
         return w_ih, bias, w_hh
 
     def _run_layers(self, x: Tensor, hx: Tensor, weights, layout):

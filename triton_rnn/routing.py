@@ -49,20 +49,24 @@ def dtype_name(dtype: torch.dtype, allow_tf32: bool) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
+def bucket(n: int) -> int:
+    """A size's shape-class bucket: the power of two at or above it."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
 def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,
                 training: bool) -> tuple:
-    return (dtype_name(dtype, allow_tf32), triton.next_power_of_2(hidden),
-            triton.next_power_of_2(max(batch, 1)), "training" if training else "inference")
+    return (dtype_name(dtype, allow_tf32), bucket(hidden), bucket(batch),
+            "training" if training else "inference")
 
 
-def cudnn_is_faster(device: torch.device, dtype: torch.dtype, allow_tf32: bool, hidden: int,
-                    batch: int, training: bool) -> bool:
+def classes_for(device: torch.device) -> set:
+    """The shape classes routed to nn.RNN on this device; empty where routing does not apply."""
     # Under torch.compile our custom ops trace into the graph and nn.RNN's path would not.
     if not enabled or device.type != "cuda" or torch.compiler.is_compiling():
-        return False
+        return set()
     classes = _classes()
     if not classes:
-        return False
+        return set()
     major, minor = torch.cuda.get_device_capability(device)
-    return shape_class(dtype, allow_tf32, hidden, batch, training) in \
-        classes.get(f"sm_{major}{minor}", ())
+    return classes.get(f"sm_{major}{minor}", set())
