@@ -10,8 +10,10 @@ The rule, in order (the resource report prints it beside every configuration):
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread; the
-   streaming variant uses 4 warps, BJ = 32 and no software pipelining (num_stages = 1): BJ = 64
-   spills on sm_80 (fp32, 8 warps) and with 3 stages on sm_90. Untuned on a GPU so far.
+   streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
+   is in flight while one is multiplied (BJ = 64 spills on sm_80, and 3 stages on sm_90).
+   The resident time loop prefetches P_t three steps ahead, two in float64 (three spill on
+   sm_90 with Triton 3.6). Untuned on a GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
@@ -38,7 +40,7 @@ class Config:
     BN: int           # batch rows per program
     BH: int           # padded hidden size (resident) or chunk width BJ (streaming)
     num_warps: int
-    num_stages: int = 3  # software pipelining of the loops; the streaming chunk loop spills above 1
+    num_stages: int = 3  # software pipelining of the innermost loop (rule 3)
 
     def describe(self) -> str:
         block = f"BH={self.BH}" if self.variant == "resident" else f"BJ={self.BH}"
@@ -59,8 +61,8 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
     if BH <= RESIDENT_MAX_BH[elem]:
         tile_regs = BH * BH * elem // 4                 # 32-bit registers for the W_hh tile
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
-        return Config("resident", use_dot, BN, BH, num_warps)
-    return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=1)
+        return Config("resident", use_dot, BN, BH, num_warps, num_stages=2 if elem == 8 else 3)
+    return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 
 def choose_cell(batch: int, dtype: torch.dtype) -> Config:

@@ -4,10 +4,11 @@
 
 Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
 dtype x hidden size x batch (forward and backward kernels), and prints registers, spilled
-bytes, shared memory and occupancy for each. Exits non-zero if any configuration spills,
-overflows shared memory, or fails to compile. Triton's interpreter accepts code the GPU compiler
-rejects (tl.dot with a dimension under 16, say) and says nothing about spills, which decide
-whether W_hh really stays on-chip: this is the check that catches both.
+bytes, shared memory and occupancy for each. Exits non-zero if any configuration spills
+(beyond a few scalars where W_hh is streamed), overflows shared memory, or fails to compile.
+Triton's interpreter accepts code the GPU compiler rejects (tl.dot with a dimension under 16,
+say) and says nothing about spills, which decide whether W_hh really stays on-chip: this is
+the check that catches both.
 """
 import argparse
 import functools
@@ -41,6 +42,11 @@ DTYPES = {"tf32": (torch.float32, True), "fp32": (torch.float32, False),
           "fp64": (torch.float64, False)}
 HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 BATCHES = (1, 16, 256)
+# A kernel holding W_hh on-chip must not spill at all. Where W_hh is streamed from L2, ptxas
+# sometimes parks a few scalars (8-24 B: halves of 64-bit addresses, seen with Triton 3.6 and
+# 3.9) on the stack at ~100-170 registers, far from the register limit; a tile that does not
+# fit spills hundreds of bytes or more.
+STREAMED_SPILL_ALLOWANCE = 32
 _PTR_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
              torch.float64: "fp64"}
 
@@ -67,7 +73,8 @@ class Row:
     def faults(self) -> list:
         limits = ARCHS[self.arch]
         found = [self.error] if self.error else []
-        if self.spilled_bytes:
+        allowed = 0 if self.w_hh.startswith("on-chip") else STREAMED_SPILL_ALLOWANCE
+        if self.spilled_bytes > allowed:
             found.append(f"spills {self.spilled_bytes} B")
         if self.shared_bytes > limits["smem_per_block"]:
             found.append(f"shared memory {self.shared_bytes} B > {limits['smem_per_block']} B")

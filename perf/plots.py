@@ -96,8 +96,9 @@ def packed_markdown(results: dict) -> str:
     for r in rows:
         by_case[(r["dtype"], r["batch"], r["hidden"], r["seq"], r["mode"])][
             (r["impl"], r["layout"])] = r["ms"]
-    lines = ["Packed (lengths uniform in [T/2, T]) over padded latency at the same number of "
-             "tokens; 1.00 = padded speed.", "",
+    lines = ["Packed over padded latency at the same number of tokens; 1.00 = padded speed. "
+             "Packed: `batch` sequences, lengths uniform in [T/2, T]; padded: as many tokens "
+             "in sequences of length T (about 3/4 of the batch).", "",
              "| dtype | batch | hidden | T | mode | triton_rnn packed/padded | "
              "nn.RNN packed/padded | triton_rnn packed (ms) | nn.RNN packed (ms) |",
              "|---|---|---|---|---|---|---|---|---|"]

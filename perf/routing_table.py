@@ -39,6 +39,12 @@ def slower_classes(results: dict) -> list:
     return listed
 
 
+def _source_name(path: Path) -> str:
+    """A results file as the table records it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def build(paths) -> dict:
     table = json.loads(TABLE.read_text())
     table["sources"], table["cudnn_faster"] = [], {}
@@ -47,7 +53,7 @@ def build(paths) -> dict:
         arch = results["environment"].get("arch")
         if arch is None:
             raise SystemExit(f"{path}: no 'arch' (compute capability) recorded")
-        table["sources"].append(str(Path(path).resolve().relative_to(ROOT)))
+        table["sources"].append(_source_name(Path(path)))
         table["cudnn_faster"][arch] = slower_classes(results)
     return table
 

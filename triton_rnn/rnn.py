@@ -16,8 +16,14 @@ class PackedLayout:
     def __init__(self, batch_sizes: Tensor, device: torch.device):
         self.T, self.N = len(batch_sizes), int(batch_sizes[0])
         inside = torch.arange(self.N)[None, :] < batch_sizes[:, None]       # (T, N), on CPU
-        self.index = inside.flatten().nonzero().squeeze(1).to(device)
-        self.lengths = inside.sum(0).to(torch.int32).to(device)
+        index_and_lengths = torch.cat([inside.flatten().nonzero().squeeze(1), inside.sum(0)])
+        if device.type == "cuda":
+            # From pinned memory the copy is asynchronous; from pageable memory it would make
+            # the host wait for all the GPU work queued before it.
+            index_and_lengths = index_and_lengths.pin_memory().to(device, non_blocking=True)
+        rows = index_and_lengths.numel() - self.N
+        self.index = index_and_lengths[:rows]
+        self.lengths = index_and_lengths[rows:].to(torch.int32)
 
     def pad(self, rows: Tensor) -> Tensor:
         """(P, C) packed rows -> (T, N, C), zeros outside the sequences."""

@@ -1,0 +1,118 @@
+"""perf/'s GPU pipeline, end to end, with a stand-in clock: sweep -> results.json -> table and
+plots -> routing table.
+
+The measurements run for real (both models, on the test device: through the interpreter
+without a GPU; each checked against nn.RNN); only the clock is a stand-in, because the CPU is
+never timed and timing is not a test. The stand-in latencies are arbitrary numbers written to
+a temporary folder: what is checked is what the pipeline does with them, so that a GPU session
+spends its time measuring, not debugging plumbing.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import triton_rnn
+from conftest import DEVICE
+from triton_rnn import ops, routing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
+import bench  # noqa: E402
+import latency  # noqa: E402
+import plots  # noqa: E402
+import routing_table  # noqa: E402
+
+FAKE_ENV = dict(gpu="Stand-in GPU", sm_count=1, arch="sm_90", torch=torch.__version__,
+                triton="-", cuda="-", cudnn="-")
+NN_RNN_MS = 2.0
+PACKED_COST = {True: 1.25, False: 5.0}  # packed over padded latency, ours (True) and nn.RNN
+
+
+def ours_ms(batch: int) -> float:
+    """Stand-in latency: ours wins at batch 1 and loses at larger batches."""
+    return 1.0 if batch == 1 else 4.0
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch):
+    """Run latency.py's GPU path over a tiny sweep on the CPU; return (results, folder)."""
+    launches = []
+    kernel_forward, make_step = ops.kernel_forward, bench._step
+    monkeypatch.setattr(ops, "kernel_forward", lambda *a: launches.append(1) or kernel_forward(*a))
+
+    def tagged_step(model, inputs, grads, mode, packed=False):
+        run = make_step(model, inputs, grads, mode, packed)
+        run.ours = isinstance(model, triton_rnn.RNN)
+        run.batch = int(inputs[0].batch_sizes[0]) if packed else inputs[0].shape[1]
+        run.packed = packed
+        return run
+
+    def stand_in_clock(step, warmup_ms, rep_ms):
+        """Runs the step once (it must work, on our kernels for ours), then names a latency."""
+        launches.clear()
+        step()
+        assert bool(launches) == step.ours
+        ms = ours_ms(step.batch) if step.ours else NN_RNN_MS
+        ms *= PACKED_COST[step.ours] if step.packed else 1.0
+        return ms, 0.9 * ms, 1.1 * ms
+
+    monkeypatch.setattr(bench, "DEVICE", DEVICE)
+    monkeypatch.setattr(bench, "environment", lambda: dict(FAKE_ENV))
+    monkeypatch.setattr(bench, "_step", tagged_step)
+    monkeypatch.setattr(bench, "_time", stand_in_clock)
+    monkeypatch.setattr(latency, "PACKED_SWEEP", dict(batch=[16], hidden=[16], seq=[4],
+                                                      layers=[1], directions=[1]))
+    args = latency.parse_args(["--batch", "1", "16", "--hidden", "16", "--seq", "3",
+                               "--layers", "1", "--directions", "1", "2",
+                               "--dtypes", "tf32", "bf16", "--out", str(tmp_path)])
+    tf32_flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        folder = latency.run_sweep(args)
+    finally:  # bench sets the TF32 flags per case: restore them for the tests that follow
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32_flags
+    return json.loads((folder / "results.json").read_text()), folder
+
+
+def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
+    results, _ = sweep
+    assert results["environment"] == FAKE_ENV and not results["failures"]
+    assert results["cases_planned"] == 2 * 2 * 2  # dtypes x batch x directions
+    assert len(results["rows"]) == 8 * 2 * 2      # x modes x implementations
+    for row in results["rows"]:
+        assert row["matches"], row
+        assert row["rel_err_vs_nn_rnn"] < bench.MATCH_TOLERANCE[row["dtype"]] / 10
+        assert row["ms"] == (ours_ms(row["batch"]) if row["impl"] == "triton_rnn" else NN_RNN_MS)
+    layouts = {(r["dtype"], r["mode"], r["impl"], r["layout"]) for r in results["packed_rows"]}
+    assert len(layouts) == 2 * 2 * 2 * 2 and all(r["matches"] for r in results["packed_rows"])
+
+
+def test_table_and_plots_come_from_the_recorded_numbers(sweep):
+    results, folder = sweep
+    table = (folder / "speedup.md").read_text()
+    assert "Stand-in GPU" in table
+    # Per dtype and mode: speedups 2.0 (batch 1) and 0.5 (batch 16), two directions each.
+    for dtype in ("tf32", "bf16"):
+        for mode in ("inference", "training"):
+            assert f"| {dtype} | {mode} | 4 | 1.00x | 0.50x | 2.00x | 2 | 0 |" in table
+    for dtype in ("tf32", "bf16"):  # packed/padded ratios, then packed ms of both
+        assert f"| {dtype} | 16 | 16 | 4 | training | 1.25 | 5.00 | 5.000 | 10.000 |" in table
+    names = {p.name for p in plots.draw(results, folder / "redrawn")}
+    assert names == {"latency_vs_batch.png", "latency_vs_hidden.png", "latency_vs_seq.png",
+                     "speedup_heatmap.png", "packed_vs_padded.png"}
+    assert all((folder / n).stat().st_size > 0 for n in names)  # run_sweep drew them too
+
+
+def test_routing_table_from_the_sweep_routes_exactly_where_nn_rnn_won(sweep):
+    results, folder = sweep
+    table = routing_table.build([folder / "results.json"])
+    listed = {(c["dtype"], c["hidden"], c["batch"], c["mode"])
+              for c in table["cudnn_faster"]["sm_90"]}
+    assert listed == {(d, 16, 16, m) for d in ("tf32", "bf16") for m in ("inference", "training")}
+    path = folder / "cudnn_faster.json"
+    path.write_text(json.dumps(table))
+    classes = routing._classes.__wrapped__(path)["sm_90"]
+    assert routing.shape_class(torch.bfloat16, False, 13, 9, training=True) in classes
+    assert routing.shape_class(torch.bfloat16, False, 13, 1, training=True) not in classes
+    assert routing.shape_class(torch.float32, False, 13, 9, training=True) not in classes
