@@ -5,15 +5,17 @@ The rule, in order (the resource report prints it beside every configuration):
    BN = 1 with an elementwise multiply-and-sum, one program per sequence (tl.dot needs every
    dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work). Exception:
    float32 with TF32 disabled (IEEE) uses the elementwise product whenever BH > 32: its tl.dot
-   has no tensor-core path and the FMA fallback spills.
+   has no tensor-core path and the FMA fallback spills. float64, when resident, always uses
+   the elementwise product, with 8 warps and 2 pipeline stages: the only configuration tried
+   that compiles without spills for sm_90 with both Triton 3.6 and 3.9 (fp64 tl.dot parks
+   16-40 B on the stack with 3.6, whatever the warps and stages).
 2. Variant: "resident" (W_hh loaded once, on-chip, for the whole sequence) while the padded
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread; the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
    is in flight while one is multiplied (BJ = 64 spills on sm_80, and 3 stages on sm_90).
-   The resident time loop prefetches P_t three steps ahead, two in float64 (three spill on
-   sm_90 with Triton 3.6). Untuned on a GPU so far.
+   The resident time loop prefetches P_t three steps ahead. Untuned on a GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
@@ -59,9 +61,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
     use_dot = batch >= DOT_MIN_BATCH and not (ieee_fp32 and BH > IEEE_DOT_MAX_BH)
     BN = DOT_MIN_BATCH if use_dot else 1
     if BH <= RESIDENT_MAX_BH[elem]:
+        if dtype == torch.float64:
+            return Config("resident", False, 1, BH, num_warps=8, num_stages=2)
         tile_regs = BH * BH * elem // 4                 # 32-bit registers for the W_hh tile
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
-        return Config("resident", use_dot, BN, BH, num_warps, num_stages=2 if elem == 8 else 3)
+        return Config("resident", use_dot, BN, BH, num_warps)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 

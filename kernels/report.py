@@ -3,15 +3,17 @@
     python -m triton_rnn.kernels.report [--arch 90|80|all] [--json]
 
 Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
-dtype x hidden size x batch (forward and backward kernels), and prints registers, spilled
-bytes, shared memory and occupancy for each. Exits non-zero if any configuration spills
+dtype x hidden size x batch (forward and backward kernels, padded and packed, and the cell),
+and prints registers, spilled bytes, shared memory and occupancy for each. What it compiles is
+what a launch compiles: the launcher's own arguments and options for tensors of that shape,
+bound and specialised by Triton's JIT as at launch. Exits non-zero if any configuration spills
 (beyond a few scalars where W_hh is streamed), overflows shared memory, or fails to compile.
 Triton's interpreter accepts code the GPU compiler rejects (tl.dot with a dimension under 16,
 say) and says nothing about spills, which decide whether W_hh really stays on-chip: this is
 the check that catches both.
 """
 import argparse
-import functools
+import contextlib
 import json
 import os
 import re
@@ -23,10 +25,12 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
 
-from .dispatch import Config, choose, choose_cell
-from .launch import acc_dtype, compile_options, interpreting, kernel_for
+from . import launch
+from .dispatch import choose, choose_cell
+from .launch import interpreting
 
 # Per-SM limits of the targets we ship for.
 ARCHS = {
@@ -41,14 +45,13 @@ DTYPES = {"tf32": (torch.float32, True), "fp32": (torch.float32, False),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
           "fp64": (torch.float64, False)}
 HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-BATCHES = (1, 16, 256)
+# 1 and 5 both run one row per program, but a launch with N = 1 compiles N as a constant.
+BATCHES = (1, 5, 16, 256)
 # A kernel holding W_hh on-chip must not spill at all. Where W_hh is streamed from L2, ptxas
 # sometimes parks a few scalars (8-24 B: halves of 64-bit addresses, seen with Triton 3.6 and
 # 3.9) on the stack at ~100-170 registers, far from the register limit; a tile that does not
 # fit spills hundreds of bytes or more.
 STREAMED_SPILL_ALLOWANCE = 32
-_PTR_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-             torch.float64: "fp64"}
 
 
 @dataclass
@@ -83,51 +86,92 @@ class Row:
         return found
 
 
-def _signature(kernel, dtype: torch.dtype, consts: dict) -> dict:
-    """Argument types for compilation. Integers compile as plain i32, without the JIT's value
-    specialisations (== 1, multiple of 16) that a real launch may add: those only remove
-    instructions, so this is the conservative build of what runs."""
-    acc = _PTR_TYPE[acc_dtype(dtype)]
-    sig = {}
-    for name in kernel.arg_names:
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name == "p_state":
-            sig[name] = "*" + acc
-        elif name == "p_len":
-            sig[name] = "*i32"
-        elif name.startswith("p_"):
-            sig[name] = "*" + _PTR_TYPE[dtype]
-        else:
-            sig[name] = "i32"
-    return sig
+# The launchers' kernels, by their names in launch.py.
+_KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
+                 "rnn_backward_resident_kernel", "rnn_backward_streaming_kernel",
+                 "rnn_cell_forward_kernel")
+
+
+@contextlib.contextmanager
+def _captured_launches():
+    """Swap the launcher's kernels for recorders: a launcher then computes its real arguments
+    and options, and hands them over instead of launching."""
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+
+    saved = {name: getattr(launch, name) for name in _KERNEL_NAMES}
+    for name, kernel in saved.items():
+        setattr(launch, name, Recorder(kernel))
+    try:
+        yield launches
+    finally:
+        for name, kernel in saved.items():
+            setattr(launch, name, kernel)
+
+
+def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bool,
+                      allow_tf32: bool):
+    """(kernel, args, kwargs) the launcher passes for one layer (one direction, T = 2) or one
+    cell call, built from CPU tensors of the real shapes and strides (never written)."""
+    T, D = 2, 1
+    lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
+    seq = torch.empty((T, N, D * H), dtype=dtype)
+    w_hh = torch.empty((D, H, H), dtype=dtype)
+    with _captured_launches() as launches:
+        if pass_ == "forward":
+            launch.recurrence_forward(seq, torch.empty((D, N, H), dtype=dtype), w_hh, lengths,
+                                      False, allow_tf32)
+        elif pass_ == "backward":
+            launch.recurrence_backward(seq, torch.empty_like(seq), w_hh, lengths, False,
+                                       allow_tf32)
+        else:  # the cell, with I = H
+            x, bias = torch.empty((N, H), dtype=dtype), torch.empty(H, dtype=dtype)
+            launch.rnn_cell_forward(x, torch.empty_like(x), w_hh[0], w_hh[0], bias, bias, False,
+                                    allow_tf32)
+    (launched,) = launches
+    return launched
 
 
 def _cuobjdump() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-@functools.lru_cache(maxsize=None)
-def compile_resources(pass_: str, cfg: Config, dtype: torch.dtype, arch: int,
-                      has_lengths: bool = False, allow_tf32: bool = True):
-    """(registers, stack bytes, shared bytes) of one compiled configuration; raises on failure."""
-    if cfg.variant == "cell":
-        flags = dict(HAS_H=True, HAS_BIAS=True)
-    else:
-        flags = dict(HAS_LENGTHS=has_lengths)
-    options = compile_options(cfg, dtype, relu=False, allow_tf32=allow_tf32, **flags)
-    launch = {k: options.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in options}
-    kernel = kernel_for(pass_, cfg.variant)
-    src = ASTSource(kernel, _signature(kernel, dtype, options), constexprs=options)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=launch)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True,
-                               text=True, check=True).stdout
-    regs = int(re.search(r"REG:(\d+)", usage).group(1))
-    stack = int(re.search(r"STACK:(\d+)", usage).group(1))
-    return regs, stack, compiled.metadata.shared
+def compile_resources(kernel, args, kwargs, arch: int):
+    """(registers, stack bytes, shared bytes) of `kernel` compiled for sm_<arch> as a launch
+    with these arguments would compile it: the JIT's own binding and specialisation (integer
+    arguments equal to 1 become constants, multiples of 16 and aligned pointers are marked
+    so), so the report measures exactly the code that runs. Raises on a compile failure."""
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
+                                                              specialization, options)
+    return _compile(ASTSource(kernel, signature, constexprs, attrs), target, options)
+
+
+_compiled = {}  # (source and specialisation, arch, options) -> resources
+
+
+def _compile(src, target, options):
+    key = (src.hash(), target.arch, repr(sorted(options.__dict__.items())))
+    if key not in _compiled:
+        compiled = triton.compile(src, target=target, options=options.__dict__)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True,
+                                   text=True, check=True).stdout
+        regs = int(re.search(r"REG:(\d+)", usage).group(1))
+        stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+        _compiled[key] = regs, stack, compiled.metadata.shared
+    return _compiled[key]
 
 
 def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
@@ -153,8 +197,8 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         programs = triton.cdiv(N, cfg.BN) * directions
         w_hh = "streamed from L2" if cfg.variant == "streaming" else "on-chip"
     try:
-        regs, stack, shared = compile_resources("forward" if pass_ == "cell" else pass_, cfg,
-                                                dtype, arch, packed, allow_tf32)
+        regs, stack, shared = compile_resources(
+            *_launch_arguments(pass_, dtype, H, N, packed, allow_tf32), arch)
         error = ""
     except Exception as exc:  # a compile failure is a finding, not a crash
         regs = stack = shared = 0

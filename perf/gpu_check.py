@@ -2,6 +2,8 @@
 
     python perf/gpu_check.py [latency.py options, e.g. --quick or --budget-minutes 6]
 
+Install first; with no network: pip install --no-build-isolation --no-deps -e .
+
 1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
 2. the bytes saved for backward against cuDNN (memory.log);
 3. the latency sweep (perf/latency.py, default sweep unless options narrow it);

@@ -138,14 +138,19 @@ def run_sweep(args) -> Path:
             continue
         try:
             results[key] += measure(case, args.modes)
-        except torch.cuda.OutOfMemoryError:
-            results["failures"].append(dict(case=vars(case), error="out of memory"))
-            torch.cuda.empty_cache()
+        except Exception as exc:  # one failing case (out of memory, say) must not end the sweep
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            results["failures"].append(dict(case=vars(case), error=error))
+            print(f"FAILED {case}: {error}", flush=True)
+            if HAS_GPU:
+                torch.cuda.empty_cache()
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after every case
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = plots.markdown(results) + "\n\n" + plots.packed_markdown(results)
     (out / "speedup.md").write_text(table + "\n")
     print(table)
+    if results["failures"]:
+        print(f"WARNING: {len(results['failures'])} cases failed (see failures in results.json)")
     mismatches = [r for r in results["rows"] if not r["matches"]]
     if mismatches:
         print(f"WARNING: {len(mismatches)} measured outputs did not match nn.RNN (see "

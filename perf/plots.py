@@ -74,17 +74,32 @@ def markdown(results: dict) -> str:
         seq = _closest(sorted({k[3] for k in cells}), 128)
         sub = {k: v for k, v in cells.items() if k[3] == seq and k[4] == 1 and k[5] == 1}
         hiddens = sorted({k[2] for k in sub})
-        lines += ["", f"{mode}, T = {seq}, 1 layer, unidirectional: speedup by batch (rows) "
-                  "and hidden size (columns)", ""]
+        lines += ["", f"{mode}, T = {seq}, 1 layer, unidirectional: by batch (rows) and "
+                  "hidden size (columns)", ""]
+        ours = {_key(r): r for r in rows if r["impl"] == "triton_rnn"}
         for dtype in sorted({k[0] for k in sub}):
-            lines += [f"**{dtype}**", "", "| batch | " + " | ".join(map(str, hiddens)) + " |",
-                      "|---" * (len(hiddens) + 1) + "|"]
-            for batch in sorted({k[1] for k in sub if k[0] == dtype}):
-                row = [sub.get((dtype, batch, h, seq, 1, 1, mode)) for h in hiddens]
-                lines.append(f"| {batch} | " + " | ".join(
-                    "-" if v is None else f"{v:.2f}" for v in row) + " |")
-            lines.append("")
+            batches = sorted({k[1] for k in sub if k[0] == dtype})
+
+            def speedup(b, h):
+                v = sub.get((dtype, b, h, seq, 1, 1, mode))
+                return "-" if v is None else f"{v:.2f}"
+
+            def step_and_rate(b, h):
+                r = ours.get((dtype, b, h, seq, 1, 1, mode))
+                return "-" if r is None else f"{r['us_per_step']:.1f} / {r['tflops']:.2f}"
+
+            lines += [f"**{dtype}**: speedup", ""] + _grid(batches, hiddens, speedup)
+            lines += [f"**{dtype}**: triton_rnn µs per timestep / achieved TFLOP/s", ""]
+            lines += _grid(batches, hiddens, step_and_rate)
     return "\n".join(lines)
+
+
+def _grid(batches, hiddens, cell) -> list:
+    """Markdown table lines: a row per batch size, a column per hidden size."""
+    lines = ["| batch | " + " | ".join(map(str, hiddens)) + " |",
+             "|---" * (len(hiddens) + 1) + "|"]
+    lines += [f"| {b} | " + " | ".join(cell(b, h) for h in hiddens) + " |" for b in batches]
+    return lines + [""]
 
 
 def packed_markdown(results: dict) -> str:

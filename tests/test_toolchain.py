@@ -1,6 +1,5 @@
 """triton_rnn.RNN with PyTorch's toolchain: torch.compile, custom-op checks, autocast,
 deterministic mode, DistributedDataParallel / FSDP, CUDA graphs."""
-import os
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 import triton_rnn
 from conftest import CUDA, DEVICE
 from helpers import make_pair, rel_err
-from triton_rnn.ops import recurrence, recurrence_backward
+from triton_rnn.ops import recurrence, recurrence_backward, uses_kernels
 
 
 class Model(nn.Module):
@@ -126,8 +125,10 @@ def test_deterministic_mode_bitwise_repeatable(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
 
 
-def _distributed_worker(rank, world, store_path, x, result_path):
-    os.environ["TRITON_INTERPRET"] = "1"
+def _distributed_worker(rank, world, store_path, x, result_path, kernels_expected):
+    # The workers inherit TRITON_INTERPRET from conftest: without a GPU, the kernels run
+    # through the interpreter; on a GPU machine, these CPU tensors take the reference path.
+    assert uses_kernels(x) == kernels_expected
     # A file rendezvous: no port to race for with anything else on the machine.
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=world)
@@ -137,11 +138,13 @@ def _distributed_worker(rank, world, store_path, x, result_path):
         ddp(x[rank::world]).backward()  # DDP averages gradients over ranks
         grads = {"ddp": [p.grad.clone() for p in ddp.module.parameters()]}
 
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh("cpu", (world,))  # without one, FSDP would pick the GPU
         torch.manual_seed(0)
         sharded = Model().double()
-        fully_shard(sharded.rnn)
-        fully_shard(sharded)
+        fully_shard(sharded.rnn, mesh=mesh)
+        fully_shard(sharded, mesh=mesh)
         sharded(x[rank::world]).backward()  # so does FSDP
         grads["fsdp"] = [p.grad.full_tensor() for p in sharded.parameters()]
         if rank == 0:
@@ -160,8 +163,8 @@ def test_ddp_and_fsdp_gradients_equal_single_process(tmp_path):
     single(x[1::2]).div(2).backward()
     expected = [p.grad for p in single.parameters()]
     path = tmp_path / "grads.pt"
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "store"), x, str(path)), nprocs=2,
-             join=True)
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "store"), x, str(path),
+                                        uses_kernels(x)), nprocs=2, join=True)
     grads = torch.load(path)
     for kind in ("ddp", "fsdp"):
         assert len(grads[kind]) == len(expected)
