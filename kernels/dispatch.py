@@ -15,11 +15,13 @@ The rule, in order (the resource report prints it beside every configuration):
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread; the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
    is in flight while one is multiplied (BJ = 64 spills on sm_80, and 3 stages on sm_90).
-   The resident time loop prefetches P_t three steps ahead. Untuned on a GPU so far.
+   The resident time loop prefetches P_t three steps ahead (two in float64). Untuned on a
+   GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
-`python -m triton_rnn.kernels.report`, which fails on spills, shared-memory overflow or errors.
+`python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
+shared-memory overflow or errors.
 """
 from dataclasses import dataclass
 

@@ -50,7 +50,8 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
     dot_dtype = _TL_DTYPE[dtype]
     if interpreter and dtype == torch.bfloat16:
-        dot_dtype = tl.float32  # the interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32
+        # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
+        dot_dtype = tl.float32
     block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
     return dict(
         ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block, **flags,

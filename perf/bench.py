@@ -184,7 +184,7 @@ def _measure_packed(case: Case, modes, warmup_ms, rep_ms) -> list:
                 step = _step(model, inputs, grads, mode, packed=layout == "packed")
                 med, lo, hi = _time(step, warmup_ms, rep_ms)
                 rows.append(dict(asdict(case), mode=mode, impl=name, layout=layout,
-                                 tokens=tokens, padded_batch=padded_batch, ms=med, ms_p20=lo, ms_p80=hi,
-                                 rel_err_vs_nn_rnn=err,
+                                 tokens=tokens, padded_batch=padded_batch, ms=med,
+                                 ms_p20=lo, ms_p80=hi, rel_err_vs_nn_rnn=err,
                                  matches=bool(err < MATCH_TOLERANCE[case.dtype])))
     return rows

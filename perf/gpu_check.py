@@ -1,8 +1,11 @@
 """GPU validation in one command, for a machine with a CUDA GPU and no network:
 
-    python perf/gpu_check.py [latency.py options, e.g. --quick or --budget-minutes 6]
+    python perf/gpu_check.py [--total-minutes M] [latency.py options, e.g. --quick]
 
 Install first; with no network: pip install --no-build-isolation --no-deps -e .
+--total-minutes fits the whole run into M minutes (a machine lent for a limited time): the
+tests get at most 40% of it, and the sweep the rest less a margin, most informative cases
+first (perf/latency.py --budget-minutes); every step still writes its log.
 
 1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
 2. the bytes saved for backward against cuDNN (memory.log);
@@ -12,10 +15,12 @@ Install first; with no network: pip install --no-build-isolation --no-deps -e .
 The kernel resource report needs no GPU: CI runs it in full with Triton 3.6 (what our GPU
 machine runs), and tests/test_compile.py runs a subset with the newest.
 """
+import argparse
 import datetime
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,30 +30,51 @@ sys.path.insert(0, str(ROOT / "perf"))
 import plots  # noqa: E402
 
 
-def _run(cmd, log: Path, env=None) -> int:
+def _run(cmd, log: Path, env=None, timeout_s=None) -> int:
+    """Run one step with its output in `log`; exit code 124 if it ran past timeout_s."""
     print("$", " ".join(map(str, cmd)), f"> {log}", flush=True)
     with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                  timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            code = 124
+    if code == 124:
+        with log.open("a") as f:
+            f.write(f"\nstopped by gpu_check after {timeout_s:.0f} s\n")
     tail = log.read_text().strip().splitlines()[-1:] or [""]
-    print(f"  exit {proc.returncode}: {tail[0]}", flush=True)
-    return proc.returncode
+    print(f"  exit {code}: {tail[0]}", flush=True)
+    return code
 
 
 def main(argv) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--total-minutes", type=float, default=None)
+    args, latency_args = parser.parse_known_args(argv)
     if not torch.cuda.is_available():
         print("No CUDA GPU found: gpu_check needs one (run the tests with python -m pytest).")
         return 1
+    deadline = None if args.total_minutes is None else time.monotonic() + 60 * args.total_minutes
+
+    def seconds_left(share=1.0, margin_s=0.0):
+        return None if deadline is None else max(1.0, share * (deadline - time.monotonic())
+                                                 - margin_s)
     gpu = torch.cuda.get_device_name(0)
     date = datetime.date.today().isoformat()
     out = plots.results_folder(gpu, date)
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     codes = {
-        "tests": _run([sys.executable, "-m", "pytest", "-q", "-rs"], out / "tests.log", env),
-        "memory": _run([sys.executable, "perf/memory.py"], out / "memory.log", env),
-        "latency": _run([sys.executable, "perf/latency.py", "--out", str(out), *argv],
-                        out / "latency.log", env),
+        "tests": _run([sys.executable, "-m", "pytest", "-q", "-rs"], out / "tests.log", env,
+                      seconds_left(0.4)),
+        "memory": _run([sys.executable, "perf/memory.py"], out / "memory.log", env,
+                       seconds_left(0.1)),
     }
+    if deadline is not None:  # start no case after the budget; a started case may run on
+        budget_s = seconds_left(margin_s=90)
+        latency_args += ["--budget-minutes", f"{budget_s / 60:.2f}"]
+    codes["latency"] = _run([sys.executable, "perf/latency.py", "--out", str(out),
+                             *latency_args], out / "latency.log", env, seconds_left(margin_s=20))
     if (out / "results.json").exists():  # route shape classes where cuDNN won
         codes["routing"] = _run([sys.executable, "perf/routing_table.py",
                                  str(out / "results.json")], out / "routing.log", env)

@@ -14,6 +14,8 @@ def _run(ours, ref, x, h0=None, dtype=torch.float32):
     return out, h_n, ref_out, ref_h
 
 
+# float64 runs the elementwise product at every batch size (kernels/dispatch.py, rule 1): the
+# tl.dot paths are checked at the float32 and 16-bit bounds in test_sizes_and_dtypes (N = 17).
 @pytest.mark.parametrize("opt", OPTIONS, ids=[option_id(o) for o in OPTIONS])
 def test_option_grid_float64(opt):
     act, bias, layers, bidir, batch_first = opt

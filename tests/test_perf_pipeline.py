@@ -131,3 +131,13 @@ def test_a_wrong_kernel_is_marked_and_never_wins(monkeypatch, tf32_flags_kept):
     assert len(rows) == 2 and not any(r["matches"] for r in rows)
     listed = routing_table.slower_classes({"rows": rows})  # as fast as nn.RNN, but wrong
     assert [c["output_mismatch"] for c in listed] == [True]
+
+
+def test_gpu_check_steps_are_time_boxed(tmp_path):
+    """perf/gpu_check.py --total-minutes must end a step that overruns, keeping its log."""
+    import gpu_check
+    log = tmp_path / "step.log"
+    step = "import time; print('started', flush=True); time.sleep(60)"
+    assert gpu_check._run([sys.executable, "-c", step], log, timeout_s=2) == 124
+    assert log.read_text().split() == ["started", "stopped", "by", "gpu_check", "after", "2",
+                                       "s"]

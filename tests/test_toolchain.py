@@ -67,6 +67,30 @@ def test_compile_fullgraph_default_inductor_backend():
         assert rel_err(g, e) < bound
 
 
+def test_compile_fullgraph_packed_input():
+    """The packed layout is worked out on the host from batch_sizes; under torch.compile the
+    graph still stays whole, forward and backward, and gives eager's results."""
+    from torch.nn.utils.rnn import pack_sequence
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    rnn = triton_rnn.RNN(3, 5, bidirectional=True).to(DEVICE, torch.float64)
+    seqs = [torch.randn(n, 3, dtype=torch.float64, device=DEVICE) for n in (2, 4, 1)]
+    packed = pack_sequence(seqs, enforce_sorted=False)
+
+    def loss(rnn, packed):
+        out, h_n = rnn(packed)
+        return out.data.sin().sum() + h_n.pow(2).sum()
+
+    results = []
+    for fn in (loss, torch.compile(loss, fullgraph=True, backend="aot_eager")):
+        rnn.zero_grad()
+        value = fn(rnn, packed)
+        value.backward()
+        results.append([value.detach()] + [p.grad.clone() for p in rnn.parameters()])
+    for got, expected in zip(results[1], results[0]):
+        assert rel_err(got, expected) < 1e-12
+
+
 def test_compile_does_not_unlock_plain_nn_rnn():
     """Our Dynamo adjustment is scoped to triton_rnn.RNN: nn.RNN still graph-breaks as before."""
     torch._dynamo.reset()
