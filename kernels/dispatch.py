@@ -12,7 +12,8 @@ The rule, in order (the resource report prints it beside every configuration):
 2. Variant: "resident" (W_hh loaded once, on-chip, for the whole sequence) while the padded
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
-3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread; the
+3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
+   elementwise product holds 16-bit weights converted to fp32, once, before the loop); the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
    is in flight while one is multiplied (BJ = 64 spills on sm_80, and 3 stages on sm_90).
    The resident time loop prefetches P_t three steps ahead (two in float64). Untuned on a
@@ -65,7 +66,8 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
     if BH <= RESIDENT_MAX_BH[elem]:
         if dtype == torch.float64:
             return Config("resident", False, 1, BH, num_warps=8, num_stages=2)
-        tile_regs = BH * BH * elem // 4                 # 32-bit registers for the W_hh tile
+        # 32-bit registers for the W_hh tile: the elementwise product holds it in fp32.
+        tile_regs = BH * BH * (elem if use_dot else 4) // 4
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
         return Config("resident", use_dot, BN, BH, num_warps)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)

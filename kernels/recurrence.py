@@ -37,6 +37,8 @@ def rnn_forward_resident_kernel(
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
     b_b = load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h)  # on-chip for all T steps
+    if not USE_DOT:  # the elementwise product works in ACC: convert 16-bit weights once
+        b_b = b_b.to(ACC)
     b_h = tl.load(p_h0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],
                   mask=m_nh, other=0.0).to(ACC)
     o_p = o_n[:, None] * s_pn + i_d * H + o_h[None, :]
@@ -70,6 +72,8 @@ def rnn_backward_resident_kernel(
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
     b_b = load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h)  # on-chip for all T steps
+    if not USE_DOT:  # the elementwise product works in ACC: convert 16-bit weights once
+        b_b = b_b.to(ACC)
     b_c = tl.zeros((BN, BH), dtype=ACC)  # gradient carried into the step being visited
     o_x = o_n[:, None] * s_n + i_d * H + o_h[None, :]
     for t in range(T):
