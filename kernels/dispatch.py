@@ -6,18 +6,16 @@ The rule, in order (the resource report prints it beside every configuration):
    dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work). Exception:
    float32 with TF32 disabled (IEEE) uses the elementwise product whenever BH > 32: its tl.dot
    has no tensor-core path and the FMA fallback spills. float64, when resident, always uses
-   the elementwise product, with 8 warps and 2 pipeline stages: the only configuration tried
-   that compiles without spills for sm_90 with both Triton 3.6 and 3.9 (fp64 tl.dot parks
-   16-40 B on the stack with 3.6, whatever the warps and stages).
+   the elementwise product: its tl.dot spills 16-40 B on sm_90 with Triton 3.6, whatever the
+   warps and stages.
 2. Variant: "resident" (W_hh loaded once, on-chip, for the whole sequence) while the padded
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
-   elementwise product holds 16-bit weights converted to fp32, once, before the loop); the
+   elementwise product holds it in the accumulator dtype, converted once before the loop); the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
    is in flight while one is multiplied (BJ = 64 spills on sm_80, and 3 stages on sm_90).
-   The resident time loop prefetches P_t three steps ahead (two in float64). Untuned on a
-   GPU so far.
+   The resident time loop prefetches P_t three steps ahead. Untuned on a GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
@@ -57,17 +55,20 @@ class Config:
 def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True) -> Config:
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = dtype.itemsize
+    resident = BH <= RESIDENT_MAX_BH[elem]
     # IEEE fp32 (TF32 off) has no tensor-core path: tl.dot falls back to FMA, whose layouts
     # spill (kilobytes for resident tiles over 32, bytes when streaming); use the elementwise
-    # product instead, which is what the FMA fallback computes anyway.
+    # product instead, which is what the FMA fallback computes anyway. Resident float64 tl.dot
+    # spills 16-40 B on sm_90 with Triton 3.6 whatever the warps and stages.
     ieee_fp32 = dtype == torch.float32 and not allow_tf32
-    use_dot = batch >= DOT_MIN_BATCH and not (ieee_fp32 and BH > IEEE_DOT_MAX_BH)
+    use_dot = (batch >= DOT_MIN_BATCH and not (ieee_fp32 and BH > IEEE_DOT_MAX_BH)
+               and not (resident and dtype == torch.float64))
     BN = DOT_MIN_BATCH if use_dot else 1
-    if BH <= RESIDENT_MAX_BH[elem]:
-        if dtype == torch.float64:
-            return Config("resident", False, 1, BH, num_warps=8, num_stages=2)
-        # 32-bit registers for the W_hh tile: the elementwise product holds it in fp32.
-        tile_regs = BH * BH * (elem if use_dot else 4) // 4
+    if resident:
+        # 32-bit registers for the W_hh tile, held in the accumulator dtype (fp32, or fp64 for
+        # fp64) by the elementwise product and in its own dtype by tl.dot.
+        tile_bytes = elem if use_dot else max(elem, 4)
+        tile_regs = BH * BH * tile_bytes // 4
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
         return Config("resident", use_dot, BN, BH, num_warps)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)

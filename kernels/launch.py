@@ -35,21 +35,19 @@ def _empty(*args, like=None, **kwargs) -> torch.Tensor:
 
 
 def kernel_for(pass_: str, variant: str):
-    """The @triton.jit kernel for "forward"/"backward" and a dispatch variant."""
-    return {("forward", "cell"): rnn_cell_forward_kernel,
-            ("forward", "resident"): rnn_forward_resident_kernel,
+    """The recurrence's @triton.jit kernel for "forward"/"backward" and a dispatch variant."""
+    return {("forward", "resident"): rnn_forward_resident_kernel,
             ("forward", "streaming"): rnn_forward_streaming_kernel,
             ("backward", "resident"): rnn_backward_resident_kernel,
             ("backward", "streaming"): rnn_backward_streaming_kernel}[(pass_, variant)]
 
 
 def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: bool,
-                    interpreter: bool = False, **flags) -> dict:
-    """Constexpr arguments and launch options: shared by the launchers and the resource report,
-    so the report compiles exactly what runs. `flags`: the kernel's own boolean constexprs
-    (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
+                    **flags) -> dict:
+    """Constexpr arguments and launch options of a launch. `flags`: the kernel's own boolean
+    constexprs (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
     dot_dtype = _TL_DTYPE[dtype]
-    if interpreter and dtype == torch.bfloat16:
+    if interpreting() and dtype == torch.bfloat16:
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
         dot_dtype = tl.float32
     block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
@@ -84,8 +82,7 @@ def _weight_operand(w_hh: torch.Tensor, transpose: bool):
 def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool):
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence."""
     cfg = choose(H, N, dtype, allow_tf32)
-    options = compile_options(cfg, dtype, relu, allow_tf32, interpreting(),
-                              HAS_LENGTHS=lengths is not None)
+    options = compile_options(cfg, dtype, relu, allow_tf32, HAS_LENGTHS=lengths is not None)
     return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
 
 
@@ -152,8 +149,8 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool, allow_tf32: bool)
     x = x.contiguous()
     h, b_ih, b_hh = (None if t is None else t.contiguous() for t in (h, b_ih, b_hh))
     cfg = choose_cell(N, x.dtype)
-    options = compile_options(cfg, x.dtype, relu, allow_tf32, interpreting(),
-                              HAS_H=h is not None, HAS_BIAS=b_ih is not None)
+    options = compile_options(cfg, x.dtype, relu, allow_tf32, HAS_H=h is not None,
+                              HAS_BIAS=b_ih is not None)
     grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
     unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
     with _on_device(x):

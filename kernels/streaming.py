@@ -31,6 +31,8 @@ def rnn_forward_streaming_kernel(
         tt = time_index(t, T, i_d, False)
         p_prev = p_state + ((t + 1) % 2) * s_ss
         p_next = p_state + (t % 2) * s_ss
+        if HAS_LENGTHS:
+            m_act = active(tt, b_len)
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
             m_nj = m_n[:, None] & (o_j < H)[None, :]
@@ -42,7 +44,7 @@ def rnn_forward_streaming_kernel(
             if HAS_LENGTHS:  # rows outside their sequence hold the previous state
                 b_prev = tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj,
                                  other=0.0)
-                b_h = tl.where(active(tt, b_len), b_h, b_prev)
+                b_h = tl.where(m_act, b_h, b_prev)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_h, mask=m_nj)
             tl.store(p_out + tt * s_ot + o_n[:, None] * s_on + i_d * H + o_j[None, :],
                      b_h.to(p_out.dtype.element_ty), mask=m_nj)
@@ -68,6 +70,8 @@ def rnn_backward_streaming_kernel(
         tt = time_index(t, T, i_d, True)
         p_prev = p_state + ((t + 1) % 2) * s_ss
         p_next = p_state + (t % 2) * s_ss
+        if HAS_LENGTHS:
+            m_act = active(tt, b_len)
         # Phase 1: dz_t for every feature, written where phase 2 can read all of it.
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
@@ -80,7 +84,6 @@ def rnn_backward_streaming_kernel(
             if HAS_LENGTHS:
                 # A held step passes its gradient through unchanged: its carried gradient is
                 # final here, and phase 2 writes only the rows inside their sequence.
-                m_act = active(tt, b_len)
                 b_dz = tl.where(m_act, b_dz, 0.0)
                 tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_g,
                          mask=m_nj & ~m_act)
@@ -92,7 +95,7 @@ def rnn_backward_streaming_kernel(
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
             m_nj = m_n[:, None] & (o_j < H)[None, :]
             if HAS_LENGTHS:
-                m_nj = m_nj & active(tt, b_len)
+                m_nj = m_nj & m_act
             b_c = chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                  ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_c, mask=m_nj)

@@ -62,3 +62,14 @@ def option_id(opt) -> str:
     act, bias, layers, bidir, batch_first = opt
     return (f"{act}-{'bias' if bias else 'nobias'}-L{layers}-{'bi' if bidir else 'uni'}-"
             f"{'batchfirst' if batch_first else 'seqfirst'}")
+
+
+def option_grid_case(opt, input_size: int, hidden_size: int, N: int, T: int):
+    """(ours, nn.RNN, x, h0), all float64, for one combination of OPTIONS."""
+    act, bias, layers, bidir, batch_first = opt
+    ours, ref = make_pair(input_size, hidden_size, layers, act, bias, batch_first, 0.0, bidir,
+                          dtype=torch.float64)
+    x = torch.randn((N, T, input_size) if batch_first else (T, N, input_size),
+                    dtype=torch.float64)
+    h0 = torch.randn(layers * (2 if bidir else 1), N, hidden_size, dtype=torch.float64)
+    return ours, ref, x, h0

@@ -5,7 +5,8 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, OPTIONS, cpu_training_pair, make_pair, option_id, rel_err
+from helpers import (GRAD_TOLERANCE, OPTIONS, cpu_training_pair, make_pair,
+                     option_grid_case, option_id, rel_err)
 
 
 def _grads(model, x, h0, seed=1):
@@ -32,11 +33,7 @@ def _compare(ours, ref, x, h0, dtype, tol):
 
 @pytest.mark.parametrize("opt", OPTIONS, ids=[option_id(o) for o in OPTIONS])
 def test_option_grid_float64(opt):
-    act, bias, layers, bidir, batch_first = opt
-    ours, ref = make_pair(5, 9, layers, act, bias, batch_first, 0.0, bidir, dtype=torch.float64)
-    N, T = 3, 4
-    x = torch.randn((N, T, 5) if batch_first else (T, N, 5), dtype=torch.float64)
-    h0 = torch.randn(layers * (2 if bidir else 1), N, 9, dtype=torch.float64)
+    ours, ref, x, h0 = option_grid_case(opt, 5, 9, N=3, T=4)
     _compare(ours, ref, x, h0, torch.float64, 1e-9)
 
 

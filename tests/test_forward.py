@@ -5,7 +5,8 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import OPTIONS, TOLERANCE, cpu_training_pair, make_pair, option_id, rel_err
+from helpers import (OPTIONS, TOLERANCE, cpu_training_pair, make_pair, option_grid_case,
+                     option_id, rel_err)
 
 
 def _run(ours, ref, x, h0=None, dtype=torch.float32):
@@ -14,15 +15,12 @@ def _run(ours, ref, x, h0=None, dtype=torch.float32):
     return out, h_n, ref_out, ref_h
 
 
-# float64 runs the elementwise product at every batch size (kernels/dispatch.py, rule 1): the
-# tl.dot paths are checked at the float32 and 16-bit bounds in test_sizes_and_dtypes (N = 17).
+# float64 with W_hh resident (H = 17 here) runs the elementwise product at every batch size
+# (kernels/dispatch.py, rule 1): the resident tl.dot paths are checked at the float32 and 16-bit
+# bounds in test_sizes_and_dtypes (N = 17).
 @pytest.mark.parametrize("opt", OPTIONS, ids=[option_id(o) for o in OPTIONS])
 def test_option_grid_float64(opt):
-    act, bias, layers, bidir, batch_first = opt
-    ours, ref = make_pair(6, 17, layers, act, bias, batch_first, 0.0, bidir, dtype=torch.float64)
-    N, T = 5, 4
-    x = torch.randn((N, T, 6) if batch_first else (T, N, 6), dtype=torch.float64)
-    h0 = torch.randn(layers * (2 if bidir else 1), N, 17, dtype=torch.float64)
+    ours, ref, x, h0 = option_grid_case(opt, 6, 17, N=5, T=4)
     out, h_n, ref_out, ref_h = _run(ours, ref, x, h0, torch.float64)
     assert rel_err(out, ref_out) < 1e-9
     assert rel_err(h_n, ref_h) < 1e-9
