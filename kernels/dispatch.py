@@ -10,7 +10,14 @@ The rule, in order (the resource report prints it beside every configuration):
    warps and stages.
 2. Variant: "resident" (W_hh loaded once, on-chip, for the whole sequence) while the padded
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
-   "streaming" (W_hh re-read from L2 in BJ-wide chunks every step).
+   "split" (split.py: W_hh divided by rows across co-resident programs that exchange the state
+   through L2 every step) while BH is at most SPLIT_MAX_BH; else "streaming" (W_hh re-read
+   from L2 in BJ-wide chunks every step). Split uses the elementwise product (tf32 `tl.dot`
+   slices ask more shared memory than an SM has), R = SPLIT_TILE // BH rows per program
+   (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in the accumulator dtype in
+   registers: 32-64 per thread at 16 warps, one program per SM. The launcher sizes the batch groups
+   and checks the grid against the device's co-resident capacity (launch.py); a layer whose
+   S slices do not fit even one group per launch falls back to streaming.
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
    elementwise product holds it in the accumulator dtype, converted once before the loop); the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
@@ -34,25 +41,41 @@ STREAM_CHUNK = 32
 # Largest padded hidden size whose W_hh tile stays on-chip without spills, by element bytes
 # (the same for tl.dot and elementwise tiles).
 RESIDENT_MAX_BH = {8: 64, 4: 128, 2: 128}
+# Largest padded hidden size the split variant holds on-chip, by element bytes: 16 MB of fp32
+# (or widened 16-bit) W_hh at 2048, 8 MB of fp64 at 1024, over 128 programs.
+SPLIT_MAX_BH = {8: 1024, 4: 2048, 2: 2048}
+# Elements of one split program's W_hh tile (R x BH), by accumulator bytes: 64 KB (32
+# registers per thread at 16 warps), with R between SPLIT_MIN_ROWS and SPLIT_MAX_ROWS: 128 KB of
+# fp32 at BH = 2048 (S = 128 programs, one per SM). Other shapes spill on sm_90: R = 32 at
+# BH = 1024 (80 B), R = 64 at BH = 256 (100-1100 B), R = 128 at BH = 256 (1.6 KB).
+SPLIT_TILE = {8: 8192, 4: 16384}
+SPLIT_MIN_ROWS = {8: 8, 4: 16}
+SPLIT_MAX_ROWS = 32
+SPLIT_WARPS = 16
 
 
 @dataclass(frozen=True)
 class Config:
-    variant: str      # "resident" or "streaming" (recurrence), or "cell"
+    variant: str      # "resident", "split" or "streaming" (recurrence), or "cell"
     use_dot: bool
-    BN: int           # batch rows per program
-    BH: int           # padded hidden size (resident) or chunk width BJ (streaming)
+    BN: int           # batch rows per program (split: per step and row, one at a time)
+    BH: int           # padded hidden size (resident, split) or chunk width BJ (streaming)
     num_warps: int
     num_stages: int = 3  # software pipelining of the innermost loop (rule 3)
+    R: int = 0           # split: rows of W_hh per program
 
     def describe(self) -> str:
-        block = f"BH={self.BH}" if self.variant == "resident" else f"BJ={self.BH}"
+        block = {"resident": f"BH={self.BH}", "split": f"R={self.R} BH={self.BH}"}.get(
+            self.variant, f"BJ={self.BH}")
         kind = "dot" if self.use_dot else "elementwise"
         return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
                 f" stages={self.num_stages}")
 
 
-def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True) -> Config:
+def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True,
+           split: bool = True) -> Config:
+    """The configuration rule 1-3 gives; split=False skips the split variant (the launcher's
+    fallback where a device cannot hold one group of its programs at once)."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = dtype.itemsize
     resident = BH <= RESIDENT_MAX_BH[elem]
@@ -71,7 +94,21 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         tile_regs = BH * BH * tile_bytes // 4
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
         return Config("resident", use_dot, BN, BH, num_warps)
+    if split and BH <= SPLIT_MAX_BH[elem]:
+        return choose_split(BH, dtype)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
+
+
+def choose_split(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
+    """The split configuration for padded hidden size BH; `rows` (a power of two) overrides
+    R, the rows of W_hh per program (tests use it to reach every slice count)."""
+    acc_bytes = max(dtype.itemsize, 4)
+    R = rows or max(SPLIT_MIN_ROWS[acc_bytes], min(SPLIT_MAX_ROWS, SPLIT_TILE[acc_bytes] // BH))
+    # 16 warps for tiles of 16K 32-bit registers and up (32-64 per thread), fewer below: at 16
+    # warps ptxas may use at most 128 registers per thread, and a (32, 256) tile spills there.
+    tile_regs = R * BH * acc_bytes // 4
+    num_warps = min(SPLIT_WARPS, max(4, tile_regs // 1024))
+    return Config("split", False, 1, BH, num_warps, num_stages=1, R=R)
 
 
 def choose_cell(batch: int, dtype: torch.dtype) -> Config:

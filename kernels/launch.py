@@ -10,9 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
 from .dispatch import Config, choose, choose_cell
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
+from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
 from .streaming import rnn_backward_streaming_kernel, rnn_forward_streaming_kernel
 
 _TL_DTYPE = {torch.float64: tl.float64, torch.float32: tl.float32,
@@ -22,6 +24,15 @@ _TL_DTYPE = {torch.float64: tl.float64, torch.float32: tl.float32,
 # Tests set this so every buffer a kernel must write starts as NaN: an element the kernel
 # forgets to write then fails the comparison instead of passing on leftover memory.
 poison_outputs = False
+
+# Split variant: polls a barrier wait makes before it gives up. On a GPU each poll is an L2
+# round trip and two CTA barriers (~0.5-1 µs): 2^22 polls are seconds, far beyond any step.
+# The interpreter's polls sleep (concurrent_interpreter.py): 2^15 are tens of seconds there.
+MAX_POLLS = 1 << 22
+MAX_POLLS_INTERPRETED = 1 << 15
+# Programs an interpreted split launch runs at once (one thread each): an H100's SM count, so
+# the interpreter runs the plan an H100 would (one split program per SM).
+INTERPRETER_CAPACITY = 132
 
 
 def interpreting() -> bool:
@@ -38,6 +49,8 @@ def kernel_for(pass_: str, variant: str):
     """The recurrence's @triton.jit kernel for "forward"/"backward" and a dispatch variant."""
     return {("forward", "resident"): rnn_forward_resident_kernel,
             ("forward", "streaming"): rnn_forward_streaming_kernel,
+            ("forward", "split"): rnn_forward_split_kernel,
+            ("backward", "split"): rnn_backward_split_kernel,
             ("backward", "resident"): rnn_backward_resident_kernel,
             ("backward", "streaming"): rnn_backward_streaming_kernel}[(pass_, variant)]
 
@@ -46,6 +59,13 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
                     **flags) -> dict:
     """Constexpr arguments and launch options of a launch. `flags`: the kernel's own boolean
     constexprs (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
+    if cfg.variant == "split":
+        return dict(
+            ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)], R=cfg.R, BK=cfg.BH, **flags,
+            MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
+            # An oversize grid then fails at launch instead of waiting at its first barrier.
+            launch_cooperative_grid=True)
     dot_dtype = _TL_DTYPE[dtype]
     if interpreting() and dtype == torch.bfloat16:
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
@@ -79,25 +99,88 @@ def _weight_operand(w_hh: torch.Tensor, transpose: bool):
     return (s_d, s_col, s_row) if transpose else (s_d, s_row, s_col)
 
 
-def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool):
+def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool,
+          cfg: Config = None):
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence."""
-    cfg = choose(H, N, dtype, allow_tf32)
+    cfg = cfg or choose(H, N, dtype, allow_tf32)
     options = compile_options(cfg, dtype, relu, allow_tf32, HAS_LENGTHS=lengths is not None)
     return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
 
 
-def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) -> torch.Tensor:
-    """lengths: None, or (N,) int32 per-sequence lengths on the device (variable-length batch)."""
+def split_plan(S: int, N: int, D: int, capacity: int):
+    """(groups G, batch rows per group, directions per launch) for S slices on a device that
+    holds `capacity` programs at once, or None if one group of S programs does not fit.
+    Both directions share a launch when they fit; else one launch per direction."""
+    if S > capacity:
+        return None
+    per_launch = D if S * D <= capacity else 1
+    rows = triton.cdiv(N, max(1, min(N, capacity // (S * per_launch))))
+    return triton.cdiv(N, rows), rows, per_launch
+
+
+_capacities = {}  # (compiled kernel, device) -> co-resident programs
+
+
+def _split_capacity(kernel, args, options, device) -> int:
+    """Programs of this launch's compiled kernel that the device holds at once."""
+    if interpreting():
+        return INTERPRETER_CAPACITY
+    compiled = kernel.warmup(*args, grid=(1,), **options)
+    key = (compiled, device)
+    if key not in _capacities:
+        _capacities[key] = occupancy.device_capacity(compiled, device)
+    return _capacities[key]
+
+
+def _launch_split(pass_, kernel, cfg, options, tensors, strides, T, N, H, D) -> bool:
+    """Launch a split kernel (tensors and strides: its arguments before p_sync and after G)
+    as planned for this device; False if the device cannot hold one group of its slices."""
+    failures.check_earlier()
+    device = tensors[0].device
+    S = triton.cdiv(H, cfg.R)
+    # [failure flag, one barrier counter per (direction, group)], zero on entry.
+    sync = torch.zeros(1 + D * N, dtype=torch.int32, device=device)
+    capacity = _split_capacity(kernel, (*tensors, sync, T, N, H, N, 0, 1, *strides), options,
+                               device)
+    plan = split_plan(S, N, D, capacity)
+    if plan is None:
+        return False
+    G, rows, per_launch = plan
+    for d0 in range(0, D, per_launch):
+        args = (*tensors, sync, T, N, H, rows, d0, G, *strides)
+        if interpreting():  # programs that wait for each other need one thread each
+            concurrent_interpreter.launch(kernel, (S, G, per_launch), *args, **options)
+        else:
+            kernel[(S, G, per_launch)](*args, **options)
+    failures.watch(sync, f"{pass_}, H={H}, batch {N}, T={T}, {S} slices x {G} groups x "
+                         f"{D} directions, {cfg.describe()}")
+    return True
+
+
+def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
+                       config: Config = None) -> torch.Tensor:
+    """lengths: None, or (N,) int32 per-sequence lengths on the device (variable-length batch).
+    config: the dispatcher's choice unless given (tests force variants with it)."""
     T, N, _ = proj.shape
     D, _, H = h0.shape
     out = _empty(like=proj)
     if N == 0:
         return out
     proj, h0 = proj.contiguous(), h0.contiguous()
-    cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu, allow_tf32)
+    cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu,
+                                       allow_tf32, config)
     p_len = proj if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=True)
     with _on_device(proj):
+        if cfg.variant == "split":
+            strides = (proj.stride(0), proj.stride(1), h0.stride(0), h0.stride(1), *w_strides,
+                       out.stride(0), out.stride(1))
+            if _launch_split("forward", kernel, cfg, options, (proj, h0, w_hh, out, p_len),
+                             strides, T, N, H, D):
+                return out
+            cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu,
+                                               allow_tf32, choose(H, N, proj.dtype, allow_tf32,
+                                                                  split=False))
         if cfg.variant == "resident":
             kernel[grid](
                 proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
@@ -111,7 +194,8 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool) ->
     return out
 
 
-def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
+def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
+                        config: Config = None):
     """Returns (dz, dh0): dz_t = dL/d(proj_t) for every step, dh0 = dL/dh0."""
     T, N, _ = out.shape
     D, H = w_hh.shape[0], w_hh.shape[1]
@@ -120,10 +204,20 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool):
     dh0 = _empty((D, N, H), dtype=out.dtype, device=out.device)
     if N == 0:
         return dz, dh0
-    cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu, allow_tf32)
+    cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
+                                       allow_tf32, config)
     p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
     w_strides = _weight_operand(w_hh, transpose=False)
     with _on_device(out):
+        if cfg.variant == "split":
+            carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
+            strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1))
+            if _launch_split("backward", kernel, cfg, options,
+                             (dout, out, w_hh, dz, dh0, carry, p_len), strides, T, N, H, D):
+                return dz, dh0
+            cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
+                                               allow_tf32, choose(H, N, out.dtype, allow_tf32,
+                                                                  split=False))
         if cfg.variant == "resident":
             kernel[grid](
                 dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),

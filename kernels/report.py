@@ -28,7 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from . import launch
+from . import launch, occupancy
 from .dispatch import choose, choose_cell
 from .launch import interpreting
 
@@ -88,7 +88,8 @@ class Row:
 
 # The launchers' kernels, by their names in launch.py.
 _KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
-                 "rnn_backward_resident_kernel", "rnn_backward_streaming_kernel",
+                 "rnn_forward_split_kernel", "rnn_backward_resident_kernel",
+                 "rnn_backward_streaming_kernel", "rnn_backward_split_kernel",
                  "rnn_cell_forward_kernel")
 
 
@@ -105,18 +106,21 @@ def _captured_launches():
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
 
-    saved = {name: getattr(launch, name) for name in _KERNEL_NAMES}
-    for name, kernel in saved.items():
-        setattr(launch, name, Recorder(kernel))
+    saved = {name: getattr(launch, name) for name in _KERNEL_NAMES + ("_split_capacity",)}
+    for name in _KERNEL_NAMES:
+        setattr(launch, name, Recorder(saved[name]))
+    # A split launch is planned here for a device without limits (one launch, both
+    # directions); measure() plans it again for the target's capacity.
+    launch._split_capacity = lambda *args: 1 << 30
     try:
         yield launches
     finally:
-        for name, kernel in saved.items():
-            setattr(launch, name, kernel)
+        for name, value in saved.items():
+            setattr(launch, name, value)
 
 
 def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bool,
-                      allow_tf32: bool, D: int = 1):
+                      allow_tf32: bool, D: int = 1, cfg=None):
     """(kernel, args, kwargs) the launcher passes for a first layer's recurrence (D directions,
     T = 2; h0 at the start of its buffer) or for a cell call with I = H, built from CPU tensors
     of the real shapes and strides (never written). Later layers' h0 slices and other input
@@ -128,10 +132,10 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
     with _captured_launches() as launches:
         if pass_ == "forward":
             launch.recurrence_forward(seq, torch.empty((D, N, H), dtype=dtype), w_hh, lengths,
-                                      False, allow_tf32)
+                                      False, allow_tf32, cfg)
         elif pass_ == "backward":
             launch.recurrence_backward(seq, torch.empty_like(seq), w_hh, lengths, False,
-                                       allow_tf32)
+                                       allow_tf32, cfg)
         else:  # the cell, with I = H
             x, bias = torch.empty((N, H), dtype=dtype), torch.empty(H, dtype=dtype)
             w = torch.empty((H, H), dtype=dtype)
@@ -145,7 +149,7 @@ def _cuobjdump() -> str:
 
 
 def compile_resources(kernel, args, kwargs, arch: int):
-    """(registers, stack bytes, shared bytes) of `kernel` compiled for sm_<arch> as a launch
+    """(registers, stack bytes, shared bytes, PTX) of `kernel` compiled for sm_<arch> as a launch
     with these arguments would compile it: the JIT's own binding and specialisation (integer
     arguments equal to 1 become constants, multiples of 16 and aligned pointers are marked
     so), so the report measures exactly the code that runs. Raises on a compile failure."""
@@ -172,36 +176,68 @@ def _compile(src, target, options):
                                    text=True, check=True).stdout
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
         stack = int(re.search(r"STACK:(\d+)", usage).group(1))
-        _compiled[key] = regs, stack, compiled.metadata.shared
+        _compiled[key] = regs, stack, compiled.metadata.shared, compiled.asm["ptx"]
     return _compiled[key]
+
+
+def ordering_faults(ptx: str) -> list:
+    """What the split kernels' barrier needs from the compiled code and its PTX lacks: the
+    arrival a release atomic add at gpu scope after a CTA barrier (all warps' stores issued),
+    the wait an acquire read at gpu scope followed by a CTA barrier, and the exchanged state
+    read with L2-coherent loads (ld.global.cg). Threads on a CPU cannot show any of these."""
+    lines = [line.strip() for line in ptx.splitlines()]
+
+    def first(pattern):
+        return next((i for i, line in enumerate(lines) if re.match(pattern, line)), None)
+
+    def last(pattern):
+        found = [i for i, line in enumerate(lines) if re.match(pattern, line)]
+        return found[-1] if found else None
+
+    release = first(r"(@%p\d+ )?(atom|red)\.(?=[\w.]*\.release)(?=[\w.]*\.gpu)[\w.]*\.add")
+    acquire = last(r"(@%p\d+ )?(ld|atom)\.(?=[\w.]*\.acquire)(?=[\w.]*\.gpu)[\w.]*")
+    bars = [i for i, line in enumerate(lines) if re.match(r"bar\.sync|barrier\.sync", line)]
+    faults = []
+    if release is None:
+        faults.append("no release atomic add at gpu scope (the arrival)")
+    elif not any(i < release for i in bars):
+        faults.append("no bar.sync before the arrival")
+    if acquire is None:
+        faults.append("no acquire read at gpu scope (the wait)")
+    elif not any(i > acquire for i in bars):
+        faults.append("no bar.sync after the wait")
+    if not any(re.match(r"(@%p\d+ )?ld\.global\.cg", line) for line in lines):
+        faults.append("no L2-coherent load (ld.global.cg) of the exchanged state")
+    return faults
 
 
 def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
     limits = ARCHS[arch]
-    # Registers are allocated per warp in units of 256 (8 per thread).
-    regs_per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
-    by_regs = limits["regs_per_sm"] // (regs_per_warp * num_warps)
-    by_smem = limits["smem_per_sm"] // shared if shared else limits["max_blocks_per_sm"]
-    by_threads = 2048 // (32 * num_warps)
-    return min(by_regs, by_smem, by_threads, limits["max_blocks_per_sm"])
+    return occupancy.programs_per_sm(regs, shared, num_warps, limits["regs_per_sm"],
+                                     limits["smem_per_sm"], 2048, limits["max_blocks_per_sm"])
 
 
 def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1,
-            packed: bool = False) -> Row:
-    """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell)."""
+            packed: bool = False, split: bool = True) -> Row:
+    """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell).
+    split=False: the configuration the launcher falls back to where split does not fit."""
     dtype, allow_tf32 = DTYPES[dtype_name]
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
         w_hh = "streamed (one step)"
     else:
-        cfg = choose(H, N, dtype, allow_tf32)
+        cfg = choose(H, N, dtype, allow_tf32, split)
         programs = triton.cdiv(N, cfg.BN) * directions
         w_hh = "streamed from L2" if cfg.variant == "streaming" else "on-chip"
+    ordering = []
     try:
-        launched = _launch_arguments(pass_, dtype, H, N, packed, allow_tf32, directions)
-        regs, stack, shared = compile_resources(*launched, arch)
+        launched = _launch_arguments(pass_, dtype, H, N, packed, allow_tf32, directions,
+                                     None if pass_ == "cell" else cfg)
+        regs, stack, shared, ptx = compile_resources(*launched, arch)
         error = ""
+        if cfg.variant == "split":
+            ordering = ordering_faults(ptx)
     except Exception as exc:  # a failure is a finding, not a crash
         regs = stack = shared = 0
         error = f"build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -215,9 +251,24 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         # holds it in registers (its shared memory is the reduction's scratch).
         in_shared = cfg.use_dot and shared >= cfg.BH * cfg.BH * dtype.itemsize
         w_hh = "on-chip (shared memory)" if in_shared else "on-chip (registers)"
+    capacity = per_sm * ARCHS[arch]["sms"]
+    config = cfg.describe()
+    if cfg.variant == "split" and not error:
+        S = triton.cdiv(H, cfg.R)
+        plan = launch.split_plan(S, N, directions, capacity)
+        if plan is None:  # what the launcher runs instead
+            row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False)
+            row.w_hh += f" (split needs {S} programs, {capacity} fit)"
+            return row
+        else:
+            G, rows, per_launch = plan
+            programs = S * G * per_launch
+            config += f" S={S} G={G} rows/group={rows} launches={directions // per_launch}"
+            w_hh = f"on-chip (registers), {S} slices"
+    error = "; ".join(filter(None, [error] + [f"PTX: {f}" for f in ordering]))
     batch_kind = "-" if pass_ == "cell" else "packed" if packed else "padded"
-    return Row(arch, pass_, batch_kind, dtype_name, H, N, cfg.describe(), regs, stack, shared,
-               per_sm, programs, per_sm * ARCHS[arch]["sms"], w_hh, error)
+    return Row(arch, pass_, batch_kind, dtype_name, H, N, config, regs, stack, shared,
+               per_sm, programs, capacity, w_hh, error)
 
 
 def table(archs, shapes=None, directions: int = 1) -> list:

@@ -1,0 +1,173 @@
+"""Split variant (Persistent RNN): W_hh divided by rows across co-resident programs.
+
+Grid (slices S, batch groups, directions). Program (s, g, d) loads its R rows of the product
+matrix once, on-chip for the whole sequence: rows j = s*R .. s*R+R-1 of B, where
+element (j, k) is W_hh[j, k] forward (z_t = P_t + W_hh h_{t-1}) and W_hh[k, j] backward
+(c_{t-1} = W_hhᵀ dz_t), chosen by the launcher through strides. Every step each program reads
+the group's whole state row by row from global memory, computes its R features for each of the
+group's ROWS batch rows, writes them, and meets the group's other programs at a barrier
+(barrier.py) before anyone reads the next state.
+
+Exchange buffers are the outputs themselves: forward, `out` (h_t in the output dtype, so
+16-bit layers exchange half the bytes; h0 is read for the first step); backward, `dz`. The
+backward's carried gradient for a program's own features never leaves that program's threads:
+it lives in a small fp32 buffer `carry` (D, N, H) that only its owner reads and writes.
+
+Every wait is bounded. A program whose wait runs out sets the failure flag (p_sync[0]), writes
+NaN into every element it still owns (the steps it has not written, and dh0), and leaves: a
+result is never silently wrong, and the launch never hangs. Counters: p_sync[1 + d*G + g].
+"""
+import triton
+import triton.language as tl
+
+from .barrier import arrive_and_wait
+from .blocks import activate, activation_grad, time_index
+
+
+@triton.jit
+def _slice_of_b(p_b, s_bk, s_bj, H, R: tl.constexpr, BK: tl.constexpr):
+    """This program's (R, BK) block of B (element (j, k)), zero outside H, with the offsets of
+    its R output features (o_j) and of the BK reduction features (o_k)."""
+    o_j = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R).to(tl.int64)
+    o_k = tl.arange(0, BK).to(tl.int64)
+    b_b = tl.load(p_b + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
+                  mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0)
+    return b_b, o_j, o_k
+
+
+@triton.jit
+def _poison(p_x, s_t, s_n, t_from, T, N, H, n0, ROWS, i_d, o_j,
+            BACKWARD_IN_TIME: tl.constexpr, R: tl.constexpr):
+    """NaN into this program's features of steps t_from..T-1 (in visiting order)."""
+    for t in range(t_from, T):
+        tt = time_index(t, T, i_d, BACKWARD_IN_TIME)
+        for i in range(ROWS):
+            n = n0 + i
+            tl.store(p_x + tt * s_t + n * s_n + o_j,
+                     tl.full((R,), float("nan"), p_x.dtype.element_ty),
+                     mask=o_j < tl.where(n < N, H, 0))
+
+
+@triton.jit(do_not_specialize=["T", "i_d0"])
+def rnn_forward_split_kernel(
+    p_proj, p_h0, p_b, p_out, p_len, p_sync,
+    T, N, H,
+    ROWS,                # batch rows per group
+    i_d0, G,             # this launch's first direction; batch groups
+    s_pt, s_pn,          # proj (T, N, D*H): time and batch strides, features contiguous
+    s_hd, s_hn,          # h0 (D, N, H)
+    s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
+    s_ot, s_on,          # out (T, N, D*H)
+    ACT: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
+):
+    i_g = tl.program_id(1)
+    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
+    S = tl.num_programs(0)
+    b_b, o_j, o_k = _slice_of_b(p_b + i_d * s_bd, s_bk, s_bj, H, R, BK)
+    b_b = b_b.to(ACC)  # converted once; on-chip for all T steps
+    p_cnt = p_sync + 1 + i_d * G + i_g
+    n0 = i_g.to(tl.int64) * ROWS
+    p_h0 = p_h0 + i_d * s_hd
+    p_out = p_out + i_d * H  # this direction's features
+    p_proj = p_proj + i_d * H
+    t = T * 0
+    ok = t == 0
+    while (t < T) & ok:
+        tt = time_index(t, T, i_d, False)
+        tp = time_index(t - 1, T, i_d, False)  # the previous step (unused at t = 0)
+        for i in range(ROWS):
+            n = n0 + i
+            lim = tl.where(n < N, H, 0)  # features to touch in row n: none past the batch
+            # h_{t-1} of row n: h0 at the first step, else what every slice wrote last step;
+            # read from L2 (.cg), where the other programs' stores are visible after the wait.
+            p_row = tl.where(t == 0, p_h0 + n * s_hn, p_out + tp * s_ot + n * s_on)
+            b_h = tl.load(p_row + o_k, mask=o_k < lim, other=0.0,
+                          cache_modifier=".cg").to(ACC)
+            b_z = tl.sum(b_b * b_h[None, :], 1)
+            b_z += tl.load(p_proj + tt * s_pt + n * s_pn + o_j, mask=o_j < lim,
+                           other=0.0).to(ACC)
+            b_new = activate(b_z, ACT)
+            if HAS_LENGTHS:  # a row outside its sequence holds its previous state
+                b_len = tl.load(p_len + n, mask=n < N, other=0)
+                b_old = tl.load(p_row + o_j, mask=o_j < lim, other=0.0,
+                                cache_modifier=".cg").to(ACC)
+                b_new = tl.where(tt < b_len, b_new, b_old)
+            tl.store(p_out + tt * s_ot + n * s_on + o_j, b_new.to(p_out.dtype.element_ty),
+                     mask=o_j < lim)
+        if t < T - 1:  # the last step's state is read by no program
+            ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
+        t += 1
+    if ok == 0:
+        tl.store(p_sync, 1)
+        _poison(p_out, s_ot, s_on, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
+
+
+@triton.jit(do_not_specialize=["T", "i_d0"])
+def rnn_backward_split_kernel(
+    p_dout, p_out, p_b, p_dz, p_dh0, p_carry, p_len, p_sync,
+    T, N, H,
+    ROWS,                # batch rows per group
+    i_d0, G,             # this launch's first direction; batch groups
+    s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
+    s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
+    s_hd, s_hn,          # dh0 and carry (D, N, H)
+    ACT: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
+):
+    i_g = tl.program_id(1)
+    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
+    S = tl.num_programs(0)
+    b_b, o_j, o_k = _slice_of_b(p_b + i_d * s_bd, s_bk, s_bj, H, R, BK)
+    b_b = b_b.to(ACC)  # converted once; on-chip for all T steps
+    p_cnt = p_sync + 1 + i_d * G + i_g
+    n0 = i_g.to(tl.int64) * ROWS
+    p_carry = p_carry + i_d * s_hd
+    p_dh0 = p_dh0 + i_d * s_hd
+    o_x = i_d * H + o_j  # this program's features in the (T, N, D*H) layout
+    for i in range(ROWS):  # the gradient carried into the last step is zero
+        tl.store(p_carry + (n0 + i) * s_hn + o_j, tl.zeros((R,), ACC),
+                 mask=o_j < tl.where(n0 + i < N, H, 0))
+    t = T * 0
+    ok = t == 0
+    while (t < T) & ok:
+        tt = time_index(t, T, i_d, True)
+        # Phase 1: this program's features of dz_t, from the gradient it carried itself.
+        for i in range(ROWS):
+            n = n0 + i
+            m_row = o_j < tl.where(n < N, H, 0)
+            p_c = p_carry + n * s_hn + o_j
+            b_g = tl.load(p_dout + tt * s_t + n * s_n + o_x, mask=m_row, other=0.0).to(ACC)
+            b_g += tl.load(p_c, mask=m_row, other=0.0)
+            b_y = tl.load(p_out + tt * s_t + n * s_n + o_x, mask=m_row, other=0.0).to(ACC)
+            b_dz = activation_grad(b_g, b_y, ACT)
+            if HAS_LENGTHS:  # a held step passes its gradient through unchanged
+                active = tt < tl.load(p_len + n, mask=n < N, other=0)
+                b_dz = tl.where(active, b_dz, 0.0)
+                tl.store(p_c, b_g, mask=o_j < tl.where((n < N) & ~active, H, 0))
+            tl.store(p_dz + tt * s_t + n * s_n + o_x, b_dz.to(p_dz.dtype.element_ty),
+                     mask=m_row)
+        ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
+        if ok:
+            # Phase 2: the gradient carried into the previous step, c = W_hhᵀ dz_t, for this
+            # program's features, from every slice's dz_t (read from L2 after the wait).
+            p_dz_t = p_dz + tt * s_t + i_d * H
+            for i in range(ROWS):
+                n = n0 + i
+                b_dzr = tl.load(p_dz_t + n * s_n + o_k, mask=o_k < tl.where(n < N, H, 0),
+                                other=0.0, cache_modifier=".cg").to(ACC)
+                writes = n < N
+                if HAS_LENGTHS:  # held rows keep what phase 1 stored
+                    writes = writes & (tt < tl.load(p_len + n, mask=n < N, other=0))
+                tl.store(p_carry + n * s_hn + o_j, tl.sum(b_b * b_dzr[None, :], 1),
+                         mask=o_j < tl.where(writes, H, 0))
+        t += 1
+    for i in range(ROWS):
+        n = n0 + i
+        m_row = o_j < tl.where(n < N, H, 0)
+        b_c = tl.load(p_carry + n * s_hn + o_j, mask=m_row, other=0.0)
+        b_c = tl.where(ok, b_c, float("nan"))
+        tl.store(p_dh0 + n * s_hn + o_j, b_c.to(p_dh0.dtype.element_ty), mask=m_row)
+    if ok == 0:
+        tl.store(p_sync, 1)
+        _poison(p_dz + i_d * H, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, True, R)
