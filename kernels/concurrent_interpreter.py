@@ -7,8 +7,8 @@ does under the interpreter (`GridExecutor.__call__` in triton/runtime/interprete
 arguments to the host, patch triton.language, run the programs, copy back), except that every
 program runs in its own thread:
 - the builder's program id (`grid_idx`) is made thread-local for the launch;
-- every load and atomic first yields the interpreter lock, and atomics sleep briefly, so a
-  program spinning on a counter lets the others advance;
+- a program spinning on a counter (atomics and no loads) sleeps until another program writes
+  with an atomic, so that it leaves the interpreter lock to the programs it waits for;
 - `jitter` (seconds, with `seed`) sleeps a random time before loads and atomics to vary the
   interleaving of programs;
 - `deadline_s` bounds the launch: past it every thread is stopped at its next load or atomic
@@ -27,7 +27,12 @@ import time
 
 import triton.runtime.interpreter as _interp
 
-ATOMIC_SLEEP_S = 50e-6  # what a spinning program sleeps per atomic, so others run meanwhile
+# A program that has made more than SPINS_BEFORE_WAITING atomics in a row (no load between) is
+# spinning on a counter: before its next atomic it sleeps until another program changes memory
+# with an atomic, or WAKE_S passes. Spinners then leave the interpreter lock to the programs
+# they wait for.
+SPINS_BEFORE_WAITING = 3
+WAKE_S = 10e-3
 _launch_lock = threading.Lock()  # one concurrent launch at a time: the builder is global
 _state = threading.local()
 
@@ -51,7 +56,22 @@ def _pause(spin: bool) -> None:
         raise _Stopped()
     if control.jitter:
         time.sleep(_state.rng.uniform(0.0, control.jitter))
-    time.sleep(ATOMIC_SLEEP_S if spin else 0)
+    _state.spins = _state.spins + 1 if spin else 0
+    if _state.spins > SPINS_BEFORE_WAITING:
+        with control.changed:
+            control.changed.wait(WAKE_S)
+    elif spin:
+        time.sleep(0)  # let the other threads run
+
+
+def _wake_spinners(rmw_op, val) -> None:
+    """After an atomic: wake the spinning programs unless it changed nothing (an add of 0 is
+    how Triton code reads a counter atomically)."""
+    if rmw_op == _interp._ir.ATOMIC_OP.ADD and not val.data.any():
+        return
+    control = _state.control
+    with control.changed:
+        control.changed.notify_all()
 
 
 def _threaded_builder_class(base):
@@ -66,13 +86,17 @@ def _threaded_builder_class(base):
             _pause(spin=False)
             return super().create_masked_load(*args, **kwargs)
 
-        def create_atomic_rmw(self, *args, **kwargs):
+        def create_atomic_rmw(self, rmw_op, ptr, val, *args, **kwargs):
             _pause(spin=True)
-            return super().create_atomic_rmw(*args, **kwargs)
+            result = super().create_atomic_rmw(rmw_op, ptr, val, *args, **kwargs)
+            _wake_spinners(rmw_op, val)
+            return result
 
         def create_atomic_cas(self, *args, **kwargs):
             _pause(spin=True)
-            return super().create_atomic_cas(*args, **kwargs)
+            result = super().create_atomic_cas(*args, **kwargs)
+            _wake_spinners(None, None)
+            return result
 
     return ThreadedBuilder
 
@@ -81,6 +105,7 @@ class _Control:
     def __init__(self, jitter: float):
         self.jitter = jitter
         self.stop = threading.Event()
+        self.changed = threading.Condition()  # notified after every atomic that writes
 
 
 def launch(kernel, grid, *args, jitter: float = 0.0, seed: int = 0, deadline_s: float = 120.0,
@@ -122,7 +147,7 @@ def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s) -> No
     errors, threads = {}, {}
 
     def program(pid):
-        _state.control = control
+        _state.control, _state.spins = control, 0
         _state.rng = random.Random(hash((seed, pid)))
         try:
             builder.set_grid_idx(*pid)
@@ -151,7 +176,7 @@ def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s) -> No
             thread.join(5.0)
         raise ProgramsTimedOut(f"{fn.__name__}: programs {running[:8]}"
                                f"{' ...' if len(running) > 8 else ''} of grid {grid} still "
-                               f"running after the {deadline_s:.0f} s deadline")
+                               f"running after the {deadline_s:g} s deadline")
     if errors:
         pid, exc = next(iter(errors.items()))
         raise _interp.InterpreterError(f"program {pid}: {exc!r}") from exc
@@ -161,7 +186,7 @@ def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s) -> No
 
 _REQUIRED = {
     "module": ("InterpretedFunction", "GridExecutor", "InterpreterBuilder", "interpreter_builder", "_patch_lang",
-               "_implicit_cvt", "InterpreterError"),
+               "_implicit_cvt", "InterpreterError", "_ir"),
     "InterpretedFunction": ("rewrite", "arg_names", "pre_run_hooks"),
     "GridExecutor": ("_init_args_hst", "_restore_args_dev", "__call__"),
     "InterpreterBuilder": ("set_grid_idx", "set_grid_dim", "create_get_program_id",

@@ -30,9 +30,12 @@ poison_outputs = False
 # The interpreter's polls sleep (concurrent_interpreter.py): 2^15 are tens of seconds there.
 MAX_POLLS = 1 << 22
 MAX_POLLS_INTERPRETED = 1 << 15
-# Programs an interpreted split launch runs at once (one thread each): an H100's SM count, so
-# the interpreter runs the plan an H100 would (one split program per SM).
+# Programs an interpreted split launch may run at once (one thread each): an H100's SM count,
+# so that every slice count an H100 holds runs under the interpreter too. Batch groups there
+# are at most INTERPRETER_MAX_GROUPS: each program is a thread polling under one interpreter
+# lock, so more groups only make the same work slower.
 INTERPRETER_CAPACITY = 132
+INTERPRETER_MAX_GROUPS = 2
 
 
 def interpreting() -> bool:
@@ -107,14 +110,16 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
     return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
 
 
-def split_plan(S: int, N: int, D: int, capacity: int):
+def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
     """(groups G, batch rows per group, directions per launch) for S slices on a device that
     holds `capacity` programs at once, or None if one group of S programs does not fit.
-    Both directions share a launch when they fit; else one launch per direction."""
+    Both directions share a launch when they fit; else one launch per direction. As many
+    groups as fit (up to max_groups), rows spread evenly over them."""
     if S > capacity:
         return None
     per_launch = D if S * D <= capacity else 1
-    rows = triton.cdiv(N, max(1, min(N, capacity // (S * per_launch))))
+    groups = min(N, capacity // (S * per_launch), max_groups or N)
+    rows = triton.cdiv(N, max(1, groups))
     return triton.cdiv(N, rows), rows, per_launch
 
 
@@ -142,7 +147,7 @@ def _launch_split(pass_, kernel, cfg, options, tensors, strides, T, N, H, D) -> 
     sync = torch.zeros(1 + D * N, dtype=torch.int32, device=device)
     capacity = _split_capacity(kernel, (*tensors, sync, T, N, H, N, 0, 1, *strides), options,
                                device)
-    plan = split_plan(S, N, D, capacity)
+    plan = split_plan(S, N, D, capacity, INTERPRETER_MAX_GROUPS if interpreting() else None)
     if plan is None:
         return False
     G, rows, per_launch = plan

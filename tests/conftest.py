@@ -31,3 +31,10 @@ def kernels_only(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(reference, name, guarded)
+
+
+@pytest.fixture
+def no_split(monkeypatch):
+    """Layers the split variant would run take the streaming variant instead (its fallback)."""
+    from triton_rnn.kernels import dispatch
+    monkeypatch.setattr(dispatch, "SPLIT_MAX_BH", dict.fromkeys(dispatch.SPLIT_MAX_BH, 0))

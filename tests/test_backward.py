@@ -5,6 +5,7 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
+from triton_rnn.kernels.dispatch import choose
 from helpers import (GRAD_TOLERANCE, OPTIONS, cpu_training_pair, make_pair,
                      option_grid_case, option_id, rel_err)
 
@@ -37,8 +38,12 @@ def test_option_grid_float64(opt):
     _compare(ours, ref, x, h0, torch.float64, 1e-9)
 
 
-SIZES = [(1, 1, 1), (3, 5, 3), (3, 17, 17), (2, 5, 100), (2, 17, 128), (2, 5, 130),
-         (2, 17, 130)]
+# H = 130: W_hh split across programs, or streamed where the split variant is off. The split
+# variant is costly under the interpreter (each program repeats the per-row work of its slice),
+# so it runs at one size here and in tests/test_split.py.
+SIZES = [(1, 1, 1, "resident"), (3, 5, 3, "resident"), (3, 17, 17, "resident"),
+         (2, 5, 100, "resident"), (2, 17, 128, "resident"), (2, 5, 130, "split"),
+         (2, 5, 130, "streaming"), (2, 17, 130, "streaming")]
 
 
 # ReLU in 16-bit is left out of the gradient comparison: whether a unit whose pre-activation
@@ -52,12 +57,15 @@ ACT_DTYPES = [(act, dtype) for act in ("tanh", "relu")
 
 @pytest.mark.parametrize("act,dtype", ACT_DTYPES,
                          ids=[f"{a}-{str(d).split('.')[1]}" for a, d in ACT_DTYPES])
-@pytest.mark.parametrize("T,N,H", SIZES, ids=[f"T{t}-N{n}-H{h}" for t, n, h in SIZES])
-def test_sizes_and_dtypes(T, N, H, act, dtype):
+@pytest.mark.parametrize("T,N,H,variant", SIZES, ids=[f"T{t}-N{n}-H{h}-{v}" for t, n, h, v in SIZES])
+def test_sizes_and_dtypes(T, N, H, variant, act, dtype, request):
     """Against float64 nn.RNN: within the dtype's tolerance, or no worse than 1.5x nn.RNN's own
     error in the same dtype. act' comes from the saved outputs (as in cuDNN), so in 16-bit a
     saturated tanh (1 - y² with y rounded near ±1) costs precision whoever computes it; inputs
     are scaled to keep tanh mostly out of saturation."""
+    if variant == "streaming":
+        request.getfixturevalue("no_split")
+    assert choose(H, N, dtype).variant == variant
     ours, ref = make_pair(4, H, 2, act, bidirectional=True, dtype=dtype)
     x = torch.randn(T, N, 4, dtype=torch.float64) * 0.5
     h0 = torch.randn(4, N, H, dtype=torch.float64) * 0.5

@@ -15,12 +15,14 @@ import pytest
 
 from triton_rnn.kernels.dispatch import choose
 
-# (dtype, H, batch): every variant (resident/streaming) x (elementwise/tl.dot), float32 with
-# TF32 on ("tf32") and off ("fp32", IEEE) on both sides of each limit.
+# (dtype, H, batch): every variant (resident and streaming, elementwise and tl.dot; split),
+# float32 with TF32 on ("tf32") and off ("fp32", IEEE) on both sides of each limit, and the
+# split variant's largest on-chip H (2048) in tf32 and bf16 at batch 1 and 16.
 SHAPES = [("tf32", 3, 17), ("tf32", 17, 1), ("tf32", 128, 1), ("tf32", 128, 64),
-          ("tf32", 256, 64), ("tf32", 1024, 1), ("tf32", 1024, 64), ("fp32", 32, 16),
-          ("fp32", 128, 64), ("fp32", 512, 64), ("bf16", 128, 16), ("bf16", 2048, 64),
-          ("fp16", 256, 1), ("fp16", 4096, 256), ("fp64", 64, 16), ("fp64", 256, 16)]
+          ("tf32", 256, 64), ("tf32", 2048, 1), ("tf32", 2048, 16), ("tf32", 1024, 64),
+          ("tf32", 4096, 1), ("fp32", 32, 16), ("fp32", 128, 64), ("fp32", 512, 64),
+          ("bf16", 128, 16), ("bf16", 2048, 1), ("bf16", 2048, 16), ("fp16", 256, 1),
+          ("fp16", 4096, 256), ("fp64", 64, 16), ("fp64", 256, 16)]
 
 
 # Two directions double the row stride (2H): a multiple of 16 for H = 24, 40, 72 where H is
@@ -56,4 +58,50 @@ def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions):
 def test_shapes_cover_every_variant():
     from triton_rnn.kernels.report import DTYPES
     kinds = {(c.variant, c.use_dot) for c in (choose(h, n, *DTYPES[d]) for d, h, n in SHAPES)}
-    assert kinds == {(v, d) for v in ("resident", "streaming") for d in (True, False)}
+    assert kinds == {(v, d) for v in ("resident", "streaming") for d in (True, False)} | {
+        ("split", False)}
+
+
+def test_split_holds_w_hh_on_chip_at_h2048():
+    """tf32 and bf16 at H = 2048, batch 1 and 16: the split variant, no spill at all, and a
+    grid an H100 holds at once."""
+    shapes = [(d, 2048, n) for d in ("tf32", "bf16") for n in (1, 16)]
+    returncode, rows = _report(shapes)
+    recurrences = [r for r in rows if r["pass_"] != "cell"]
+    assert len(recurrences) == 4 * len(shapes)
+    for r in recurrences:
+        assert r["config"].startswith("split/") and r["spilled_bytes"] == 0, r
+        assert r["programs"] <= r["capacity"] and r["w_hh"].startswith("on-chip"), r
+
+
+_PTX_CHECK = r"""
+import json, torch
+from triton_rnn.kernels import report
+found = {}
+for pass_ in ("forward", "backward"):
+    launched = report._launch_arguments(pass_, torch.float32, 512, 4, False, True)
+    ptx = report.compile_resources(*launched, 90)[3]
+    mutated = {
+        "as compiled": ptx,
+        "relaxed arrival": ptx.replace(".release", ".relaxed"),
+        "relaxed wait": ptx.replace(".acquire", ".relaxed"),
+        "cached exchange loads": ptx.replace("ld.global.cg", "ld.global"),
+        "no CTA barrier": "\n".join(l for l in ptx.splitlines()
+                                     if not l.strip().startswith(("bar.sync", "barrier.sync"))),
+    }
+    found[pass_] = {name: report.ordering_faults(text) for name, text in mutated.items()}
+print(json.dumps(found))
+"""
+
+
+def test_ptx_ordering_check_catches_what_threads_cannot():
+    """The split kernels' PTX has the barrier's release arrival, acquire wait, L2-coherent
+    exchange loads and CTA barriers; removing any one of them is reported."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", _PTX_CHECK], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for pass_, faults in json.loads(proc.stdout).items():
+        assert faults.pop("as compiled") == [], pass_
+        for name, found in faults.items():
+            assert found, f"{pass_}: {name} not caught"

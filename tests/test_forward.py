@@ -5,6 +5,7 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
+from triton_rnn.kernels.dispatch import choose
 from helpers import (OPTIONS, TOLERANCE, cpu_training_pair, make_pair, option_grid_case,
                      option_id, rel_err)
 
@@ -26,18 +27,24 @@ def test_option_grid_float64(opt):
     assert rel_err(h_n, ref_h) < 1e-9
 
 
-# H = 100 and 128 fill the largest resident tile (BH = 128); 130 streams W_hh.
-SIZES = [(1, 1, 1), (4, 5, 3), (3, 17, 17), (2, 5, 33), (3, 17, 33), (2, 5, 100), (2, 17, 128),
-         (2, 5, 130), (2, 17, 130)]
+# H = 100 and 128 fill the largest resident tile (BH = 128); 130 splits W_hh across programs,
+# or streams it where the split variant is off (its fallback).
+SIZES = [(1, 1, 1, "resident"), (4, 5, 3, "resident"), (3, 17, 17, "resident"),
+         (2, 5, 33, "resident"), (3, 17, 33, "resident"), (2, 5, 100, "resident"),
+         (2, 17, 128, "resident"), (2, 5, 130, "split"), (2, 17, 130, "split"),
+         (2, 5, 130, "streaming"), (2, 17, 130, "streaming")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=lambda d: str(d).split(".")[1])
-@pytest.mark.parametrize("T,N,H", SIZES, ids=[f"T{t}-N{n}-H{h}" for t, n, h in SIZES])
+@pytest.mark.parametrize("T,N,H,variant", SIZES, ids=[f"T{t}-N{n}-H{h}-{v}" for t, n, h, v in SIZES])
 @pytest.mark.parametrize("act", ["tanh", "relu"])
-def test_sizes_and_dtypes(T, N, H, dtype, act):
+def test_sizes_and_dtypes(T, N, H, variant, dtype, act, request):
     """Awkward sizes reach every kernel variant: elementwise (N < 16) and tl.dot (N >= 16),
-    resident W_hh (small H) and streamed W_hh (H = 130)."""
+    resident W_hh (small H), W_hh split across programs and streamed W_hh (H = 130)."""
+    if variant == "streaming":
+        request.getfixturevalue("no_split")
+    assert choose(H, N, dtype).variant == variant
     ours, ref = make_pair(7, H, 1, act, bidirectional=True, dtype=dtype)
     x = torch.randn(T, N, 7, dtype=torch.float64)
     h0 = torch.randn(2, N, H, dtype=torch.float64) * 0.5

@@ -1,0 +1,154 @@
+"""The split variant (kernels/split.py) against torch.nn.RNN and the float64 reference, run
+under the concurrent interpreter (one thread per program, kernels/concurrent_interpreter.py).
+
+Slice counts S = ceil(H / R) are reached by forcing R, the rows of W_hh per program, through
+the dispatcher; the launcher then sizes the batch groups from the (interpreter's) capacity."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import triton_rnn.kernels.launch as launch
+from conftest import DEVICE
+from helpers import make_pair, rel_err
+from triton_rnn.kernels import dispatch
+from triton_rnn.kernels.dispatch import choose, choose_split
+# The plain-PyTorch statement of the recurrences, imported before conftest guards the module's
+# names against CPU tensors reaching them instead of the kernels.
+from triton_rnn.reference import recurrence_backward as reference_backward
+from triton_rnn.reference import recurrence_forward as reference_forward
+
+# (H, R) -> S: one slice, two, three ragged, four, eight ragged.
+SLICES = {1: (20, 32), 2: (20, 16), 3: (20, 8), 4: (32, 8), 8: (30, 4)}
+
+
+@pytest.fixture
+def split_rows(monkeypatch):
+    """force(R): every layer runs the split variant with R rows of W_hh per program."""
+    def force(rows):
+        monkeypatch.setattr(launch, "choose", lambda H, N, dtype, allow_tf32=True, split=True:
+                            choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows)
+                            if split else choose(H, N, dtype, allow_tf32, split))
+    return force
+
+
+def _grads(model, x, h0, packed_lengths=None):
+    """Output, h_n and the gradients of a random functional of both, for every input."""
+    x, h0 = x.detach().requires_grad_(), h0.detach().requires_grad_()
+    inp = x if packed_lengths is None else pack_padded_sequence(x, packed_lengths,
+                                                                 enforce_sorted=False)
+    out, h_n = model(inp, h0)
+    out = out if packed_lengths is None else out.data
+    g = torch.Generator().manual_seed(1)
+    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    w_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(h_n)
+    ((out * w_out).sum() + (h_n * w_h).sum()).backward()
+    return {"output": out, "h_n": h_n, "input": x.grad, "h0": h0.grad,
+            **{n: p.grad for n, p in model.named_parameters()}}
+
+
+# Every slice count; tanh and relu, padded and packed each at a ragged and an even count.
+MODULE_CASES = [(1, "tanh", False), (2, "relu", True), (3, "tanh", True), (3, "relu", False),
+                (4, "relu", False), (4, "tanh", True), (8, "tanh", False), (8, "relu", True)]
+
+
+@pytest.mark.parametrize("S,act,packed", MODULE_CASES,
+                         ids=[f"S{s}-{a}-{'packed' if p else 'padded'}" for s, a, p in MODULE_CASES])
+def test_module_matches_nn_rnn(S, act, packed, split_rows):
+    """Two bidirectional layers, h0 given, several batch groups: output, h_n and the gradient
+    of every input and parameter equal float64 nn.RNN's."""
+    H, R = SLICES[S]
+    split_rows(R)
+    assert -(-H // R) == S
+    ours, ref = make_pair(3, H, 2, act, bidirectional=True, dtype=torch.float64)
+    N, T = 3, 4
+    x = torch.randn(T, N, 3, dtype=torch.float64)
+    h0 = torch.randn(4, N, H, dtype=torch.float64) * 0.5
+    lengths = [4, 1, 3] if packed else None
+    got = _grads(ours, x.to(DEVICE), h0.to(DEVICE), lengths)
+    expected = _grads(ref, x, h0, lengths)
+    for name in expected:
+        assert rel_err(got[name], expected[name]) < 1e-9, name
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2),
+                                       (torch.float16, 4e-3)], ids=["fp32", "bf16", "fp16"])
+def test_launcher_matches_reference_in_every_dtype(dtype, tol):
+    """The launcher directly (forward and backward, both directions, packed lengths), against
+    the reference in float64 on the same rounded inputs. 16-bit layers exchange h (and dz) in
+    their own dtype, so their bound is the dtype's."""
+    T, N, H, D = 5, 3, 40, 2
+    torch.manual_seed(0)
+    proj = torch.randn(T, N, D * H).to(dtype)
+    h0 = torch.randn(D, N, H).to(dtype)
+    w_hh = (torch.randn(D, H, H) / H ** 0.5).to(dtype)
+    lengths = torch.tensor([5, 2, 4], dtype=torch.int32)
+    cfg = choose_split(64, dtype, rows=16)
+    out = launch.recurrence_forward(proj, h0, w_hh, lengths, False, False, config=cfg)
+    expected = reference_forward(proj.double(), h0.double(), w_hh.double(), lengths, False)
+    assert rel_err(out, expected) < tol
+    dout = torch.randn(T, N, D * H).to(dtype)
+    dz, dh0 = launch.recurrence_backward(dout, out, w_hh, lengths, False, False, config=cfg)
+    exp_dz, exp_dh0 = reference_backward(dout.double(), out.double(), w_hh.double(), lengths,
+                                         False)
+    assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
+
+
+@pytest.mark.parametrize("capacity,launches", [(8, 1), (5, 2), (2, "fallback")],
+                         ids=["one-launch", "launch-per-direction", "falls-back"])
+def test_launch_plan_follows_capacity(capacity, launches, monkeypatch):
+    """S = 3 slices, 2 directions: both directions in one launch while 6 programs fit, one
+    launch per direction while 3 fit, and the dispatcher's choice without split (streaming for
+    real split sizes; resident for this small H) when not even S fit at once.
+    Every plan gives the reference's result."""
+    monkeypatch.setattr(launch, "INTERPRETER_CAPACITY", capacity)
+    grids = []
+    real_launch = launch.concurrent_interpreter.launch
+    monkeypatch.setattr(launch.concurrent_interpreter, "launch",
+                        lambda kernel, grid, *a, **k: grids.append(grid) or
+                        real_launch(kernel, grid, *a, **k))
+    T, N, H, D = 3, 2, 20, 2
+    torch.manual_seed(1)
+    proj, h0 = torch.randn(T, N, D * H, dtype=torch.float64), torch.randn(D, N, H).double()
+    w_hh = torch.randn(D, H, H, dtype=torch.float64) / H ** 0.5
+    out = launch.recurrence_forward(proj, h0, w_hh, None, True, False,
+                                    config=choose_split(32, torch.float64, rows=8))
+    assert rel_err(out, reference_forward(proj, h0, w_hh, None, True)) < 1e-12
+    if launches == "fallback":
+        assert grids == []
+    else:
+        assert len(grids) == launches and all(s * g * d <= capacity for s, g, d in grids)
+
+
+def test_split_plan():
+    """Groups as many as fit (rows spread evenly), both directions in one launch if they fit."""
+    assert launch.split_plan(S=128, N=16, D=1, capacity=132) == (1, 16, 1)
+    assert launch.split_plan(S=128, N=16, D=2, capacity=132) == (1, 16, 1)
+    assert launch.split_plan(S=8, N=64, D=2, capacity=132) == (8, 8, 2)
+    assert launch.split_plan(S=8, N=5, D=2, capacity=132) == (5, 1, 2)
+    assert launch.split_plan(S=33, N=7, D=2, capacity=132) == (2, 4, 2)
+    assert launch.split_plan(S=133, N=1, D=1, capacity=132) is None
+
+
+@pytest.mark.parametrize("dtype,largest", [(torch.float32, 2048), (torch.bfloat16, 2048),
+                                           (torch.float16, 2048), (torch.float64, 1024)],
+                         ids=["fp32", "bf16", "fp16", "fp64"])
+def test_dispatch_rule(dtype, largest):
+    """resident while one program holds W_hh, split up to the largest on-chip H, streaming
+    beyond; split tiles have at least 8 rows and every row slice count fits an H100."""
+    resident_max = dispatch.RESIDENT_MAX_BH[dtype.itemsize]
+    assert choose(resident_max, 16, dtype).variant == "resident"
+    for H in (resident_max + 1, largest // 2 + 3, largest):
+        cfg = choose(H, 16, dtype)
+        assert cfg.variant == "split" and cfg.R >= 8 and -(-H // cfg.R) <= 132, (H, cfg)
+    assert choose(largest + 1, 16, dtype).variant == "streaming"
+
+
+def test_h_equal_to_slice_multiple_and_batch_one(split_rows):
+    """H a multiple of R (no ragged slice) and a batch of one, float32 IEEE."""
+    split_rows(8)
+    ours, ref = make_pair(2, 24, 1, bidirectional=True, dtype=torch.float32)
+    x = torch.randn(6, 1, 2, dtype=torch.float64)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        out, h_n = ours(x.to(DEVICE, torch.float32))
+    ref_out, ref_h = ref(x)
+    assert rel_err(out, ref_out) < 1e-5 and rel_err(h_n, ref_h) < 1e-5
