@@ -25,14 +25,20 @@ from .blocks import activate, activation_grad, time_index
 
 
 @triton.jit
-def _slice_of_b(p_b, s_bk, s_bj, H, R: tl.constexpr, BK: tl.constexpr):
-    """This program's (R, BK) block of B (element (j, k)), zero outside H, with the offsets of
-    its R output features (o_j) and of the BK reduction features (o_k)."""
+def _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr,
+             R: tl.constexpr, BK: tl.constexpr):
+    """What program (s, g, d) works on: its direction; the slice count S; its (R, BK) block of
+    B (element (j, k)), zero outside H and converted to ACC once, on-chip for all T steps; the
+    offsets of its R output features (o_j) and of the BK reduction features (o_k); its group's
+    barrier counter; its group's first batch row."""
+    i_g = tl.program_id(1)
+    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
     o_j = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R).to(tl.int64)
     o_k = tl.arange(0, BK).to(tl.int64)
-    b_b = tl.load(p_b + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
-                  mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0)
-    return b_b, o_j, o_k
+    b_b = tl.load(p_b + i_d * s_bd + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
+                  mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0).to(ACC)
+    p_cnt = p_sync + 1 + i_d * G + i_g
+    return i_d, tl.num_programs(0), b_b, o_j, o_k, p_cnt, i_g.to(tl.int64) * ROWS
 
 
 @triton.jit
@@ -61,13 +67,8 @@ def rnn_forward_split_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
     HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
-    i_g = tl.program_id(1)
-    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
-    S = tl.num_programs(0)
-    b_b, o_j, o_k = _slice_of_b(p_b + i_d * s_bd, s_bk, s_bj, H, R, BK)
-    b_b = b_b.to(ACC)  # converted once; on-chip for all T steps
-    p_cnt = p_sync + 1 + i_d * G + i_g
-    n0 = i_g.to(tl.int64) * ROWS
+    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS,
+                                                i_d0, ACC, R, BK)
     p_h0 = p_h0 + i_d * s_hd
     p_out = p_out + i_d * H  # this direction's features
     p_proj = p_proj + i_d * H
@@ -115,13 +116,8 @@ def rnn_backward_split_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
     HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
-    i_g = tl.program_id(1)
-    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
-    S = tl.num_programs(0)
-    b_b, o_j, o_k = _slice_of_b(p_b + i_d * s_bd, s_bk, s_bj, H, R, BK)
-    b_b = b_b.to(ACC)  # converted once; on-chip for all T steps
-    p_cnt = p_sync + 1 + i_d * G + i_g
-    n0 = i_g.to(tl.int64) * ROWS
+    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS,
+                                                i_d0, ACC, R, BK)
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
     o_x = i_d * H + o_j  # this program's features in the (T, N, D*H) layout
