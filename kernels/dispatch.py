@@ -14,8 +14,8 @@ The rule, in order (the resource report prints it beside every configuration):
    through L2 every step) while BH is at most SPLIT_MAX_BH; else "streaming" (W_hh re-read
    from L2 in BJ-wide chunks every step). Split uses the elementwise product (tf32 `tl.dot`
    slices ask more shared memory than an SM has), R = SPLIT_TILE // BH rows per program
-   (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in the accumulator dtype in
-   registers: 32-64 per thread at 16 warps, one program per SM. The launcher sizes the batch groups
+   (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in the
+   accumulator dtype in registers. The launcher sizes the batch groups
    and checks the grid against the device's co-resident capacity (launch.py); a layer whose
    S slices do not fit even one group per launch falls back to streaming.
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
@@ -44,13 +44,15 @@ RESIDENT_MAX_BH = {8: 64, 4: 128, 2: 128}
 # Largest padded hidden size the split variant holds on-chip, by element bytes: 16 MB of fp32
 # (or widened 16-bit) W_hh at 2048, 8 MB of fp64 at 1024, over 128 programs.
 SPLIT_MAX_BH = {8: 1024, 4: 2048, 2: 2048}
-# Elements of one split program's W_hh tile (R x BH), by accumulator bytes: 64 KB (32
-# registers per thread at 16 warps), with R between SPLIT_MIN_ROWS and SPLIT_MAX_ROWS: 128 KB of
-# fp32 at BH = 2048 (S = 128 programs, one per SM). Other shapes spill on sm_90: R = 32 at
-# BH = 1024 (80 B), R = 64 at BH = 256 (100-1100 B), R = 128 at BH = 256 (1.6 KB).
-SPLIT_TILE = {8: 8192, 4: 16384}
+# Elements of one split program's W_hh tile (R x BH), by accumulator bytes (64 KB of fp32, 32 KB
+# of fp64), with R between SPLIT_MIN_ROWS and SPLIT_MAX_ROWS: so 16 rows in fp32 at every BH up
+# to 2048 (128 KB there: S = 128 programs, one per SM of an H100), 8-16 in fp64. What spilled
+# on sm_90 or sm_80 with Triton 3.6 or 3.9 (the row loop compiled as it runs, ROWS not
+# specialised): R = 32 at BH = 256-1024 (40-128 B), R = 64 or 128 at BH = 256 (0.1-1.6 KB),
+# fp64 R = 16 at BH = 512 (40-64 B).
+SPLIT_TILE = {8: 4096, 4: 16384}
 SPLIT_MIN_ROWS = {8: 8, 4: 16}
-SPLIT_MAX_ROWS = 32
+SPLIT_MAX_ROWS = 16
 SPLIT_WARPS = 16
 
 
@@ -104,10 +106,12 @@ def choose_split(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
     R, the rows of W_hh per program (tests use it to reach every slice count)."""
     acc_bytes = max(dtype.itemsize, 4)
     R = rows or max(SPLIT_MIN_ROWS[acc_bytes], min(SPLIT_MAX_ROWS, SPLIT_TILE[acc_bytes] // BH))
-    # 16 warps for tiles of 16K 32-bit registers and up (32-64 per thread), fewer below: at 16
-    # warps ptxas may use at most 128 registers per thread, and a (32, 256) tile spills there.
+    # One warp per 1024 32-bit registers of the tile (per 512 in fp64, whose products and sums
+    # take twice the registers), 4 to 16: at 16 warps ptxas may use at most 128 registers per
+    # thread, so small tiles take fewer warps (fp32 (32, 256) at 16 warps spilled).
     tile_regs = R * BH * acc_bytes // 4
-    num_warps = min(SPLIT_WARPS, max(4, tile_regs // 1024))
+    per_warp = 512 if acc_bytes == 8 else 1024
+    num_warps = min(SPLIT_WARPS, max(4, tile_regs // per_warp))
     return Config("split", False, 1, BH, num_warps, num_stages=1, R=R)
 
 

@@ -27,9 +27,12 @@ poison_outputs = False
 
 # Split variant: polls a barrier wait makes before it gives up. On a GPU each poll is an L2
 # round trip and two CTA barriers (~0.5-1 µs): 2^22 polls are seconds, far beyond any step.
-# The interpreter's polls sleep (concurrent_interpreter.py): 2^15 are tens of seconds there.
+# Under the interpreter a waiting program polls when another arrives or every 10 ms
+# (concurrent_interpreter.py): 2^13 polls are at least ~80 s, beyond the slowest step there
+# (seconds at H = 2048) and within the concurrent launch's 300 s stall deadline, so a missing
+# arrival ends as the kernel's own failure (NaN and SplitBarrierTimeout), not a stopped launch.
 MAX_POLLS = 1 << 22
-MAX_POLLS_INTERPRETED = 1 << 15
+MAX_POLLS_INTERPRETED = 1 << 13
 # Programs an interpreted split launch may run at once (one thread each): an H100's SM count,
 # so that every slice count an H100 holds runs under the interpreter too. Batch groups there
 # are at most INTERPRETER_MAX_GROUPS: each program is a thread polling under one interpreter

@@ -181,32 +181,40 @@ def _compile(src, target, options):
 
 
 def ordering_faults(ptx: str) -> list:
-    """What the split kernels' barrier needs from the compiled code and its PTX lacks: the
-    arrival a release atomic add at gpu scope after a CTA barrier (all warps' stores issued),
-    the wait an acquire read at gpu scope followed by a CTA barrier, and the exchanged state
-    read with L2-coherent loads (ld.global.cg). Threads on a CPU cannot show any of these."""
-    lines = [line.strip() for line in ptx.splitlines()]
+    """What the split kernels' barrier needs from the compiled code and its PTX lacks: every
+    arrival a release atomic add at gpu scope with a bar.sync between it and the stores before
+    it (every warp's stores issued first); every wait an acquire read at gpu scope with a
+    bar.sync between it and the loads after it; the exchanged state read with L2-coherent loads
+    (ld.global.cg). Positions are textual, which follows program order within the loop body.
+    Threads on a CPU cannot show any of these."""
+    lines = [re.sub(r"^@!?%p\d+\s+", "", line.strip()) for line in ptx.splitlines()]
 
-    def first(pattern):
-        return next((i for i, line in enumerate(lines) if re.match(pattern, line)), None)
+    def nearest(start, step, patterns):
+        """The first of `patterns` met walking from `start` in direction `step`, or None."""
+        i = start + step
+        while 0 <= i < len(lines):
+            for name, pattern in patterns.items():
+                if re.match(pattern, lines[i]):
+                    return name
+            i += step
+        return None
 
-    def last(pattern):
-        found = [i for i, line in enumerate(lines) if re.match(pattern, line)]
-        return found[-1] if found else None
-
-    release = first(r"(@%p\d+ )?(atom|red)\.(?=[\w.]*\.release)(?=[\w.]*\.gpu)[\w.]*\.add")
-    acquire = last(r"(@%p\d+ )?(ld|atom)\.(?=[\w.]*\.acquire)(?=[\w.]*\.gpu)[\w.]*")
-    bars = [i for i, line in enumerate(lines) if re.match(r"bar\.sync|barrier\.sync", line)]
+    bar = r"(bar|barrier)\.sync"
+    releases = [i for i, line in enumerate(lines)
+                if re.match(r"(atom|red)\.(?=[\w.]*\.release)(?=[\w.]*\.gpu)[\w.]*\.add", line)]
+    acquires = [i for i, line in enumerate(lines)
+                if re.match(r"(ld|atom)\.(?=[\w.]*\.acquire)(?=[\w.]*\.gpu)", line)]
     faults = []
-    if release is None:
+    if not releases:
         faults.append("no release atomic add at gpu scope (the arrival)")
-    elif not any(i < release for i in bars):
-        faults.append("no bar.sync before the arrival")
-    if acquire is None:
+    if any(nearest(i, -1, {"bar": bar, "store": r"st\.global"}) != "bar" for i in releases):
+        faults.append("a global store reaches the arrival without a bar.sync between them")
+    if not acquires:
         faults.append("no acquire read at gpu scope (the wait)")
-    elif not any(i > acquire for i in bars):
-        faults.append("no bar.sync after the wait")
-    if not any(re.match(r"(@%p\d+ )?ld\.global\.cg", line) for line in lines):
+    if any(nearest(i, 1, {"bar": bar, "load": r"ld\.global(?!\.[\w.]*acquire)"}) != "bar"
+           for i in acquires):
+        faults.append("a global load follows the wait without a bar.sync between them")
+    if not any(re.match(r"ld\.global\.cg", line) for line in lines):
         faults.append("no L2-coherent load (ld.global.cg) of the exchanged state")
     return faults
 

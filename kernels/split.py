@@ -54,7 +54,7 @@ def _poison(p_x, s_t, s_n, t_from, T, N, H, n0, ROWS, i_d, o_j,
                      mask=o_j < tl.where(n < N, H, 0))
 
 
-@triton.jit(do_not_specialize=["T", "i_d0"])
+@triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G"])
 def rnn_forward_split_kernel(
     p_proj, p_h0, p_b, p_out, p_len, p_sync,
     T, N, H,
@@ -104,7 +104,7 @@ def rnn_forward_split_kernel(
         _poison(p_out, s_ot, s_on, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
 
 
-@triton.jit(do_not_specialize=["T", "i_d0"])
+@triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G"])
 def rnn_backward_split_kernel(
     p_dout, p_out, p_b, p_dz, p_dh0, p_carry, p_len, p_sync,
     T, N, H,
@@ -128,6 +128,9 @@ def rnn_backward_split_kernel(
     ok = t == 0
     while (t < T) & ok:
         tt = time_index(t, T, i_d, True)
+        # carry is written and read in the same layout, but a layout may replicate values
+        # across warps and store from one of them: all of its stores first, then its loads.
+        tl.debug_barrier()
         # Phase 1: this program's features of dz_t, from the gradient it carried itself.
         for i in range(ROWS):
             n = n0 + i
@@ -158,6 +161,7 @@ def rnn_backward_split_kernel(
                 tl.store(p_carry + n * s_hn + o_j, tl.sum(b_b * b_dzr[None, :], 1),
                          mask=o_j < tl.where(writes, H, 0))
         t += 1
+    tl.debug_barrier()  # carry's last stores, then its loads
     for i in range(ROWS):
         n = n0 + i
         m_row = o_j < tl.where(n < N, H, 0)

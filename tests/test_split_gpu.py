@@ -9,14 +9,14 @@ from torch import nn
 import triton_rnn
 from conftest import CUDA
 from helpers import make_pair, rel_err
+import triton_rnn.kernels.launch as launch
 from triton_rnn.kernels import dispatch, failures
 
 pytestmark = pytest.mark.skipif(not CUDA, reason="the split variant's hardware tests need CUDA")
 
 
 def _no_barrier_failure():
-    torch.cuda.synchronize()
-    failures.check_earlier()  # raises SplitBarrierTimeout if any launch's flag was set
+    failures.check()  # raises SplitBarrierTimeout if any launch's flag was set
 
 
 def _split_model(H, layers=1, bidirectional=True, dtype=torch.float32, I=16):
@@ -123,3 +123,21 @@ def test_module_drop_in():
     with torch.backends.cudnn.flags(allow_tf32=False), torch.no_grad():
         assert rel_err(ours(x)[0], ref(x)[0]) < 1e-4
     _no_barrier_failure()
+
+
+def test_waits_that_run_out_give_nan_and_an_error_never_a_wrong_value(monkeypatch):
+    """With a bound of 2 polls most waits run out on real hardware: every element is then
+    either nn.RNN's value or NaN, and NaN comes with SplitBarrierTimeout from check()."""
+    monkeypatch.setattr(launch, "MAX_POLLS", 2)
+    ours, ref = _split_model(1024)
+    x = torch.randn(32, 8, 16, dtype=torch.float64)
+    with torch.backends.cudnn.flags(allow_tf32=False), torch.no_grad():
+        out = ours(x.cuda().float())[0].cpu()
+    ref_out = ref(x)[0]
+    computed = ~out.isnan()
+    assert rel_err(out[computed], ref_out[computed]) < 1e-4
+    if computed.all():
+        failures.check()
+    else:
+        with pytest.raises(failures.SplitBarrierTimeout):
+            failures.check()
