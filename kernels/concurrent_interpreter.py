@@ -114,8 +114,10 @@ class _Control:
 
 
 def launch(kernel, grid, *args, jitter: float = 0.0, seed: int = 0, deadline_s: float = 300.0,
-           **kwargs) -> None:
-    """kernel[grid](*args, **kwargs) under the interpreter, one thread per program."""
+           late=(), **kwargs) -> None:
+    """kernel[grid](*args, **kwargs) under the interpreter, one thread per program.
+    late: program ids (x, y, z) that start only once every other program has ended, as a
+    program that a GPU did not make resident with the others would."""
     self_check()
     if not isinstance(kernel, _interp.InterpretedFunction):
         raise RuntimeError("concurrent_interpreter.launch needs TRITON_INTERPRET=1 set before "
@@ -141,17 +143,23 @@ def launch(kernel, grid, *args, jitter: float = 0.0, seed: int = 0, deadline_s: 
             grid = executor.grid(call_args) if callable(executor.grid) else executor.grid
             grid = tuple(grid) + (1,) * (3 - len(grid))
             builder.set_grid_dim(*grid)
-            _run_programs(builder, fn, call_args, grid, _Control(jitter), seed, deadline_s)
+            _run_programs(builder, fn, call_args, grid, _Control(jitter), seed, deadline_s,
+                          set(late))
         finally:
             builder.__class__ = original_class
             patch_scope.restore()
     executor._restore_args_dev(args, args_hst, kwargs, kwargs_hst)
 
 
-def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s) -> None:
-    errors, threads = {}, {}
+def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s, late) -> None:
+    errors, threads, started = {}, {}, threading.Event()
 
     def program(pid):
+        if pid in late:
+            started.wait()
+            for other, thread in threads.items():
+                if other not in late:
+                    thread.join()
         _state.control, _state.spins = control, 0
         _state.rng = random.Random(hash((seed, pid)))
         try:
@@ -172,6 +180,7 @@ def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s) -> No
                                                 name=f"triton program {pid}")
     for thread in threads.values():
         thread.start()
+    started.set()
     running = list(threads)
     while running and time.monotonic() - control.progress < deadline_s:
         threads[running[0]].join(0.05)

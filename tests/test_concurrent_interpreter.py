@@ -324,3 +324,26 @@ def test_split_kernel_missing_arrival_raises_and_poisons(monkeypatch, split_laun
                                atol=1e-12)
     assert torch.isnan(got[later, :rows]).all(), got
     torch.testing.assert_close(got[:, rows:], expected[:, rows:], rtol=1e-12, atol=1e-12)
+
+
+def test_split_kernel_program_that_starts_after_the_others_gave_up(monkeypatch, split_launches):
+    """A program the GPU did not make resident with the others: program (0, 0, 0) starts only
+    after the rest of its group gave up waiting for it at the first step. It still computes
+    the first two steps from complete states (its first wait is met by the others' early
+    arrivals), then gives up itself. Every element is exact or NaN, the first step is exact,
+    and the launcher raises SplitBarrierTimeout."""
+    recording_launch = ci.launch
+    monkeypatch.setattr(ci, "launch", lambda *a, **k: recording_launch(*a, late={(0, 0, 0)},
+                                                                        **k))
+    case = _split_case()
+    with pytest.raises(SplitBarrierTimeout):
+        _run_split("forward", case)
+    (grid, named), = split_launches
+    got, expected = named["p_out"], case[3]
+    exact = (got - expected).abs() <= 1e-12
+    assert (exact | torch.isnan(got)).all(), got
+    assert exact[0].all()  # the first step, every slice
+    rows = named["ROWS"]
+    assert exact[1, :rows, :8].all()  # the late program's own features of the second step
+    assert torch.isnan(got[1, :rows, 8:]).all() and torch.isnan(got[2:, :rows]).all()
+    assert exact[:, rows:].all()  # the other group never waited for it
