@@ -7,6 +7,7 @@ does under the interpreter (`GridExecutor.__call__` in triton/runtime/interprete
 arguments to the host, patch triton.language, run the programs, copy back), except that every
 program runs in its own thread:
 - the builder's program id (`grid_idx`) is made thread-local for the launch;
+- jit functions the kernel calls are rewritten (parsed, compiled) by one thread at a time;
 - a program spinning on a counter (atomics and no loads) sleeps until another program writes
   with an atomic, so that it leaves the interpreter lock to the programs it waits for;
 - `jitter` (seconds, with `seed`) sleeps a random time before loads and atomics to vary the
@@ -136,6 +137,10 @@ def launch(kernel, grid, *args, jitter: float = 0.0, seed: int = 0, deadline_s: 
         original_class = builder.__class__
         patch_scope = _interp._patch_lang(fn)
         builder.__class__ = _threaded_builder_class(original_class)
+        # A jit function called from a kernel is rewritten (parsed and compiled) at its first
+        # call; CPython's AST compiler is not safe to run from several threads at once.
+        rewrite = _interp.InterpretedFunction.rewrite
+        _interp.InterpretedFunction.rewrite = _one_at_a_time(rewrite)
         try:
             call_args = inspect.getcallargs(fn, *args_hst, **kwargs_hst)
             call_args = {name: arg if name in executor.constexprs else _interp._implicit_cvt(arg)
@@ -146,9 +151,20 @@ def launch(kernel, grid, *args, jitter: float = 0.0, seed: int = 0, deadline_s: 
             _run_programs(builder, fn, call_args, grid, _Control(jitter), seed, deadline_s,
                           set(late))
         finally:
+            _interp.InterpretedFunction.rewrite = rewrite
             builder.__class__ = original_class
             patch_scope.restore()
     executor._restore_args_dev(args, args_hst, kwargs, kwargs_hst)
+
+
+def _one_at_a_time(method):
+    lock = threading.Lock()
+
+    def locked(self, *args, **kwargs):
+        with lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s, late) -> None:
