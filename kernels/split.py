@@ -10,8 +10,11 @@ group's ROWS batch rows, writes them, and meets the group's other programs at a 
 
 Exchange buffers are the outputs themselves: forward, `out` (h_t in the output dtype, so
 16-bit layers exchange half the bytes; h0 is read for the first step); backward, `dz`. The
-backward's carried gradient for a program's own features never leaves that program's threads:
-it lives in a small fp32 buffer `carry` (D, N, H) that only its owner reads and writes.
+backward's carried gradient for a program's own features never leaves that program: it lives in
+a small fp32 buffer `carry` (D, N, H) that only its owner reads and writes, always in the same
+(R,) layout, with a CTA barrier between one step's stores and the next step's loads. Within a
+step, a held row's carry is read, then overwritten: where the layout replicates values across
+warps, the thread that stores an element is the one whose load it used.
 
 Every wait is bounded. A program whose wait runs out sets the failure flag (p_sync[0]), writes
 NaN into every element it still owns (the steps it has not written, and dh0), and leaves: a
