@@ -106,9 +106,10 @@ def _weight_operand(w_hh: torch.Tensor, transpose: bool):
 
 
 def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool,
-          cfg: Config = None):
-    """(config, kernel, grid, constexprs and launch options) of one layer's recurrence."""
-    cfg = cfg or choose(H, N, dtype, allow_tf32)
+          cfg: Config = None, split: bool = True):
+    """(config, kernel, grid, constexprs and launch options) of one layer's recurrence: `cfg`,
+    or the dispatcher's choice (split=False: its fallback where split does not fit)."""
+    cfg = cfg or choose(H, N, dtype, allow_tf32, split)
     options = compile_options(cfg, dtype, relu, allow_tf32, HAS_LENGTHS=lengths is not None)
     return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
 
@@ -187,8 +188,7 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
                              strides, T, N, H, D):
                 return out
             cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu,
-                                               allow_tf32, choose(H, N, proj.dtype, allow_tf32,
-                                                                  split=False))
+                                               allow_tf32, split=False)
         if cfg.variant == "resident":
             kernel[grid](
                 proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
@@ -224,8 +224,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
                              (dout, out, w_hh, dz, dh0, carry, p_len), strides, T, N, H, D):
                 return dz, dh0
             cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
-                                               allow_tf32, choose(H, N, out.dtype, allow_tf32,
-                                                                  split=False))
+                                               allow_tf32, split=False)
         if cfg.variant == "resident":
             kernel[grid](
                 dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),
