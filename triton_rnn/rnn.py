@@ -43,8 +43,8 @@ class RNN(nn.RNN):
     in the same kernels, which take per-sequence lengths."""
 
     def forward(self, input, hx=None):
-        if self._cudnn_is_faster(input):
-            return super().forward(input, hx)  # measured faster for this shape class
+        if routing.use_torch(self, input):
+            return super().forward(input, hx)  # nn.RNN's own path is faster for this call
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
@@ -84,24 +84,6 @@ class RNN(nn.RNN):
         output, h_n = self._run(data, hx, weights, layout.N, layout)
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(h_n, unsorted_indices))
-
-    def _cudnn_is_faster(self, input) -> bool:
-        """Whether routing.py's table sends this call to nn.RNN's own path."""
-        data = input.data if isinstance(input, PackedSequence) else input
-        classes = routing.classes_for(data.device)
-        if not classes:
-            return False  # the common case: nothing routed here, nothing more to compute
-        if isinstance(input, PackedSequence):
-            batch = int(input.batch_sizes[0])
-        elif input.dim() in (2, 3):
-            batch = 1 if input.dim() == 2 else input.size(0 if self.batch_first else 1)
-        else:
-            return False  # our argument checks raise nn.RNN's error
-        dtype = autocast_dtype("cuda") or self.weight_ih_l0.dtype
-        training = torch.is_grad_enabled() and (
-            data.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return routing.shape_class(dtype, tf32_allowed(), self.hidden_size, batch,
-                                   training) in classes
 
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1

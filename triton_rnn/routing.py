@@ -70,3 +70,23 @@ def classes_for(device: torch.device) -> set:
         return set()
     major, minor = torch.cuda.get_device_capability(device)
     return classes.get(f"sm_{major}{minor}", set())
+
+
+def use_torch(module, input) -> bool:
+    """Whether the table sends this call of triton_rnn.RNN `module` to nn.RNN's own path."""
+    from torch.nn.utils.rnn import PackedSequence
+    from .nn_rules import autocast_dtype, tf32_allowed
+    data = input.data if isinstance(input, PackedSequence) else input
+    classes = classes_for(data.device)
+    if not classes:
+        return False  # the common case: nothing routed here, nothing more to compute
+    if isinstance(input, PackedSequence):
+        batch = int(input.batch_sizes[0])
+    elif input.dim() in (2, 3):
+        batch = 1 if input.dim() == 2 else input.size(0 if module.batch_first else 1)
+    else:
+        return False  # our argument checks raise nn.RNN's error
+    dtype = autocast_dtype("cuda") or module.weight_ih_l0.dtype
+    training = torch.is_grad_enabled() and (
+        data.requires_grad or any(p.requires_grad for p in module.parameters()))
+    return shape_class(dtype, tf32_allowed(), module.hidden_size, batch, training) in classes
