@@ -1,5 +1,14 @@
-"""Building blocks shared by the kernels: activations, the h @ B product, time indexing,
-variable-length masks, and a K-chunked product streamed from memory."""
+"""Building blocks shared by the kernels: activations, the h @ B product and the rounding of
+its operands, time indexing, variable-length masks, and a K-chunked product streamed from
+memory.
+
+Numerics, the same in every kernel path (batch tile, variant, forward and backward): the state
+(h forward, the carried gradient backward) stays in the accumulator dtype ACC inside a kernel
+and is rounded only where it is stored as an output; the product's operands are rounded as the
+tensor-core path must take them (weight_operand, state_operand): to the weight dtype for 16-bit
+layers, to TF32 with round-to-nearest, ties away from zero, for float32 with TF32 allowed, not
+at all for IEEE float32 and float64. Every path then multiplies the same values and differs
+only in the order of fp32 (fp64) accumulation."""
 import triton
 import triton.language as tl
 
@@ -45,20 +54,69 @@ def activation_grad(b_g, b_y, ACT: tl.constexpr):
 
 
 @triton.jit
-def mix(b_h, b_b, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-        PRECISION: tl.constexpr):
-    """(BN, BK) @ (BK, BJ) -> (BN, BJ) in the accumulator dtype.
+def round_tf32(x):
+    """float32 -> the nearest TF32 value (8-bit exponent, 10 explicit mantissa bits), ties away
+    from zero: what PTX's cvt.rna.tf32.f32 computes, in integer arithmetic so that the
+    interpreter runs it too. Half a TF32 ulp (bit 12) is added to the magnitude bits and the
+    low 13 bits are cleared: a mantissa that overflows carries into the exponent, which is the
+    correctly rounded result (Inf past the largest TF32 value, Inf stays Inf). The sign bit is
+    never reached, since only NaN magnitudes (above 0x7F800000) can carry into it, and NaN is
+    returned unchanged. The result's low 13 bits are zero, so a tensor core's truncation of a
+    TF32 operand (what tl.dot's input_precision="tf32" feeds it: the compiled code has no
+    cvt.rna) leaves it exact, and the product of two rounded operands (11 x 11 significant
+    bits) is exact in fp32: the interpreter's fp32 product of rounded operands is the GPU's,
+    up to the order of accumulation."""
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+    return tl.where((bits & 0x7FFFFFFF) > 0x7F800000, x, rounded)
 
-    USE_DOT: tensor-core tl.dot (needs BN, BK, BJ >= 16 on the GPU). The h operand is rounded to
-    the weight dtype first, as cuDNN does; DOT_DTYPE equals the weight dtype except under the
-    interpreter, whose bfloat16 tl.dot is wrong, where the same bf16 values go through fp32.
-    Otherwise an elementwise multiply-and-sum in ACC, which keeps batch tiles of 1 unpadded.
-    """
-    if USE_DOT:
-        b_a = b_h.to(b_b.dtype).to(DOT_DTYPE)
-        return tl.dot(b_a, b_b.to(DOT_DTYPE), input_precision=PRECISION, out_dtype=ACC)
+
+@triton.jit
+def weight_operand(b_w, ACC: tl.constexpr, USE_DOT: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """A tile of a weight matrix as the product takes it: TF32-rounded (float32 with TF32
+    allowed), in its own dtype for tl.dot, in ACC for the elementwise product. Resident and
+    split kernels call this once, before the time loop."""
+    if PRECISION == "tf32":
+        return round_tf32(b_w)
+    elif USE_DOT:
+        return b_w
     else:
-        return tl.sum(b_h[:, :, None] * b_b.to(ACC)[None, :, :], axis=1)
+        return b_w.to(ACC)
+
+
+@triton.jit
+def state_operand(b_h, W_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """The state (h forward, dz backward) as the product's operand, rounded exactly as a
+    tensor-core product must take it, in every path (tl.dot or elementwise, any batch tile or
+    variant), so that they all compute the same products: TF32-rounded (rna) for float32 with
+    TF32 allowed, else rounded to the weight dtype W_DTYPE (16-bit), else unchanged (IEEE
+    float32, float64). The state itself stays in the accumulator dtype; only this copy is
+    rounded. Returned in W_DTYPE."""
+    if PRECISION == "tf32":
+        return round_tf32(b_h.to(tl.float32))
+    else:
+        return b_h.to(W_DTYPE)
+
+
+@triton.jit
+def mix(b_h, b_b, ACC: tl.constexpr, W_DTYPE: tl.constexpr, USE_DOT: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """(BN, BK) @ (BK, BJ) -> (BN, BJ) in the accumulator dtype, for b_b from weight_operand
+    and the state b_h in any dtype (it is rounded here by state_operand).
+
+    USE_DOT: tensor-core tl.dot (needs BN, BK, BJ >= 16 on the GPU). DOT_DTYPE equals the
+    weight dtype except under the interpreter, whose bfloat16 tl.dot is wrong, where the same
+    bf16 values go through fp32. Otherwise an elementwise multiply-and-sum in ACC, which keeps
+    batch tiles of 1 unpadded; its operands are rounded the same way, so it computes the same
+    products as tl.dot.
+    """
+    b_a = state_operand(b_h, W_DTYPE, PRECISION)
+    if USE_DOT:
+        return tl.dot(b_a.to(DOT_DTYPE), b_b.to(DOT_DTYPE), input_precision=PRECISION,
+                      out_dtype=ACC)
+    else:
+        return tl.sum(b_a.to(ACC)[:, :, None] * b_b.to(ACC)[None, :, :], axis=1)
 
 
 @triton.jit
@@ -104,7 +162,8 @@ def chunk_product(p_src, s_src_n, p_b, o_n, m_n, j0, K, J, s_bk, s_bj,
                   PRECISION: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                   BJ: tl.constexpr):
     """src[o_n, :K] @ B[:K, j0:j0+BJ] for a (K, J) matrix B, streaming both operands from
-    memory in chunks of BK (src rows are contiguous in K)."""
+    memory in chunks of BK (src rows are contiguous in K). Both operands are rounded as
+    weight_operand and state_operand say: each chunk of B as it is loaded."""
     o_j = j0 + tl.arange(0, BJ).to(tl.int64)
     m_j = o_j < J
     b_acc = tl.zeros((BN, BJ), dtype=ACC)
@@ -115,5 +174,6 @@ def chunk_product(p_src, s_src_n, p_b, o_n, m_n, j0, K, J, s_bk, s_bj,
                         mask=m_n[:, None] & m_k[None, :], other=0.0).to(ACC)
         b_b = tl.load(p_b + o_k[:, None] * s_bk + o_j[None, :] * s_bj,
                       mask=m_k[:, None] & m_j[None, :], other=0.0)
-        b_acc += mix(b_src, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
+        b_acc += mix(b_src, weight_operand(b_b, ACC, USE_DOT, PRECISION), ACC,
+                     p_b.dtype.element_ty, USE_DOT, DOT_DTYPE, PRECISION)
     return b_acc

@@ -67,7 +67,8 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     constexprs (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
     if cfg.variant == "split":
         return dict(
-            ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)], R=cfg.R, BK=cfg.BH, **flags,
+            ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)],
+            PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags,
             MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
             # An oversize grid then fails at launch instead of waiting at its first barrier.
@@ -81,12 +82,19 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
         ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block, **flags,
         ACC=_TL_DTYPE[acc_dtype(dtype)],
         DOT_DTYPE=dot_dtype,
-        PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
+        PRECISION=_precision(dtype, allow_tf32),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         # FMA contraction is set explicitly: Triton's default is changing, and results must not.
         enable_fp_fusion=True,
     )
+
+
+def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """The kernels' PRECISION: "tf32" for float32 with TF32 allowed (every path then rounds the
+    product's operands to TF32, round to nearest, ties away from zero: blocks.round_tf32),
+    else "ieee"."""
+    return "tf32" if dtype == torch.float32 and allow_tf32 else "ieee"
 
 
 def _on_device(t: torch.Tensor):

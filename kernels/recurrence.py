@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .blocks import (activate, activation_grad, active, batch_tile, load_square_tile, mix,
-                     time_index)
+                     time_index, weight_operand)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -36,22 +36,30 @@ def rnn_forward_resident_kernel(
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
-    b_b = load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h)  # on-chip for all T steps
-    if not USE_DOT:  # the elementwise product works in ACC: convert 16-bit weights once
-        b_b = b_b.to(ACC)
+    # On-chip for all T steps, rounded for the product once (TF32; ACC for the elementwise one).
+    b_b = weight_operand(load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h), ACC, USE_DOT,
+                         PRECISION)
     b_h = tl.load(p_h0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],
                   mask=m_nh, other=0.0).to(ACC)
     o_p = o_n[:, None] * s_pn + i_d * H + o_h[None, :]
     o_o = o_n[:, None] * s_on + i_d * H + o_h[None, :]
+    # Software prefetch: P of the step after this one is loaded before this step's product,
+    # so its memory latency hides behind the product instead of stalling the next step. The
+    # last step re-reads its own P (an in-bounds load whose value is unused); T = 0 reads none.
+    b_p = tl.load(p_proj + time_index(0, T, i_d, False) * s_pt + o_p,
+                  mask=m_n[:, None] & (o_h < tl.where(T > 0, H, 0))[None, :], other=0.0)
     for t in range(T):
         tt = time_index(t, T, i_d, False)
-        b_p = tl.load(p_proj + tt * s_pt + o_p, mask=m_nh, other=0.0).to(ACC)
-        b_new = activate(b_p + mix(b_h, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION), ACT)
+        tn = time_index(tl.minimum(t + 1, T - 1), T, i_d, False)
+        b_p_next = tl.load(p_proj + tn * s_pt + o_p, mask=m_nh, other=0.0)
+        b_new = activate(b_p.to(ACC) + mix(b_h, b_b, ACC, p_b.dtype.element_ty, USE_DOT,
+                                           DOT_DTYPE, PRECISION), ACT)
         if HAS_LENGTHS:
             b_h = tl.where(active(tt, b_len), b_new, b_h)
         else:
             b_h = b_new
         tl.store(p_out + tt * s_ot + o_o, b_h.to(p_out.dtype.element_ty), mask=m_nh)
+        b_p = b_p_next
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -71,9 +79,9 @@ def rnn_backward_resident_kernel(
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
-    b_b = load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h)  # on-chip for all T steps
-    if not USE_DOT:  # the elementwise product works in ACC: convert 16-bit weights once
-        b_b = b_b.to(ACC)
+    # On-chip for all T steps, rounded for the product once (TF32; ACC for the elementwise one).
+    b_b = weight_operand(load_square_tile(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h), ACC, USE_DOT,
+                         PRECISION)
     b_c = tl.zeros((BN, BH), dtype=ACC)  # gradient carried into the step being visited
     o_x = o_n[:, None] * s_n + i_d * H + o_h[None, :]
     for t in range(T):
@@ -85,7 +93,7 @@ def rnn_backward_resident_kernel(
             m_act = active(tt, b_len)
             b_dz = tl.where(m_act, b_dz, 0.0)
         tl.store(p_dz + tt * s_t + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nh)
-        b_c = mix(b_dz, b_b, ACC, USE_DOT, DOT_DTYPE, PRECISION)
+        b_c = mix(b_dz, b_b, ACC, p_b.dtype.element_ty, USE_DOT, DOT_DTYPE, PRECISION)
         if HAS_LENGTHS:  # a held step passes its gradient through unchanged
             b_c = tl.where(m_act, b_c, b_g)
     tl.store(p_dh0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],

@@ -24,14 +24,15 @@ import triton
 import triton.language as tl
 
 from .barrier import arrive_and_wait
-from .blocks import activate, activation_grad, time_index
+from .blocks import activate, activation_grad, state_operand, time_index, weight_operand
 
 
 @triton.jit
 def _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr,
-             R: tl.constexpr, BK: tl.constexpr):
+             PRECISION: tl.constexpr, R: tl.constexpr, BK: tl.constexpr):
     """What program (s, g, d) works on: its direction; the slice count S; its (R, BK) block of
-    B (element (j, k)), zero outside H and converted to ACC once, on-chip for all T steps; the
+    B (element (j, k)), zero outside H, rounded for the product (TF32) and converted to ACC
+    once, on-chip for all T steps; the
     offsets of its R output features (o_j) and of the BK reduction features (o_k); its group's
     barrier counter; its group's first batch row."""
     i_g = tl.program_id(1)
@@ -39,7 +40,8 @@ def _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr,
     o_j = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R).to(tl.int64)
     o_k = tl.arange(0, BK).to(tl.int64)
     b_b = tl.load(p_b + i_d * s_bd + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
-                  mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0).to(ACC)
+                  mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0)
+    b_b = weight_operand(b_b, ACC, False, PRECISION)
     p_cnt = p_sync + 1 + i_d * G + i_g
     return i_d, tl.num_programs(0), b_b, o_j, o_k, p_cnt, i_g.to(tl.int64) * ROWS
 
@@ -67,11 +69,11 @@ def rnn_forward_split_kernel(
     s_hd, s_hn,          # h0 (D, N, H)
     s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
     s_ot, s_on,          # out (T, N, D*H)
-    ACT: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
+    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
+    BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
     i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS,
-                                                i_d0, ACC, R, BK)
+                                                i_d0, ACC, PRECISION, R, BK)
     p_h0 = p_h0 + i_d * s_hd
     p_out = p_out + i_d * H  # this direction's features
     p_proj = p_proj + i_d * H
@@ -86,8 +88,8 @@ def rnn_forward_split_kernel(
             # h_{t-1} of row n: h0 at the first step, else what every slice wrote last step;
             # read from L2 (.cg), where the other programs' stores are visible after the wait.
             p_row = tl.where(t == 0, p_h0 + n * s_hn, p_out + tp * s_ot + n * s_on)
-            b_h = tl.load(p_row + o_k, mask=o_k < lim, other=0.0,
-                          cache_modifier=".cg").to(ACC)
+            b_h = tl.load(p_row + o_k, mask=o_k < lim, other=0.0, cache_modifier=".cg")
+            b_h = state_operand(b_h, p_b.dtype.element_ty, PRECISION).to(ACC)
             b_z = tl.sum(b_b * b_h[None, :], 1)
             b_z += tl.load(p_proj + tt * s_pt + n * s_pn + o_j, mask=o_j < lim,
                            other=0.0).to(ACC)
@@ -116,11 +118,11 @@ def rnn_backward_split_kernel(
     s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
     s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
     s_hd, s_hn,          # dh0 and carry (D, N, H)
-    ACT: tl.constexpr, ACC: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
+    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
+    BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
     i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS,
-                                                i_d0, ACC, R, BK)
+                                                i_d0, ACC, PRECISION, R, BK)
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
     o_x = i_d * H + o_j  # this program's features in the (T, N, D*H) layout
@@ -157,7 +159,8 @@ def rnn_backward_split_kernel(
             for i in range(ROWS):
                 n = n0 + i
                 b_dzr = tl.load(p_dz_t + n * s_n + o_k, mask=o_k < tl.where(n < N, H, 0),
-                                other=0.0, cache_modifier=".cg").to(ACC)
+                                other=0.0, cache_modifier=".cg")
+                b_dzr = state_operand(b_dzr, p_b.dtype.element_ty, PRECISION).to(ACC)
                 writes = n < N
                 if HAS_LENGTHS:  # held rows keep what phase 1 stored
                     writes = writes & (tt < tl.load(p_len + n, mask=n < N, other=0))
