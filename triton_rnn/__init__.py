@@ -2,8 +2,9 @@
 from .cell import RNNCell
 from .compile_support import allow_dynamo_to_trace
 from .rnn import RNN, convert
+from .routing import backend, get_backend, set_backend, tune
 
 allow_dynamo_to_trace(RNN)
 
-__all__ = ["RNN", "RNNCell", "convert"]
+__all__ = ["RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]
 __version__ = "0.1.0"

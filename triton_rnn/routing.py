@@ -1,35 +1,124 @@
-"""Use nn.RNN's own path (cuDNN) for the shape classes where it was measured faster.
+"""Which path runs a triton_rnn.RNN call: our kernels, or nn.RNN's own (cuDNN on a GPU).
 
-perf/routing_table.py turns recorded GPU results (perf/results/*/results.json) into
-cudnn_faster.json beside this file: for each GPU architecture, the shape classes in which
-triton_rnn.RNN's geometric-mean latency over the measured sequence lengths, layer counts and
-directions was above nn.RNN's. A shape class is (dtype, hidden size rounded up to a power of
-two, batch rounded up to a power of two, inference or training). Shapes outside every measured
-class run our kernels, and so does everything under torch.compile (our custom ops trace into
-the graph; nn.RNN's path does not). An empty table (no GPU results recorded yet) changes
-nothing.
+The policy: `TRITON_RNN_BACKEND=auto|kernels|torch` in the environment, overridden in Python by
+`set_backend(...)` or, for a block, `with backend(...)`. "kernels" and "torch" mean what they
+say, on every device. "auto" (the default) routes each shape class on CUDA to whichever path
+was measured faster on this GPU:
+
+- A shape class is the dtype (float32 split into "tf32" and "fp32" by whether TF32 is allowed,
+  the autocast dtype under autocast), hidden size and batch rounded up to powers of two,
+  inference or training (gradients being recorded), packed or padded, directions and layers.
+- The first call of a class on a GPU times both paths on a short stand-in run (measure.py:
+  it writes no `.grad`, leaves the RNG and `torch.backends` as they were), records the winner
+  in the persistent cache (route_cache.py) and logs one INFO line on the "triton_rnn" logger.
+  Later calls, in this process or any other on the same GPU and versions, read the cache.
+- Nothing is measured while torch.compile traces or a CUDA graph is being captured: a class
+  found in the cache follows it, others follow the static rule (fixed into the compiled graph
+  at trace time). `tune(model, example_inputs)` fills the cache ahead of time.
+- The static rule, for classes never measured: nn.RNN where the shipped table of recorded GPU
+  results (cudnn_faster.json, built by perf/routing_table.py) says it was faster, else nn.RNN
+  for layers our dispatcher would run on the streaming variant (W_hh re-read from L2 every
+  step, far slower than cuDNN), else our kernels.
+- Under `torch.use_deterministic_algorithms(True)` training always runs our kernels, whose
+  backward is bitwise deterministic.
+CPU tensors are not routed under "auto": they run our kernels' CPU path as before.
+
+    python -m triton_rnn.routing --show     # this GPU's measured classes
+    python -m triton_rnn.routing --clear    # forget them (or delete the cache directory)
 """
 import contextlib
 import functools
 import json
+import logging
+import os
+import threading
 from pathlib import Path
 
 import torch
 import triton
+from torch.nn.utils.rnn import PackedSequence
 
+from . import measure
+from .route_cache import RouteCache
+
+POLICIES = ("auto", "kernels", "torch")
 TABLE = Path(__file__).with_name("cudnn_faster.json")
-enabled = True  # perf/ turns routing off to measure our kernels themselves
+MEASURED_DEVICES = ("cuda",)  # where "auto" measures; tests add "cpu"
+
+log = logging.getLogger("triton_rnn")
+_override = None            # set_backend()'s policy; None: the environment's
+_local = threading.local()  # forced: the measurement's own calls; tuning: tune()'s record
+_caches = {}                # device -> RouteCache
+
+
+# ----- the policy ---------------------------------------------------------------------------
+
+def get_backend() -> str:
+    """The policy in force: set_backend()'s, else TRITON_RNN_BACKEND's, else "auto"."""
+    if _override is not None:
+        return _override
+    return _valid(os.environ.get("TRITON_RNN_BACKEND", "").strip().lower() or "auto",
+                  "TRITON_RNN_BACKEND")
+
+
+def set_backend(policy) -> None:
+    """"auto", "kernels" or "torch" for this process; None goes back to TRITON_RNN_BACKEND."""
+    global _override
+    _override = None if policy is None else _valid(policy, "set_backend")
 
 
 @contextlib.contextmanager
-def kernels_always():
-    """Run triton_rnn.RNN's kernels for every shape, whatever the table says."""
-    global enabled
-    previous, enabled = enabled, False
+def backend(policy: str):
+    """The policy for the calls made inside the block (process-wide, like torch.backends)."""
+    global _override
+    previous = _override
+    set_backend(policy)
     try:
         yield
     finally:
-        enabled = previous
+        _override = previous
+
+
+def kernels_always():
+    """Our kernels for every shape (perf/ measures them with this)."""
+    return backend("kernels")
+
+
+def _valid(policy, where: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"{where}: the triton_rnn backend must be one of "
+                         f"{', '.join(POLICIES)}, got {policy!r}")
+    return policy
+
+
+# ----- shape classes and the static rule ----------------------------------------------------
+
+def dtype_name(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """perf/bench.py's names: float32 is "tf32" or "fp32" (IEEE) by whether TF32 is allowed."""
+    if dtype == torch.float32:
+        return "tf32" if allow_tf32 else "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}.get(
+        dtype, str(dtype).replace("torch.", ""))
+
+
+def bucket(n: int) -> int:
+    """A size's shape-class bucket: the power of two at or above it."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,
+                training: bool) -> tuple:
+    """The recorded table's class: (dtype name, hidden bucket, batch bucket, mode)."""
+    return (dtype_name(dtype, allow_tf32), bucket(hidden), bucket(batch),
+            "training" if training else "inference")
+
+
+def class_name(dtype: str, hidden: int, batch: int, training: bool, packed: bool,
+               directions: int, layers: int) -> str:
+    """The measured class, as the cache names it: "bf16/H512/N16/training/padded/D2/L1"."""
+    return (f"{dtype}/H{bucket(hidden)}/N{bucket(batch)}/"
+            f"{'training' if training else 'inference'}/{'packed' if packed else 'padded'}/"
+            f"D{directions}/L{layers}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,51 +131,223 @@ def _classes(path: Path = TABLE) -> dict:
             for arch, classes in table.get("cudnn_faster", {}).items()}
 
 
-def dtype_name(dtype: torch.dtype, allow_tf32: bool) -> str:
-    """perf/bench.py's names: float32 is "tf32" or "fp32" (IEEE) by whether TF32 is allowed."""
-    if dtype == torch.float32:
-        return "tf32" if allow_tf32 else "fp32"
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bool) -> str:
+    """"torch" or "kernels" for a class never measured (see the module docstring)."""
+    from .kernels.dispatch import choose
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        listed = _classes().get(f"sm_{major}{minor}", set())
+        if (dtype, bucket(hidden), bucket(batch),
+                "training" if training else "inference") in listed:
+            return "torch"
+    torch_dtype = {"tf32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
+                   "fp16": torch.float16, "fp64": torch.float64}[dtype]
+    variant = choose(hidden, batch, torch_dtype, dtype == "tf32").variant
+    return "torch" if variant == "streaming" else "kernels"
 
 
-def bucket(n: int) -> int:
-    """A size's shape-class bucket: the power of two at or above it."""
-    return triton.next_power_of_2(max(int(n), 1))
-
-
-def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,
-                training: bool) -> tuple:
-    return (dtype_name(dtype, allow_tf32), bucket(hidden), bucket(batch),
-            "training" if training else "inference")
-
-
-def classes_for(device: torch.device) -> set:
-    """The shape classes routed to nn.RNN on this device; empty where routing does not apply."""
-    # Under torch.compile our custom ops trace into the graph and nn.RNN's path would not.
-    if not enabled or device.type != "cuda" or torch.compiler.is_compiling():
-        return set()
-    classes = _classes()
-    if not classes:
-        return set()
-    major, minor = torch.cuda.get_device_capability(device)
-    return classes.get(f"sm_{major}{minor}", set())
-
+# ----- the decision -------------------------------------------------------------------------
 
 def use_torch(module, input) -> bool:
-    """Whether the table sends this call of triton_rnn.RNN `module` to nn.RNN's own path."""
-    from torch.nn.utils.rnn import PackedSequence
-    from .nn_rules import autocast_dtype, tf32_allowed
+    """Whether this call of triton_rnn.RNN `module` runs nn.RNN's own forward."""
+    if torch.compiler.is_compiling():
+        call = _describe(module, input)
+        return call is not None and _choice_while_tracing(*call)
+    forced = getattr(_local, "forced", None)
+    if forced is not None:
+        return forced == "torch"
+    tuning = getattr(_local, "tuning", None)
+    policy = "auto" if tuning is not None else get_backend()
+    if policy != "auto":
+        return policy == "torch"
     data = input.data if isinstance(input, PackedSequence) else input
-    classes = classes_for(data.device)
-    if not classes:
-        return False  # the common case: nothing routed here, nothing more to compute
-    if isinstance(input, PackedSequence):
+    if not isinstance(data, torch.Tensor) or data.device.type not in MEASURED_DEVICES:
+        return False  # the common case off the GPU: nothing more to compute
+    call = _describe(module, input)
+    return call is not None and _measured_choice(module, input, call, tuning)
+
+
+def _describe(module, input):
+    """(device, dtype name, hidden, batch, training, packed, directions, layers) of a call,
+    or None for an input we do not accept (our argument checks raise nn.RNN's error)."""
+    from .nn_rules import autocast_dtype, tf32_allowed
+    packed = isinstance(input, PackedSequence)
+    data = input.data if packed else input
+    if not isinstance(data, torch.Tensor):
+        return None
+    if packed:
         batch = int(input.batch_sizes[0])
-    elif input.dim() in (2, 3):
-        batch = 1 if input.dim() == 2 else input.size(0 if module.batch_first else 1)
+    elif data.dim() in (2, 3):
+        batch = 1 if data.dim() == 2 else data.size(0 if module.batch_first else 1)
     else:
-        return False  # our argument checks raise nn.RNN's error
-    dtype = autocast_dtype("cuda") or module.weight_ih_l0.dtype
+        return None
+    dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
     training = torch.is_grad_enabled() and (
         data.requires_grad or any(p.requires_grad for p in module.parameters()))
-    return shape_class(dtype, tf32_allowed(), module.hidden_size, batch, training) in classes
+    return (str(data.device), dtype_name(dtype, tf32_allowed()), module.hidden_size, batch,
+            training, packed, 2 if module.bidirectional else 1, module.num_layers)
+
+
+def _measured_choice(module, input, call, tuning) -> bool:
+    """auto on a measured device: the cache, else a measurement (or, while a CUDA graph is
+    being captured, the static rule)."""
+    device, dtype, hidden, batch, training = call[:5]
+    if training and torch.are_deterministic_algorithms_enabled():
+        return False
+    name = class_name(*call[1:])
+    cache = _cache(device)
+    entry = cache.get(name)
+    if tuning is not None and tuning["force"] and name not in tuning["measured"]:
+        entry = None
+    if entry is None and _capturing(device):
+        return static_choice(device, dtype, hidden, batch, training) == "torch"
+    if entry is None:
+        entry = _measure_and_record(module, input, call, name, cache)
+    if tuning is not None:
+        tuning["measured"][name] = entry["backend"]
+    return entry["backend"] == "torch"
+
+
+@torch._dynamo.assume_constant_result
+def _choice_while_tracing(device, dtype, hidden, batch, training, packed, directions,
+                          layers) -> bool:
+    """The decision under torch.compile, taken once at trace time and fixed in the graph:
+    the policy, else the cache, else the static rule. Never measures."""
+    policy = get_backend()
+    if policy != "auto":
+        return policy == "torch"
+    if not device.startswith(MEASURED_DEVICES) or (
+            training and torch.are_deterministic_algorithms_enabled()):
+        return False
+    entry = _cache(device).get(class_name(dtype, hidden, batch, training, packed, directions,
+                                          layers))
+    if entry is not None:
+        return entry["backend"] == "torch"
+    return static_choice(device, dtype, hidden, batch, training) == "torch"
+
+
+def _capturing(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_current_stream_capturing()
+
+
+def _measure_and_record(module, input, call, name: str, cache: RouteCache) -> dict:
+    device, dtype, hidden, batch, training = call[:5]
+    times = measure.measure(module, input, training, _kernels_forward)
+    if times:
+        choice = min(times, key=times.get)
+    else:  # every candidate failed: leave it to the static rule, which raises nn.RNN's error
+        choice = static_choice(device, dtype, hidden, batch, training)
+    entry = {"backend": choice, "ms": {k: round(v, 6) for k, v in times.items()}}
+    cache.put(name, entry)
+    log.info("triton_rnn: %s on %s: %s -> %s", name, cache.key.get("gpu", device),
+             ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()) or "no candidate ran",
+             "nn.RNN" if choice == "torch" else "triton_rnn kernels")
+    return entry
+
+
+def _kernels_forward(clone):
+    """A forward of `clone` that runs our kernels whatever the policy."""
+    def forward(x):
+        previous, _local.forced = getattr(_local, "forced", None), "kernels"
+        try:
+            return clone(x)
+        finally:
+            _local.forced = previous
+    return forward
+
+
+# ----- the cache ----------------------------------------------------------------------------
+
+def device_key(device: str) -> dict:
+    """What a measurement depends on besides the shape: the GPU and every version."""
+    import triton_rnn
+    key = {"device": torch.device(device).type}
+    if key["device"] == "cuda":
+        props = torch.cuda.get_device_properties(torch.device(device))
+        key.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
+                   sm_count=props.multi_processor_count, driver=_driver_version(),
+                   cuda=torch.version.cuda)
+    key.update(torch=torch.__version__, triton=triton.__version__,
+               triton_rnn=triton_rnn.__version__)
+    return key
+
+
+def _driver_version() -> str:
+    import ctypes
+    try:
+        lib = ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+        version = ctypes.c_int()
+        lib.cuDriverGetVersion(ctypes.byref(version))
+        return str(version.value)
+    except (OSError, AttributeError):
+        return "unknown"
+
+
+def _cache(device: str) -> RouteCache:
+    if device not in _caches:
+        _caches[device] = RouteCache(device_key(device))
+    return _caches[device]
+
+
+def forget_loaded_caches() -> None:
+    """Drop the caches this process has read (after TRITON_RNN_CACHE_DIR changes, say)."""
+    _caches.clear()
+
+
+# ----- tune ---------------------------------------------------------------------------------
+
+def tune(model, example_inputs, force: bool = False) -> dict:
+    """Measure, ahead of time, every shape class the triton_rnn.RNN modules of `model` meet
+    in one forward of `model` on `example_inputs` (a tensor or a tuple of arguments): once
+    without gradients (inference classes) and, if any parameter requires grad, once recording
+    them (training classes; no backward runs). Use it before torch.compile or CUDA-graph
+    capture, which never measure. force: measure classes already in the cache again.
+
+    Leaves `model` as it was: buffers (running statistics, say) are restored, the RNG is
+    forked, no `.grad` is written. Returns {class name: "kernels" or "torch"}."""
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    record = {"force": force, "measured": {}}
+    previous, _local.tuning = getattr(_local, "tuning", None), record
+    try:
+        with torch.random.fork_rng(devices=devices):
+            with torch.no_grad():
+                model(*example_inputs)
+            if any(p.requires_grad for p in model.parameters()):
+                with torch.enable_grad():
+                    model(*example_inputs)
+    finally:
+        _local.tuning = previous
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return record["measured"]
+
+
+def _main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m triton_rnn.routing",
+                                description="The measured routing cache of this GPU.")
+    p.add_argument("--show", action="store_true", help="print the measured classes")
+    p.add_argument("--clear", action="store_true", help="forget them")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    cache = _cache(args.device)
+    print(f"policy: {get_backend()}   cache: {cache.path}")
+    print("key: " + ", ".join(f"{k}={v}" for k, v in cache.key.items()))
+    if args.clear:
+        cache.clear()
+        print("cleared")
+    classes = cache.classes()
+    if not classes:
+        print("no measured classes")
+    for name, entry in sorted(classes.items()):
+        times = ", ".join(f"{k} {v:.3f} ms" for k, v in entry.get("ms", {}).items())
+        print(f"  {name:42s} -> {entry['backend']:7s} ({times})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

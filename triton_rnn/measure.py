@@ -1,0 +1,125 @@
+"""Time triton_rnn.RNN's kernels against nn.RNN's own path on one call's shape.
+
+What is timed is a stand-in: a fresh module of the same class and configuration holding a copy
+of the weights, on the call's input cut to at most REPRESENTATIVE_STEPS timesteps. Inference
+times a no-grad forward; training a forward plus `torch.autograd.grad` with respect to the
+stand-in's parameters (and the input if it requires grad). So measuring writes no `.grad`,
+runs no hooks of the user's module, leaves the RNG where it was (forked around everything,
+dropout included) and does not touch `torch.backends`.
+"""
+import math
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+REPRESENTATIVE_STEPS = 32
+REPEATS = 3
+# A candidate whose first timed run is this many times the best median so far is not
+# repeated: it cannot win, and a slow candidate at large H costs most of the budget.
+HOPELESS = 4.0
+
+
+def cuda_timer(run) -> float:
+    """Milliseconds of one run of `run`, by CUDA events on the current stream."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+timer = cuda_timer  # tests put a stand-in clock here
+
+
+def representative(input, batch_first: bool):
+    """The call's input cut to its first REPRESENTATIVE_STEPS timesteps."""
+    if isinstance(input, PackedSequence):
+        steps = input.batch_sizes[:REPRESENTATIVE_STEPS]
+        rows = int(steps.sum())
+        return PackedSequence(input.data[:rows], steps, input.sorted_indices,
+                              input.unsorted_indices)
+    time_dim = 1 if batch_first and input.dim() == 3 else 0
+    return input.narrow(time_dim, 0, min(input.size(time_dim), REPRESENTATIVE_STEPS))
+
+
+def stand_in(module: nn.RNN) -> nn.RNN:
+    """A new triton_rnn.RNN of the same configuration holding a copy of the weights."""
+    from .rnn import RNN
+    w = module.weight_ih_l0
+    clone = RNN(module.input_size, module.hidden_size, module.num_layers,
+                         module.nonlinearity, module.bias, module.batch_first, module.dropout,
+                         module.bidirectional, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            q = getattr(clone, name)
+            q.copy_(p)
+            q.requires_grad_(p.requires_grad)
+    return clone.train(module.training)
+
+
+def candidates(clone: nn.RNN, kernels_forward) -> dict:
+    """{name: forward(input)}: our kernels, and nn.RNN's own forward on the same module."""
+    return {"kernels": kernels_forward, "torch": lambda x: nn.RNN.forward(clone, x)}
+
+
+def _step(forward, x, clone, training: bool):
+    """One inference forward, or one forward + gradient, returning the outputs."""
+    def run():
+        if not training:
+            with torch.no_grad():
+                return forward(x)
+        out, h_n = forward(x)
+        data = out.data if isinstance(out, PackedSequence) else out
+        wrt = [p for p in clone.parameters() if p.requires_grad]
+        x_data = x.data if isinstance(x, PackedSequence) else x
+        if x_data.requires_grad:
+            wrt.append(x_data)
+        torch.autograd.grad((data, h_n), wrt, (torch.ones_like(data), torch.ones_like(h_n)),
+                            allow_unused=True)
+        return out, h_n
+    return run
+
+
+def _finite(outputs) -> bool:
+    out, h_n = outputs
+    out = out.data if isinstance(out, PackedSequence) else out
+    return bool(torch.isfinite(out).all() and torch.isfinite(h_n).all())
+
+
+def measure(module: nn.RNN, input, training: bool, kernels_forward) -> dict:
+    """{candidate: median ms} for the shape of this call. `kernels_forward(clone)` returns a
+    forward running our kernels on `clone`. A candidate that raises, or gives non-finite
+    values where nn.RNN's path did not, is left out with a warning."""
+    device = (input.data if isinstance(input, PackedSequence) else input).device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        x = representative(input, module.batch_first)
+        if isinstance(x, PackedSequence):
+            x = PackedSequence(x.data.detach().requires_grad_(x.data.requires_grad),
+                               x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+        else:
+            x = x.detach().requires_grad_(x.requires_grad and training)
+        clone = stand_in(module)
+        runs, finite, times = {}, {}, {}
+        for name, forward in candidates(clone, kernels_forward(clone)).items():
+            runs[name] = _step(forward, x, clone, training)
+            try:
+                finite[name] = _finite(runs[name]())  # warm-up: compiles, allocates
+            except Exception as exc:  # noqa: BLE001 - a failing candidate is only left out
+                warnings.warn(f"triton_rnn: {name} failed on this shape and is not used for "
+                              f"it: {type(exc).__name__}: {exc}")
+        for name in list(finite):
+            if not finite[name] and finite.get("torch", False):
+                warnings.warn(f"triton_rnn: {name} gave non-finite values where nn.RNN did "
+                              "not; it is not used for this shape")
+                del finite[name]
+        for name in finite:
+            samples = [timer(runs[name])]
+            best = min(times.values(), default=math.inf)
+            while len(samples) < REPEATS and samples[0] < HOPELESS * best:
+                samples.append(timer(runs[name]))
+            times[name] = sorted(samples)[len(samples) // 2]
+    return times
