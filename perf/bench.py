@@ -49,20 +49,26 @@ def _models(case: Case):
     return {"triton_rnn": ours, "nn.RNN": ref}
 
 
-def _step(model, inputs, grads, mode, packed=False):
-    """A callable running one inference forward or one training step, rotating inputs."""
+def _step(model, inputs, grads, mode, packed=False, policy="kernels"):
+    """A callable running one inference forward or one training step, rotating inputs, with
+    triton_rnn's routing policy `policy` in force (nn.RNN ignores it)."""
     state = {"i": 0}
 
     def run():
-        i = state["i"] = (state["i"] + 1) % len(inputs)
-        if mode == "inference":
-            with torch.no_grad():
-                model(inputs[i])
-        else:
-            model.zero_grad(set_to_none=True)
-            out, _ = model(inputs[i])
-            (out.data if packed else out).backward(grads[i])
+        with triton_rnn.backend(policy):
+            _run(state, model, inputs, grads, mode, packed)
     return run
+
+
+def _run(state, model, inputs, grads, mode, packed):
+    i = state["i"] = (state["i"] + 1) % len(inputs)
+    if mode == "inference":
+        with torch.no_grad():
+            model(inputs[i])
+    else:
+        model.zero_grad(set_to_none=True)
+        out, _ = model(inputs[i])
+        (out.data if packed else out).backward(grads[i])
 
 
 def _rel_err(a, b) -> float:
@@ -87,8 +93,9 @@ def _check(models, x, grad, packed=False) -> float:
 
 def measure(case: Case, modes=("inference", "training"), warmup_ms=10, rep_ms=50) -> list:
     """One row per (mode, implementation): median and 20/80% quantile latencies in ms.
-    triton_rnn.RNN is measured on its own kernels (routing to cuDNN off): these numbers are
-    what perf/routing_table.py decides the routing from."""
+    "triton_rnn" is triton_rnn.RNN on its own kernels (routing off): these numbers are what
+    perf/routing_table.py builds the recorded table from. "auto" is the same module as a user
+    gets it, routed by measurement (triton_rnn/routing.py) to the faster of the two."""
     with triton_rnn.routing.kernels_always():
         return _measure(case, modes, warmup_ms, rep_ms)
 
@@ -114,9 +121,12 @@ def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
     grads = [torch.randn(out_shape, device=DEVICE, dtype=dtype) for _ in range(INPUT_SETS)]
     err = _check(models, inputs[0], grads[0])
     rows = []
+    ours, ref = models["triton_rnn"], models["nn.RNN"]
+    runs = [("triton_rnn", ours, "kernels"), ("auto", ours, "auto"), ("nn.RNN", ref, "kernels")]
     for mode in modes:
-        for name, model in models.items():
-            med, lo, hi = _time(_step(model, inputs, grads, mode), warmup_ms, rep_ms)
+        for name, model, policy in runs:
+            med, lo, hi = _time(_step(model, inputs, grads, mode, policy=policy), warmup_ms,
+                                rep_ms)
             rows.append(dict(asdict(case), mode=mode, impl=name, ms=med, ms_p20=lo, ms_p80=hi,
                              us_per_step=1e3 * med / case.seq,
                              tflops=case.flops(mode) / (med * 1e-3) / 1e12,

@@ -3,9 +3,11 @@
     python perf/latency.py [--quick] [--batch 1 16 ...] [--hidden ...] [--seq ...] ...
 
 On a CUDA GPU: measures inference (no_grad forward) and a training step (forward + backward)
-of both, same weights and inputs, over the sweep; checks every measured output against
-nn.RNN; saves raw numbers with the GPU's name and versions under perf/results/<gpu>_<date>/,
-prints and saves a speedup table (Markdown) and draws the plots.
+of both, same weights and inputs, over the sweep: triton_rnn.RNN on its own kernels, the same
+module routed by measurement ("auto", with a fresh routing cache kept in the results folder
+unless TRITON_RNN_CACHE_DIR is set) and nn.RNN; checks every measured output against nn.RNN;
+saves raw numbers with the GPU's name and versions under perf/results/<gpu>_<date>/, prints
+and saves a speedup table (Markdown) and draws the plots.
 Without a GPU: says so, checks the kernels once through Triton's interpreter against nn.RNN,
 and redraws the plots of the most recent recorded GPU results. It never times the CPU.
 """
@@ -121,6 +123,10 @@ def run_sweep(args) -> Path:
     date = datetime.date.today().isoformat()
     out = args.out or plots.results_folder(env["gpu"], date)
     out.mkdir(parents=True, exist_ok=True)
+    # "auto" starts cold, as for a new user, and its decisions are kept with the results.
+    os.environ.setdefault("TRITON_RNN_CACHE_DIR", str(out / "routing-cache"))
+    import triton_rnn.routing
+    triton_rnn.routing.forget_loaded_caches()
     cases = bench.sweep_cases(args.batch, args.hidden, args.seq, args.layers, args.directions,
                               args.dtypes)
     results = dict(environment=env, date=date, rows=[], packed_rows=[], failures=[],

@@ -15,6 +15,8 @@ def results_folder(gpu: str, date: str) -> Path:
     """perf/results/<gpu>_<date>: where one run's numbers, tables, plots and logs go."""
     return RESULTS_DIR / f"{re.sub(r'[^A-Za-z0-9]+', '-', gpu)}_{date}"
 IMPLS = ("triton_rnn", "nn.RNN")
+# "auto": triton_rnn.RNN routed by measurement, as a user gets it (perf/bench.py).
+COLORS = {"triton_rnn": "tab:blue", "auto": "tab:green", "nn.RNN": "tab:orange"}
 MODES = ("inference", "training")
 
 
@@ -30,13 +32,13 @@ def _key(row):
             row["directions"], row["mode"])
 
 
-def speedups(rows) -> dict:
-    """(dtype, batch, hidden, seq, layers, directions, mode) -> nn.RNN ms / triton_rnn ms."""
+def speedups(rows, impl: str = "triton_rnn") -> dict:
+    """(dtype, batch, hidden, seq, layers, directions, mode) -> nn.RNN ms / `impl`'s ms."""
     by_impl = defaultdict(dict)
     for r in rows:
         by_impl[_key(r)][r["impl"]] = r
-    return {k: v["nn.RNN"]["ms"] / v["triton_rnn"]["ms"] for k, v in by_impl.items()
-            if set(IMPLS) <= v.keys()}
+    return {k: v["nn.RNN"]["ms"] / v[impl]["ms"] for k, v in by_impl.items()
+            if {"nn.RNN", impl} <= v.keys()}
 
 
 def geomean(values):
@@ -50,23 +52,28 @@ def _closest(values, target):
 
 def markdown(results: dict) -> str:
     env, rows = results["environment"], results["rows"]
-    sp = speedups(rows)
+    sp, sp_auto = speedups(rows), speedups(rows, "auto")
     wrong = {_key(r) for r in rows if not r["matches"]}
     lines = [f"Speedup of triton_rnn.RNN over torch.nn.RNN (cuDNN) on {env['gpu']}, "
              f"{results['date']} (torch {env['torch']}, triton {env['triton']}, CUDA "
              f"{env['cuda']}, cuDNN {env['cudnn']}). Speedup = nn.RNN latency / ours; > 1 is "
-             "faster.", "",
-             "| dtype | mode | cases | geomean | min | max | slower cases | output mismatches |",
-             "|---|---|---|---|---|---|---|---|"]
+             "faster. Our kernels, then \"auto\": the module as users get it, routed to the "
+             "faster path by measurement on this GPU.", "",
+             "| dtype | mode | cases | geomean | min | max | slower cases | output mismatches "
+             "| auto geomean | auto slower cases |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for dtype in sorted({k[0] for k in sp}):
         for mode in MODES:
             vals = [v for k, v in sp.items() if k[0] == dtype and k[6] == mode]
             if not vals:
                 continue
             bad = sum(1 for k in wrong if k[0] == dtype and k[6] == mode)
+            auto = [v for k, v in sp_auto.items() if k[0] == dtype and k[6] == mode]
+            auto_cells = (f"{geomean(auto):.2f}x | {sum(v < 1 for v in auto)}" if auto
+                          else "- | -")
             lines.append(f"| {dtype} | {mode} | {len(vals)} | {geomean(vals):.2f}x | "
                          f"{min(vals):.2f}x | {max(vals):.2f}x | {sum(v < 1 for v in vals)} | "
-                         f"{bad} |")
+                         f"{bad} | {auto_cells} |")
     for mode in MODES:
         cells = {k: v for k, v in sp.items() if k[6] == mode}
         if not cells:
@@ -163,7 +170,7 @@ def draw(results: dict, out_dir: Path) -> list:
             for (impl, mode), pts in sorted(_series(rows, vary, fixed).items()):
                 xs, ms, lo, hi = zip(*pts)
                 style = "-" if mode == "inference" else "--"
-                color = "tab:blue" if impl == "triton_rnn" else "tab:orange"
+                color = COLORS.get(impl, "tab:gray")
                 ax.plot(xs, ms, style, marker="o", color=color, label=f"{impl} {mode}")
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
             ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="latency (ms)",

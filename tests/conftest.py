@@ -21,8 +21,11 @@ DEVICE = "cuda" if CUDA else "cpu"
 @pytest.fixture(autouse=True)
 def kernels_only(monkeypatch):
     """Poison kernel outputs with NaN, and fail any test in which a tensor the kernels should
-    handle reaches the plain-PyTorch reference instead (so a pass proves the kernels ran)."""
+    handle reaches the plain-PyTorch reference instead (so a pass proves the kernels ran).
+    Routing is off (policy "kernels"): on a GPU, "auto" could send a call to nn.RNN's own
+    path, which would then be compared with itself. The routing tests turn it back on."""
     monkeypatch.setattr(launch, "poison_outputs", True)
+    monkeypatch.setenv("TRITON_RNN_BACKEND", "kernels")
     for name in ("recurrence_forward", "recurrence_backward", "rnn_cell"):
         original = getattr(reference, name)
 

@@ -50,9 +50,10 @@ def sweep(tmp_path, monkeypatch, tf32_flags_kept):
     kernel_forward, make_step = ops.kernel_forward, bench._step
     monkeypatch.setattr(ops, "kernel_forward", lambda *a: launches.append(1) or kernel_forward(*a))
 
-    def tagged_step(model, inputs, grads, mode, packed=False):
-        run = make_step(model, inputs, grads, mode, packed)
+    def tagged_step(model, inputs, grads, mode, packed=False, policy="kernels"):
+        run = make_step(model, inputs, grads, mode, packed, policy)
         run.ours = isinstance(model, triton_rnn.RNN)
+        run.auto = policy == "auto"
         run.batch = int(inputs[0].batch_sizes[0]) if packed else inputs[0].shape[1]
         run.packed = packed
         return run
@@ -63,10 +64,13 @@ def sweep(tmp_path, monkeypatch, tf32_flags_kept):
         step()
         assert bool(launches) == step.ours
         ms = ours_ms(step.batch) if step.ours else NN_RNN_MS
+        if step.auto:  # routed: as if it had picked the faster path
+            ms = min(ms, NN_RNN_MS)
         ms *= PACKED_COST[step.ours] if step.packed else 1.0
         return ms, 0.9 * ms, 1.1 * ms
 
     monkeypatch.setattr(bench, "DEVICE", DEVICE)
+    monkeypatch.setenv("TRITON_RNN_CACHE_DIR", str(tmp_path / "routing-cache"))
     monkeypatch.setattr(bench, "environment", lambda: dict(FAKE_ENV))
     monkeypatch.setattr(bench, "_step", tagged_step)
     monkeypatch.setattr(bench, "_time", stand_in_clock)
@@ -83,10 +87,12 @@ def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
     results, _ = sweep
     assert results["environment"] == FAKE_ENV and not results["failures"]
     assert results["cases_planned"] == 2 * 2 * 2  # dtypes x batch x directions
-    assert len(results["rows"]) == 8 * 2 * 2      # x modes x implementations
+    assert len(results["rows"]) == 8 * 2 * 3      # x modes x (ours, auto, nn.RNN)
+    expected = {"triton_rnn": ours_ms, "auto": lambda b: min(ours_ms(b), NN_RNN_MS),
+                "nn.RNN": lambda b: NN_RNN_MS}
     for row in results["rows"]:
         assert row["matches"], row
-        assert row["ms"] == (ours_ms(row["batch"]) if row["impl"] == "triton_rnn" else NN_RNN_MS)
+        assert row["ms"] == expected[row["impl"]](row["batch"])
     layouts = {(r["dtype"], r["mode"], r["impl"], r["layout"]) for r in results["packed_rows"]}
     assert len(layouts) == 2 * 2 * 2 * 2 and all(r["matches"] for r in results["packed_rows"])
 
@@ -95,10 +101,12 @@ def test_table_and_plots_come_from_the_recorded_numbers(sweep):
     results, folder = sweep
     table = (folder / "speedup.md").read_text()
     assert "Stand-in GPU" in table
-    # Per dtype and mode: speedups 2.0 (batch 1) and 0.5 (batch 16), two directions each.
+    # Per dtype and mode: speedups 2.0 (batch 1) and 0.5 (batch 16), two directions each;
+    # auto: 2.0 and 1.0 (routed to nn.RNN at batch 16).
     for dtype in ("tf32", "bf16"):
         for mode in ("inference", "training"):
-            assert f"| {dtype} | {mode} | 4 | 1.00x | 0.50x | 2.00x | 2 | 0 |" in table
+            assert (f"| {dtype} | {mode} | 4 | 1.00x | 0.50x | 2.00x | 2 | 0 | 1.41x | 0 |"
+                    in table)
     assert "| 1 | 333.3 / 0.00 |" in table  # ours at batch 1: 1 ms over T = 3 steps
     for dtype in ("tf32", "bf16"):  # packed/padded ratios, then packed ms of both
         assert f"| {dtype} | 16 | 16 | 4 | training | 1.25 | 5.00 | 5.000 | 10.000 |" in table
@@ -128,7 +136,7 @@ def test_a_wrong_kernel_is_marked_and_never_wins(monkeypatch, tf32_flags_kept):
     monkeypatch.setattr(bench, "DEVICE", DEVICE)
     monkeypatch.setattr(bench, "_time", lambda step, warmup_ms, rep_ms: (1.0, 0.9, 1.1))
     rows = bench.measure(bench.Case("tf32", 4, 16, 3, 1, 1), ["inference"])
-    assert len(rows) == 2 and not any(r["matches"] for r in rows)
+    assert len(rows) == 3 and not any(r["matches"] for r in rows)  # ours, auto, nn.RNN
     listed = routing_table.slower_classes({"rows": rows})  # as fast as nn.RNN, but wrong
     assert [c["output_mismatch"] for c in listed] == [True]
 
