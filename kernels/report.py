@@ -11,6 +11,17 @@ more than a few scalars, overflows shared memory, or fails to compile.
 Triton's interpreter accepts code the GPU compiler rejects (tl.dot with a dimension under 16,
 say) and says nothing about spills, which decide whether W_hh really stays on-chip: this is
 the check that catches both.
+
+The W_hh column says where W_hh lives while the kernel loops, read from the compiled TTGIR
+(w_hh_placement), not from the variant's intent: traced from the kernel's W_hh pointer
+argument (W_HH_POINTERS, by name) to its global loads, and from what they load to what the
+loops use. "on-chip: registers" (a register tensor the loop uses as it is), "on-chip: shared
+memory, re-read each step" (a shared-memory buffer the loop reads every iteration: a
+ttg.local_load into an MMA operand layout, or a warpgroup MMA operand), "on-chip: registers,
+converted each step" / "copied to shared memory each step" (the loop changes its layout or
+stages it through shared memory every iteration), "L2: streamed" (loaded from global memory
+inside a loop). A resident or split row whose W_hh is not on-chip, or whose W_hh the trace
+cannot find, is a fault.
 """
 import argparse
 import contextlib
@@ -55,6 +66,237 @@ BATCHES = (1, 5, 16, 256)
 SCALAR_SPILL_ALLOWANCE = 32
 
 
+# --- Where W_hh lives during the loop, read from the compiled TTGIR ---------------------------
+# The kernels' names for their pointer to W_hh (the product matrix B); the first one a kernel
+# has is traced.
+W_HH_POINTERS = ("p_b", "p_whh", "p_w_hh")
+# Ops that read global memory; their first operand is the address (or descriptor).
+_GLOBAL_READS = {"tt.load", "ttg.async_copy_global_to_local", "tt.descriptor_load",
+                 "tt.descriptor_gather", "ttng.async_tma_copy_global_to_local"}
+# Ops whose results are not addresses derived from their operands.
+_NOT_ADDRESS = _GLOBAL_READS | {"ttg.local_load", "ttg.local_alloc", "ttg.local_store",
+                                "tt.dot", "ttng.warp_group_dot", "tt.reduce", "tt.store"}
+# Ops whose results are no longer W_hh itself (products, reductions, loop results).
+_NOT_W_HH = {"tt.dot", "tt.dot_scaled", "ttng.warp_group_dot", "ttng.tc_gen5_mma", "tt.reduce",
+             "tt.scan", "tt.store", "tt.atomic_rmw", "tt.atomic_cas", "scf.for", "scf.while",
+             "scf.if"}
+_LOOPS = ("scf.for", "scf.while")
+_NAME = r"%[\w$.\-]+"
+_USE = re.compile(_NAME + r"(?:#\d+)?")
+_PAIR = re.compile(r"(" + _NAME + r")\s*=\s*(" + _NAME + r"(?:#\d+)?)")
+_RESULTS = re.compile(r"((?:" + _NAME + r"(?::\d+)?\s*,\s*)*" + _NAME + r"(?::\d+)?)\s*=\s*(.*)$")
+REGISTERS = "on-chip: registers"
+CONVERTED = "on-chip: registers, converted each step"
+SHARED = "on-chip: shared memory, re-read each step"
+STAGED = "on-chip: registers, copied to shared memory each step"
+STREAMED = "L2: streamed"
+
+
+def _strip_locs(line: str) -> str:
+    """The line without its loc(...) annotations (they nest parentheses and quote names)."""
+    out, i = [], 0
+    while (j := line.find("loc(", i)) >= 0:
+        out.append(line[i:j])
+        depth, k = 0, j + 3
+        while k < len(line):
+            depth += {"(": 1, ")": -1}.get(line[k], 0)
+            k += 1
+            if depth == 0:
+                break
+        i = k
+    return "".join(out) + line[i:]
+
+
+@dataclass
+class _Op:
+    name: str
+    results: list      # value ids
+    operands: list     # value ids
+    loop_depth: int    # enclosing scf.for / scf.while regions
+    result_type: str   # printed type text after the last "->" (else after the last " : ")
+
+
+def _parse_ttgir(ttgir: str):
+    """(arguments {python name: value id}, ops, region edges) of the kernel function in a
+    TTGIR module. Values get unique ids (MLIR reuses names in sibling regions). Region edges
+    (source id, destination id) carry values into and out of regions: initial values to loop
+    iteration arguments, yields and conditions to iteration arguments and to results."""
+    scopes, regions, ops, edges, args = [{}], [], [], [], {}
+    count = [0]
+
+    def define(name):
+        scopes[-1][name] = count[0]
+        count[0] += 1
+        return count[0] - 1
+
+    def lookup(token):
+        return next((s[token] for s in reversed(scopes) if token in s), None)
+
+    for raw in ttgir.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("tt.func"):
+            for ssa, rest in re.findall(r"(" + _NAME + r"):([^%]*)", line.partition("(")[2]):
+                named = re.search(r'loc\("([^"]+)"', rest)
+                args[named.group(1) if named else ssa[1:]] = define(ssa)
+            scopes.append({})
+            regions.append(dict(op="tt.func", loop=False, outs=[], args=[]))
+            continue
+        line = _strip_locs(line).strip()
+        if line.startswith("}"):
+            closed = regions.pop() if regions else dict(op="", loop=False, outs=[], args=[])
+            scopes.pop()
+            if line.endswith("{"):  # "} do {" of a while, "} else {" of an if
+                scopes.append({})
+                regions.append(dict(closed, after=closed["op"] == "scf.while"))
+            continue
+        if line.startswith("^bb"):
+            block_args = [define(n) for n in re.findall(r"(" + _NAME + r")\s*:", line)]
+            if regions and regions[-1].get("after"):  # a while's body: what the condition passes
+                edges.extend(zip(regions[-1].get("condition", []), block_args))
+            continue
+        match = _RESULTS.match(line)
+        results_text, body = (match.group(1), match.group(2)) if match else ("", line)
+        op_match = re.match(r'"?([\w.]+)"?', body)
+        if not op_match:
+            continue
+        name = op_match.group(1)
+        opens = body.endswith("{")
+        pairs = _PAIR.findall(body) if opens else []
+        paired = {dst for dst, _ in pairs}
+        operands = [v for v in (lookup(t) for t in _USE.findall(body) if t not in paired)
+                    if v is not None]
+        outs = []
+        for item in re.findall(_NAME + r"(?::\d+)?", results_text):
+            base, _, n = item.partition(":")
+            outs += [define(f"{base}#{k}") for k in range(int(n))] if n else [define(base)]
+        types = body.rpartition("->")[2] if "->" in body else body.rpartition(" : ")[2]
+        depth = sum(r["loop"] for r in regions)
+        ops.append(_Op(name, outs, operands, depth, types.strip()))
+        region = regions[-1] if regions else None
+        if region is not None and name == "scf.condition":
+            region["condition"] = operands[1:]
+            edges.extend(zip(operands[1:], region["outs"]))
+        elif region is not None and name == "scf.yield":
+            edges.extend(zip(operands, region["outs"]))
+            if region["loop"]:  # the next iteration's arguments
+                edges.extend(zip(operands, region["args"]))
+        if opens:
+            inits = [lookup(src) for _, src in pairs]
+            scopes.append({})
+            region_args = [define(dst) for dst, _ in pairs]
+            if name == "scf.for" and region_args:  # the induction variable is no iter_arg
+                inits, region_args = inits[1:], region_args[1:]
+            edges.extend((s, d) for s, d in zip(inits, region_args) if s is not None)
+            regions.append(dict(op=name, loop=name in _LOOPS, outs=outs, args=region_args))
+    return args, ops, edges
+
+
+def _reach(seeds, ops, edges, through) -> set:
+    """Values reached from `seeds` through ops for which through(op) holds (operands to
+    results) and through region edges."""
+    reached, changed = set(seeds), True
+    while changed:
+        changed = False
+        for op in ops:
+            if (through(op) and any(v in reached for v in op.operands)
+                    and not reached.issuperset(op.results)):
+                reached.update(op.results)
+                changed = True
+        for src, dst in edges:
+            if src in reached and dst not in reached:
+                reached.add(dst)
+                changed = True
+    return reached
+
+
+def w_hh_pointer(kernel) -> str:
+    """The name of `kernel`'s W_hh pointer argument (the first of W_HH_POINTERS it has)."""
+    names = getattr(kernel, "arg_names", None) or [p.name for p in kernel.params]
+    found = [name for name in W_HH_POINTERS if name in names]
+    if not found:
+        raise ValueError(f"{getattr(kernel, '__name__', kernel)} has none of {W_HH_POINTERS}")
+    return found[0]
+
+
+def w_hh_placement(ttgir: str, pointer: str, arguments=None) -> str:
+    """Where the matrix behind kernel argument `pointer` lives while the kernel loops, read
+    from its compiled TTGIR. Traced from the argument through address arithmetic to the global
+    loads of it; then:
+    - loaded inside a loop (re-read from global memory, L2, every iteration): STREAMED;
+    - loaded before the loops: followed through what happens to it there (type conversions,
+      layout conversions, rounding, a copy into shared memory) to the values the loops use.
+      A register tensor: REGISTERS (CONVERTED if the loop first changes its layout, which goes
+      through shared memory or shuffles every step); a shared-memory buffer (ttg.local_alloc)
+      that the loop reads (ttg.local_load into registers, or a warpgroup MMA operand): SHARED.
+    Several places (part of the matrix in each) are joined with " + "; "unknown: ..." when the
+    trace finds no load. The argument is found by the name its loc() gives it (or its SSA
+    name); where the TTGIR names arguments only by position (%arg2), by its position in
+    `arguments`, the names of the compiled function's arguments (compiled_arguments)."""
+    args, ops, edges = _parse_ttgir(ttgir)
+    arg = args.get(pointer)
+    if arg is None and arguments and pointer in arguments and len(arguments) == len(args):
+        arg = list(args.values())[arguments.index(pointer)]
+    if arg is None:
+        return f"unknown: no kernel argument {pointer}"
+    address = _reach({arg}, ops, edges, lambda op: op.name not in _NOT_ADDRESS)
+    reads = [op for op in ops if op.name in _GLOBAL_READS and op.operands[:1]
+             and op.operands[0] in address]
+    if not reads:
+        return f"unknown: no load of {pointer}"
+    if any(op.loop_depth > 0 for op in reads):
+        return STREAMED
+    copies = [op.operands[1] for op in reads if op.name != "tt.load" and len(op.operands) > 1]
+    seeds = {v for op in reads for v in op.results} | set(copies)
+    before = [op for op in ops if op.loop_depth == 0]
+    data = _reach(seeds, before, [], lambda op: op.name not in _NOT_W_HH)
+    stored = [op.operands[1] for op in before
+              if op.name == "ttg.local_store" and op.operands[0] in data]
+    data = _reach(data | set(stored), before, [], lambda op: op.name not in _NOT_W_HH)
+    defining = {v: op for op in ops for v in op.results}
+    places = set()
+    for value in data:
+        op = defining.get(value)
+        in_shared = value in copies or (op is not None and (
+            op.name.startswith("ttg.memdesc") or op.name == "ttg.local_alloc"
+            or op.result_type.startswith("!ttg.memdesc")))
+        kind = _in_loop(value, ops, edges)
+        if kind is not None:
+            places.add(SHARED if in_shared else kind)
+    return " + ".join(sorted(places)) if places else "L2: read once, before any loop"
+
+
+def _in_loop(value, ops, edges):
+    """How the loops use a register tensor (or shared buffer) `value` defined outside them,
+    following it through iteration arguments and through ops inside the loop that keep it
+    W_hh (layout-free element-wise ops): None if no loop uses it; STAGED if a loop stores it
+    into shared memory (ttg.local_alloc) every iteration; CONVERTED if a loop changes its
+    layout; else REGISTERS."""
+    frontier, seen, found = {value}, set(), set()
+    used = False
+    while frontier:
+        seen |= frontier
+        carried = {d for s, d in edges if s in frontier}
+        new = set()
+        for op in ops:
+            if op.loop_depth == 0 or not set(op.operands) & (frontier | carried):
+                continue  # not inside a loop (before or after the loops), or unrelated
+            if op.name in _LOOPS or op.name in ("scf.yield", "scf.condition"):
+                continue
+            used = True
+            if op.name == "ttg.local_alloc":
+                found.add(STAGED)
+            elif op.name == "ttg.convert_layout":
+                found.add(CONVERTED)
+            elif op.name not in _NOT_W_HH and op.name not in ("ttg.local_load", "tt.store"):
+                new.update(op.results)
+        frontier = (new | (carried - seen)) - seen
+    if not used:
+        return None
+    return STAGED if STAGED in found else CONVERTED if CONVERTED in found else REGISTERS
+
+
 @dataclass
 class Row:
     arch: int
@@ -70,7 +312,7 @@ class Row:
     programs_per_sm: int
     programs: int
     capacity: int
-    w_hh: str
+    w_hh: str         # where W_hh lives during the loop, read from the TTGIR (w_hh_placement)
     error: str = ""
 
     @property
@@ -83,6 +325,11 @@ class Row:
             found.append(f"shared memory {self.shared_bytes} B > {limits['smem_per_block']} B")
         if not self.error and self.programs_per_sm == 0:
             found.append("does not fit on an SM")
+        if not self.error and self.w_hh.startswith("unknown"):
+            found.append(f"W_hh not traced in the compiled code ({self.w_hh})")
+        elif (not self.error and self.config.startswith(("resident/", "split/"))
+              and not self.w_hh.startswith("on-chip")):
+            found.append(f"W_hh of an on-chip variant is {self.w_hh} in the compiled loop")
         return found
 
 
@@ -149,10 +396,11 @@ def _cuobjdump() -> str:
 
 
 def compile_resources(kernel, args, kwargs, arch: int):
-    """(registers, stack bytes, shared bytes, PTX) of `kernel` compiled for sm_<arch> as a launch
-    with these arguments would compile it: the JIT's own binding and specialisation (integer
-    arguments equal to 1 become constants, multiples of 16 and aligned pointers are marked
-    so), so the report measures exactly the code that runs. Raises on a compile failure."""
+    """(registers, stack bytes, shared bytes, PTX, TTGIR) of `kernel` compiled for sm_<arch> as
+    a launch with these arguments would compile it: the JIT's own binding and specialisation
+    (integer arguments equal to 1 become constants, multiples of 16 and aligned pointers are
+    marked so), so the report measures exactly the code that runs. Raises on a compile
+    failure."""
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
@@ -160,6 +408,16 @@ def compile_resources(kernel, args, kwargs, arch: int):
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
                                                               specialization, options)
     return _compile(ASTSource(kernel, signature, constexprs, attrs), target, options)
+
+
+def compiled_arguments(kernel, args, kwargs, arch: int) -> list:
+    """Names of the parameters that stay arguments of the compiled function, in order (the
+    JIT turns constexprs, and integers it specialises, into constants)."""
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    constexprs = kernel._pack_args(backend, kwargs, bound, specialization, options)[2]
+    return [p.name for i, p in enumerate(kernel.params) if (i,) not in constexprs]
 
 
 _compiled = {}  # (source and specialisation, arch, options) -> resources
@@ -176,7 +434,8 @@ def _compile(src, target, options):
                                    text=True, check=True).stdout
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
         stack = int(re.search(r"STACK:(\d+)", usage).group(1))
-        _compiled[key] = regs, stack, compiled.metadata.shared, compiled.asm["ptx"]
+        _compiled[key] = (regs, stack, compiled.metadata.shared, compiled.asm["ptx"],
+                          compiled.asm["ttgir"])
     return _compiled[key]
 
 
@@ -233,17 +492,18 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
-        w_hh = "streamed (one step)"
     else:
         cfg = choose(H, N, dtype, allow_tf32, split)
         programs = triton.cdiv(N, cfg.BN) * directions
-        w_hh = "streamed from L2" if cfg.variant == "streaming" else "on-chip"
     ordering = []
+    w_hh = "-"
     try:
         launched = _launch_arguments(pass_, dtype, H, N, packed, allow_tf32, directions,
                                      None if pass_ == "cell" else cfg)
-        regs, stack, shared, ptx = compile_resources(*launched, arch)
+        regs, stack, shared, ptx, ttgir = compile_resources(*launched, arch)
         error = ""
+        w_hh = w_hh_placement(ttgir, w_hh_pointer(launched[0]),
+                              compiled_arguments(*launched, arch))
         if cfg.variant == "split":
             ordering = ordering_faults(ptx)
     except Exception as exc:  # a failure is a finding, not a crash
@@ -254,11 +514,6 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         # it: a shipped configuration must compile on all the versions we support.
         error = error or f"tl.dot with a dimension under 16 (BN={cfg.BN}, block={cfg.BH})"
     per_sm = programs_per_sm(arch, regs, shared, cfg.num_warps) if not error else 0
-    if cfg.variant == "resident" and not error:
-        # tl.dot may take W_hh from shared memory (wgmma on sm_90); the elementwise product
-        # holds it in registers (its shared memory is the reduction's scratch).
-        in_shared = cfg.use_dot and shared >= cfg.BH * cfg.BH * dtype.itemsize
-        w_hh = "on-chip (shared memory)" if in_shared else "on-chip (registers)"
     capacity = per_sm * ARCHS[arch]["sms"]
     config = cfg.describe()
     if cfg.variant == "split" and not error:
@@ -272,7 +527,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
             G, rows, per_launch = plan
             programs = S * G * per_launch
             config += f" S={S} G={G} rows/group={rows} launches={directions // per_launch}"
-            w_hh = f"on-chip (registers), {S} slices"
+            w_hh += f", {S} slices"
     error = "; ".join(filter(None, [error] + [f"PTX: {f}" for f in ordering]))
     batch_kind = "-" if pass_ == "cell" else "packed" if packed else "padded"
     return Row(arch, pass_, batch_kind, dtype_name, H, N, config, regs, stack, shared,

@@ -119,3 +119,220 @@ def test_ptx_ordering_check_catches_what_threads_cannot(arch):
         assert faults.pop("as compiled") == [], pass_
         for name, found in faults.items():
             assert found, f"{pass_}: {name} not caught"
+
+
+# --- The W_hh column: where W_hh lives during the loop, read from the compiled TTGIR ---------
+
+_TTGIR_HEAD = ('module {\n  tt.func public @k(%p_x: !tt.ptr<f32> loc("p_x"(#loc)), '
+               '%p_b: !tt.ptr<f32> {tt.divisibility = 16 : i32} loc("p_b"(#loc)), '
+               '%T: i32 loc("T"(#loc))) attributes {noinline = false} {\n')
+_TTGIR_ADDR = ('    %c0 = arith.constant 0 : i32 loc(#loc1)\n'
+               '    %c1 = arith.constant 1 : i32 loc(#loc1)\n'
+               '    %r = tt.make_range {end = 64 : i32, start = 0 : i32} : tensor<64xi32, #b1>\n'
+               '    %o = tt.expand_dims %r {axis = 1 : i32} : tensor<64xi32, #b1> -> '
+               'tensor<64x1xi32, #blk>\n'
+               '    %pb = tt.splat %p_b : !tt.ptr<f32> -> tensor<64x1x!tt.ptr<f32>, #blk> '
+               'loc(callsite(#loc3 at #loc4))\n'
+               '    %pw = tt.addptr %pb, %o : tensor<64x1x!tt.ptr<f32>, #blk>, '
+               'tensor<64x1xi32, #blk>\n'
+               '    %px = tt.splat %p_x : !tt.ptr<f32> -> tensor<64x1x!tt.ptr<f32>, #blk>\n'
+               '    %h0 = tt.load %px : tensor<64x1x!tt.ptr<f32>, #blk>\n')
+_TTGIR_TAIL = '    tt.return loc(#loc)\n  } loc(#loc)\n} loc(#loc)\n'
+# What each class looks like, reduced from what Triton 3.6 and 3.9 emit for our kernels.
+_TTGIR_CASES = {
+    # mma.sync: W copied to shared memory once, ttg.local_load (ldmatrix) every step
+    "shared, local_load": (
+        '    %w = tt.load %pw : tensor<64x1x!tt.ptr<f32>, #blk> loc(#loc5)\n'
+        '    %ws = ttg.local_alloc %w : (tensor<64x1xf32, #blk>) -> '
+        '!ttg.memdesc<64x1xf32, #shared, #smem> loc(#loc5)\n'
+        '    %h = scf.for %t = %c0 to %T step %c1 iter_args(%hh = %h0) -> '
+        '(tensor<64x1xf32, #mma>)  : i32 {\n'
+        '      %wd = ttg.local_load %ws : !ttg.memdesc<64x1xf32, #shared, #smem> -> '
+        'tensor<64x1xf32, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 1}>> loc(#loc5)\n'
+        '      %z = tt.dot %hh, %wd, %hh : tensor<64x1xf32> * tensor<64x1xf32> -> '
+        'tensor<64x1xf32, #mma> loc(#loc6)\n'
+        '      scf.yield %z : tensor<64x1xf32, #mma> loc(#loc7)\n'
+        '    } loc(#loc8)\n', "on-chip: shared memory, re-read each step"),
+    # wgmma with W as the shared-memory (descriptor) operand, in a while loop
+    "shared, wgmma operand": (
+        '    %w = tt.load %pw : tensor<64x1x!tt.ptr<f32>, #blk>\n'
+        '    %ws = ttg.local_alloc %w : (tensor<64x1xf32, #blk>) -> '
+        '!ttg.memdesc<64x1xf32, #shared, #smem>\n'
+        '    %r:2 = scf.while (%t = %c0, %hh = %h0) : (i32, tensor<64x1xf32, #mma>) -> '
+        '(i32, tensor<64x1xf32, #mma>) {\n'
+        '      %go = arith.cmpi slt, %t, %T : i32\n'
+        '      scf.condition(%go) %t, %hh : i32, tensor<64x1xf32, #mma>\n'
+        '    } do {\n'
+        '    ^bb0(%t: i32 loc("t"(#loc9)), %hh: tensor<64x1xf32, #mma> loc("h"(#loc9))):\n'
+        '      %hs = ttg.local_alloc %hh : (tensor<64x1xf32, #mma>) -> '
+        '!ttg.memdesc<64x1xf32, #shared1, #smem>\n'
+        '      %z = ttng.warp_group_dot %ws, %hs, %hh {isAsync = true} : '
+        '!ttg.memdesc<64x1xf32, #shared, #smem> * !ttg.memdesc<64x1xf32, #shared1, #smem> -> '
+        'tensor<64x1xf32, #mma>\n'
+        '      %t1 = arith.addi %t, %c1 : i32\n'
+        '      scf.yield %t1, %z : i32, tensor<64x1xf32, #mma>\n'
+        '    }\n', "on-chip: shared memory, re-read each step"),
+    # wgmma with W in registers as the A operand, converted once before the loop
+    "registers, wgmma A": (
+        '    %w = tt.load %pw : tensor<64x1x!tt.ptr<f32>, #blk>\n'
+        '    %wb = tt.bitcast %w : tensor<64x1xf32, #blk> -> tensor<64x1xi32, #blk>\n'
+        '    %wr = tt.bitcast %wb : tensor<64x1xi32, #blk> -> tensor<64x1xf32, #blk>\n'
+        '    %ws = ttg.local_alloc %wr : (tensor<64x1xf32, #blk>) -> '
+        '!ttg.memdesc<64x1xf32, #shared, #smem>\n'
+        '    %wd = ttg.local_load %ws : !ttg.memdesc<64x1xf32, #shared, #smem> -> '
+        'tensor<64x1xf32, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 1}>>\n'
+        '    %h = scf.for %t = %c0 to %T step %c1 iter_args(%hh = %h0) -> '
+        '(tensor<64x1xf32, #mma>)  : i32 {\n'
+        '      %hs = ttg.local_alloc %hh : (tensor<64x1xf32, #mma>) -> '
+        '!ttg.memdesc<64x1xf32, #shared1, #smem>\n'
+        '      %z = ttng.warp_group_dot %wd, %hs, %hh : tensor<64x1xf32> * '
+        '!ttg.memdesc<64x1xf32, #shared1, #smem> -> tensor<64x1xf32, #mma>\n'
+        '      scf.yield %z : tensor<64x1xf32, #mma>\n'
+        '    }\n', "on-chip: registers"),
+    # the elementwise product: W converted to its layout once, multiplied and reduced
+    "registers, elementwise": (
+        '    %w = tt.load %pw : tensor<64x1x!tt.ptr<f32>, #blk>\n'
+        '    %wc = ttg.convert_layout %w : tensor<64x1xf32, #blk> -> '
+        'tensor<64x1xf32, #ttg.slice<{dim = 0, parent = #b3}>>\n'
+        '    %h = scf.for %t = %c0 to %T step %c1 iter_args(%hh = %h0) -> '
+        '(tensor<64x1xf32, #blk>)  : i32 {\n'
+        '      %m = arith.mulf %wc, %hh : tensor<64x1xf32, #blk>\n'
+        '      %s = "tt.reduce"(%m) <{axis = 1 : i32}> ({\n'
+        '      ^bb0(%a: f32 loc(#loc1), %b: f32 loc(#loc1)):\n'
+        '        %ab = arith.addf %a, %b : f32\n'
+        '        tt.reduce.return %ab : f32\n'
+        '      }) : (tensor<64x1xf32, #blk>) -> tensor<64xf32, #b1>\n'
+        '      scf.yield %hh : tensor<64x1xf32, #blk>\n'
+        '    }\n', "on-chip: registers"),
+    # carried through the loop in a blocked layout and copied into shared memory every step
+    "registers, staged": (
+        '    %w = tt.load %pw : tensor<64x1x!tt.ptr<f32>, #blk>\n'
+        '    %h:2 = scf.for %t = %c0 to %T step %c1 iter_args(%wi = %w, %hh = %h0) -> '
+        '(tensor<64x1xf32, #blk>, tensor<64x1xf32, #mma>)  : i32 {\n'
+        '      %wk = tt.elementwise_inline_asm "mov.b32 $0, $1;" {pure = true} %wi : '
+        'tensor<64x1xf32, #blk> -> tensor<64x1xf32, #blk>\n'
+        '      %ws = ttg.local_alloc %wk : (tensor<64x1xf32, #blk>) -> '
+        '!ttg.memdesc<64x1xf32, #shared, #smem>\n'
+        '      %z = ttng.warp_group_dot %ws, %hh, %hh : !ttg.memdesc<64x1xf32> * '
+        'tensor<64x1xf32> -> tensor<64x1xf32, #mma>\n'
+        '      scf.yield %wk, %z : tensor<64x1xf32, #blk>, tensor<64x1xf32, #mma>\n'
+        '    }\n', "on-chip: registers, copied to shared memory each step"),
+    # streaming: the address advanced through an iteration argument, loaded in an inner loop,
+    # pipelined into shared memory by an asynchronous copy
+    "streamed": (
+        '    scf.for %t = %c0 to %T step %c1  : i32 {\n'
+        '      %a:2 = scf.for %j = %c0 to %T step %c1 iter_args(%pp = %pw, %acc = %h0) -> '
+        '(tensor<64x1x!tt.ptr<f32>, #blk>, tensor<64x1xf32, #blk>)  : i32 {\n'
+        '        %buf = ttg.local_alloc : () -> !ttg.memdesc<64x1xf32, #shared, #smem, mutable>\n'
+        '        %tok = ttg.async_copy_global_to_local %pp, %buf : '
+        'tensor<64x1x!tt.ptr<f32>, #blk> -> <64x1xf32, #shared, #smem, mutable>\n'
+        '        %pn = tt.addptr %pp, %o : tensor<64x1x!tt.ptr<f32>, #blk>, tensor<64x1xi32>\n'
+        '        scf.yield %pn, %acc : tensor<64x1x!tt.ptr<f32>, #blk>, tensor<64x1xf32>\n'
+        '      }\n'
+        '    }\n', "L2: streamed"),
+    # names reused in sibling regions: the loop's %w is another value (a load of p_x)
+    "sibling names": (
+        '    %w0 = tt.load %pw : tensor<64x1x!tt.ptr<f32>, #blk>\n'
+        '    %wc = ttg.convert_layout %w0 : tensor<64x1xf32, #blk> -> tensor<64x1xf32, #b2>\n'
+        '    scf.if %c1 {\n'
+        '      %w = tt.addptr %pb, %o : tensor<64x1x!tt.ptr<f32>, #blk>, tensor<64x1xi32>\n'
+        '    }\n'
+        '    %h = scf.for %t = %c0 to %T step %c1 iter_args(%hh = %h0) -> '
+        '(tensor<64x1xf32, #blk>)  : i32 {\n'
+        '      %w = tt.addptr %px, %o : tensor<64x1x!tt.ptr<f32>, #blk>, tensor<64x1xi32>\n'
+        '      %x = tt.load %w : tensor<64x1x!tt.ptr<f32>, #blk>\n'
+        '      %m = arith.mulf %wc, %x : tensor<64x1xf32, #b2>\n'
+        '      scf.yield %m : tensor<64x1xf32, #blk>\n'
+        '    }\n', "on-chip: registers"),
+    "no load": ('    %h = scf.for %t = %c0 to %T step %c1 iter_args(%hh = %h0) -> '
+                '(tensor<64x1xf32, #blk>)  : i32 {\n'
+                '      scf.yield %hh : tensor<64x1xf32, #blk>\n'
+                '    }\n', "unknown: no load of p_b"),
+}
+
+
+@pytest.mark.parametrize("case", list(_TTGIR_CASES))
+def test_w_hh_placement_reads_the_ttgir(case):
+    """Each placement class from a small TTGIR written like Triton's: the column is traced
+    from the W_hh pointer argument, not assumed from the variant."""
+    from triton_rnn.kernels.report import w_hh_placement
+    body, expected = _TTGIR_CASES[case]
+    ttgir = _TTGIR_HEAD + _TTGIR_ADDR + body + _TTGIR_TAIL
+    assert w_hh_placement(ttgir, "p_b") == expected
+    # the same kernel with arguments named only by position (%arg0, %arg1, ...)
+    anonymous = (ttgir.replace("%p_x", "%arg0").replace("%p_b", "%arg1").replace("%T", "%arg2")
+                 .replace('loc("p_x"(#loc))', "").replace('loc("p_b"(#loc))', "")
+                 .replace('loc("T"(#loc))', ""))
+    assert w_hh_placement(anonymous, "p_b", ["p_x", "p_b", "T"]) == expected
+    assert w_hh_placement(ttgir, "p_whh").startswith("unknown")  # no such argument
+
+
+_REAL_TTGIR = r"""
+import json, re, sys, torch
+from triton_rnn.kernels import report
+arch = int(sys.argv[1])
+out = {}
+for pass_ in ("forward", "backward"):
+    dtype, tf32 = report.DTYPES["tf32"]
+    cfg = report.choose(128, 16, dtype, tf32)
+    launched = report._launch_arguments(pass_, dtype, 128, 16, False, tf32, 1, cfg)
+    ttgir = report.compile_resources(*launched, arch)[4]
+    names = report.compiled_arguments(*launched, arch)
+    found = report.w_hh_placement(ttgir, "p_b", names)
+    # Mutation: every ttg.local_load inside the time loop of a buffer allocated before it,
+    # moved in front of the loop (converted once, kept in registers).
+    lines = ttgir.splitlines()
+    loop = next(i for i, l in enumerate(lines) if re.search(r"= scf\.(for|while) ", l))
+    before = {m.group(1) for l in lines[:loop]
+              for m in [re.match(r"\s*(%[\w.$-]+) = ttg\.local_alloc %", l)] if m}
+    moved = [l for l in lines[loop:] if re.match(r"\s*%[\w.$-]+ = ttg\.local_load (%[\w.$-]+)", l)
+             and re.match(r"\s*%[\w.$-]+ = ttg\.local_load (%[\w.$-]+)", l).group(1) in before]
+    hoisted = "\n".join(lines[:loop] + moved + [l for l in lines[loop:] if l not in moved])
+    # Mutation: the W_hh load's address built inside the loop instead (streamed).
+    out[pass_] = dict(found=found, moved=len(moved),
+                      hoisted=report.w_hh_placement(hoisted, "p_b", names),
+                      other=report.w_hh_placement(ttgir, "p_out", names))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
+def test_w_hh_column_follows_the_compiled_loop_of_the_resident_dot(arch):
+    """The resident tl.dot kernels (tf32, H = 128, batch 16): W_hh is on-chip; where it is
+    re-read from shared memory each step (an in-loop ttg.local_load), hoisting those loads out
+    of the loop in the TTGIR text turns the column into registers: it follows the code."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", _REAL_TTGIR, str(arch)], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for pass_, r in json.loads(proc.stdout).items():
+        assert r["found"] in ("on-chip: shared memory, re-read each step",
+                              "on-chip: registers"), (pass_, r)
+        if r["found"].startswith("on-chip: shared"):
+            assert r["moved"] >= 1 and r["hoisted"] == "on-chip: registers", (pass_, r)
+        # p_out: forward only stores it; backward reads the saved outputs every step
+        assert r["other"] == ("L2: streamed" if pass_ == "backward"
+                              else "unknown: no load of p_out"), (pass_, r)
+
+
+def test_w_hh_column_in_the_report():
+    """The report's W_hh column for each kind of row, on sm_90: the elementwise resident
+    product holds W_hh in registers, split slices too, streaming and the cell read it from L2
+    inside the loop, the resident tl.dot keeps it on-chip (registers or shared memory, as
+    compiled); every row's column is traced (no 'unknown')."""
+    shapes = [("tf32", 128, 1), ("fp64", 64, 16), ("tf32", 512, 1), ("tf32", 4096, 16),
+              ("tf32", 4096, 1), ("tf32", 128, 16), ("bf16", 128, 16)]
+    returncode, rows = _report(shapes)
+    assert returncode == 0, [r["faults"] for r in rows if r["faults"]]
+    for r in rows:
+        kind = r["config"].split()[0]
+        w = r["w_hh"]
+        if r["pass_"] == "cell" or kind.startswith("streaming/"):
+            assert w == "L2: streamed", r
+        elif kind == "resident/elementwise":
+            assert w == "on-chip: registers", r
+        elif kind.startswith("split/"):
+            assert w.startswith("on-chip: registers") and w.endswith("slices"), r
+        else:
+            assert kind == "resident/dot", r
+            assert w in ("on-chip: shared memory, re-read each step", "on-chip: registers"), r
