@@ -193,6 +193,19 @@ def test_classes_are_kept_apart(measured):
         "fp64/H8/N4/inference/padded/D1/L1", "fp64/H8/N8/inference/padded/D1/L1"]
 
 
+def test_measures_under_inference_mode_and_autocast(measured):
+    ours, ref = _pair(3, 8)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    with torch.inference_mode():
+        assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours.float()(x.float())[0]
+    assert out.dtype == torch.bfloat16
+    assert {name: entry["backend"] for name, entry in routing._cache("cpu").classes().items()} \
+        == {"fp64/H8/N2/inference/padded/D1/L1": "kernels",
+            "bf16/H8/N2/training/padded/D1/L1": "kernels"}
+
+
 def test_measuring_leaves_grads_rng_and_backends_flags_alone(measured):
     ours, _ = _pair(3, 8, 2, dropout=0.5)
     twin, _ = _pair(3, 8, 2, dropout=0.5)

@@ -49,9 +49,10 @@ def stand_in(module: nn.RNN) -> nn.RNN:
     """A new triton_rnn.RNN of the same configuration holding a copy of the weights."""
     from .rnn import RNN
     w = module.weight_ih_l0
-    clone = RNN(module.input_size, module.hidden_size, module.num_layers,
-                         module.nonlinearity, module.bias, module.batch_first, module.dropout,
-                         module.bidirectional, device=w.device, dtype=w.dtype)
+    with torch.inference_mode(False):  # ordinary parameters, even inside inference_mode
+        clone = RNN(module.input_size, module.hidden_size, module.num_layers,
+                    module.nonlinearity, module.bias, module.batch_first, module.dropout,
+                    module.bidirectional, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         for name, p in module.named_parameters():
             q = getattr(clone, name)
