@@ -7,6 +7,7 @@ stand-in's parameters (and the input if it requires grad). So measuring writes n
 runs no hooks of the user's module, leaves the RNG where it was (forked around everything,
 dropout included) and does not touch `torch.backends`.
 """
+import contextlib
 import math
 import warnings
 
@@ -95,8 +96,10 @@ def measure(module: nn.RNN, input, training: bool, kernels_forward) -> dict:
     forward running our kernels on `clone`. A candidate that raises, or gives non-finite
     values where nn.RNN's path did not, is left out with a warning."""
     device = (input.data if isinstance(input, PackedSequence) else input).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    cuda = device.type == "cuda"
+    # The CUDA events and the kernels must use the input's device, not just the current one.
+    with torch.random.fork_rng(devices=[device] if cuda else []), \
+            torch.cuda.device(device) if cuda else contextlib.nullcontext():
         x = representative(input, module.batch_first)
         if isinstance(x, PackedSequence):
             x = PackedSequence(x.data.detach().requires_grad_(x.data.requires_grad),
