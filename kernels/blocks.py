@@ -9,8 +9,15 @@ tensor-core path must take them (weight_operand, state_operand): to the weight d
 layers, to TF32 with round-to-nearest, ties away from zero, for float32 with TF32 allowed, not
 at all for IEEE float32 and float64. Every path then multiplies the same values and differs
 only in the order of fp32 (fp64) accumulation."""
+import os
+
 import triton
 import triton.language as tl
+
+# The interpreter converts float32 to bfloat16 by truncation (Triton 3.6 and 3.9; its "rtne"
+# mode adds the rounding bit without carrying it into the exponent); the GPU rounds to nearest
+# even. Under the interpreter, `convert` rounds first, so both compute the same values.
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -72,6 +79,20 @@ def round_tf32(x):
 
 
 @triton.jit
+def convert(x, DTYPE: tl.constexpr):
+    """x.to(DTYPE), rounded to nearest even as the GPU rounds. Under the interpreter a float32
+    -> bfloat16 conversion is rounded first in integer arithmetic (NaN kept), so that its
+    truncation is exact; compiled, this is x.to(DTYPE)."""
+    if INTERPRETED:
+        if DTYPE == tl.bfloat16 and x.dtype == tl.float32:
+            bits = x.to(tl.int32, bitcast=True)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -0x10000).to(tl.float32,
+                                                                           bitcast=True)
+            x = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, x, rounded)
+    return x.to(DTYPE)
+
+
+@triton.jit
 def weight_operand(b_w, ACC: tl.constexpr, USE_DOT: tl.constexpr,
                    PRECISION: tl.constexpr):
     """A tile of a weight matrix as the product takes it: TF32-rounded (float32 with TF32
@@ -96,7 +117,7 @@ def state_operand(b_h, W_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     if PRECISION == "tf32":
         return round_tf32(b_h.to(tl.float32))
     else:
-        return b_h.to(W_DTYPE)
+        return convert(b_h, W_DTYPE)
 
 
 @triton.jit

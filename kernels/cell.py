@@ -6,7 +6,7 @@ activation, so one launch does the whole cell."""
 import triton
 import triton.language as tl
 
-from .blocks import activate, chunk_product
+from .blocks import activate, chunk_product, convert
 
 
 @triton.jit
@@ -34,5 +34,5 @@ def rnn_cell_forward_kernel(
         b_z += tl.load(p_bih + o_j, mask=m_j, other=0.0).to(ACC)[None, :]
         b_z += tl.load(p_bhh + o_j, mask=m_j, other=0.0).to(ACC)[None, :]
     b_out = activate(b_z, ACT)
-    tl.store(p_out + o_n[:, None] * s_on + o_j[None, :], b_out.to(p_out.dtype.element_ty),
+    tl.store(p_out + o_n[:, None] * s_on + o_j[None, :], convert(b_out, p_out.dtype.element_ty),
              mask=m_n[:, None] & m_j[None, :])

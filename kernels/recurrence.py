@@ -14,8 +14,8 @@ Two variants share the helpers in blocks.py:
 import triton
 import triton.language as tl
 
-from .blocks import (activate, activation_grad, active, batch_tile, load_square_tile, mix,
-                     time_index, weight_operand)
+from .blocks import (activate, activation_grad, active, batch_tile, convert, load_square_tile,
+                     mix, time_index, weight_operand)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -58,7 +58,7 @@ def rnn_forward_resident_kernel(
             b_h = tl.where(active(tt, b_len), b_new, b_h)
         else:
             b_h = b_new
-        tl.store(p_out + tt * s_ot + o_o, b_h.to(p_out.dtype.element_ty), mask=m_nh)
+        tl.store(p_out + tt * s_ot + o_o, convert(b_h, p_out.dtype.element_ty), mask=m_nh)
         b_p = b_p_next
 
 
@@ -92,9 +92,9 @@ def rnn_backward_resident_kernel(
         if HAS_LENGTHS:
             m_act = active(tt, b_len)
             b_dz = tl.where(m_act, b_dz, 0.0)
-        tl.store(p_dz + tt * s_t + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nh)
+        tl.store(p_dz + tt * s_t + o_x, convert(b_dz, p_dz.dtype.element_ty), mask=m_nh)
         b_c = mix(b_dz, b_b, ACC, p_b.dtype.element_ty, USE_DOT, DOT_DTYPE, PRECISION)
         if HAS_LENGTHS:  # a held step passes its gradient through unchanged
             b_c = tl.where(m_act, b_c, b_g)
     tl.store(p_dh0 + i_d * s_hd + o_n[:, None] * s_hn + o_h[None, :],
-             b_c.to(p_dh0.dtype.element_ty), mask=m_nh)
+             convert(b_c, p_dh0.dtype.element_ty), mask=m_nh)

@@ -24,7 +24,8 @@ import triton
 import triton.language as tl
 
 from .barrier import arrive_and_wait
-from .blocks import activate, activation_grad, state_operand, time_index, weight_operand
+from .blocks import (activate, activation_grad, convert, state_operand, time_index,
+                     weight_operand)
 
 
 @triton.jit
@@ -99,7 +100,7 @@ def rnn_forward_split_kernel(
                 b_old = tl.load(p_row + o_j, mask=o_j < lim, other=0.0,
                                 cache_modifier=".cg").to(ACC)
                 b_new = tl.where(tt < b_len, b_new, b_old)
-            tl.store(p_out + tt * s_ot + n * s_on + o_j, b_new.to(p_out.dtype.element_ty),
+            tl.store(p_out + tt * s_ot + n * s_on + o_j, convert(b_new, p_out.dtype.element_ty),
                      mask=o_j < lim)
         if t < T - 1:  # the last step's state is read by no program
             ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
@@ -149,7 +150,7 @@ def rnn_backward_split_kernel(
                 active = tt < tl.load(p_len + n, mask=n < N, other=0)
                 b_dz = tl.where(active, b_dz, 0.0)
                 tl.store(p_c, b_g, mask=o_j < tl.where((n < N) & ~active, H, 0))
-            tl.store(p_dz + tt * s_t + n * s_n + o_x, b_dz.to(p_dz.dtype.element_ty),
+            tl.store(p_dz + tt * s_t + n * s_n + o_x, convert(b_dz, p_dz.dtype.element_ty),
                      mask=m_row)
         ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
         if ok:
@@ -173,7 +174,7 @@ def rnn_backward_split_kernel(
         m_row = o_j < tl.where(n < N, H, 0)
         b_c = tl.load(p_carry + n * s_hn + o_j, mask=m_row, other=0.0)
         b_c = tl.where(ok, b_c, float("nan"))
-        tl.store(p_dh0 + n * s_hn + o_j, b_c.to(p_dh0.dtype.element_ty), mask=m_row)
+        tl.store(p_dh0 + n * s_hn + o_j, convert(b_c, p_dh0.dtype.element_ty), mask=m_row)
     if ok == 0:
         tl.store(p_sync, 1)
         _poison(p_dz + i_d * H, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, True, R)

@@ -8,7 +8,8 @@ warp of the program before the next step, hence the barrier at the end of each p
 import triton
 import triton.language as tl
 
-from .blocks import activate, activation_grad, active, batch_tile, chunk_product, time_index
+from .blocks import (activate, activation_grad, active, batch_tile, chunk_product, convert,
+                     time_index)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -47,7 +48,7 @@ def rnn_forward_streaming_kernel(
                 b_h = tl.where(m_act, b_h, b_prev)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_h, mask=m_nj)
             tl.store(p_out + tt * s_ot + o_n[:, None] * s_on + i_d * H + o_j[None, :],
-                     b_h.to(p_out.dtype.element_ty), mask=m_nj)
+                     convert(b_h, p_out.dtype.element_ty), mask=m_nj)
         tl.debug_barrier()
 
 
@@ -87,7 +88,7 @@ def rnn_backward_streaming_kernel(
                 b_dz = tl.where(m_act, b_dz, 0.0)
                 tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_g,
                          mask=m_nj & ~m_act)
-            tl.store(p_dz + o_x, b_dz.to(p_dz.dtype.element_ty), mask=m_nj)
+            tl.store(p_dz + o_x, convert(b_dz, p_dz.dtype.element_ty), mask=m_nj)
         tl.debug_barrier()
         # Phase 2: the gradient carried into the previous step, c = dz_t W_hh.
         p_dz_t = p_dz + tt * s_t + i_d * H
