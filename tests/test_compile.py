@@ -336,3 +336,57 @@ def test_w_hh_column_in_the_report():
         else:
             assert kind == "resident/dot", r
             assert w in ("on-chip: shared memory, re-read each step", "on-chip: registers"), r
+
+
+_PREFETCH_CHECK = r"""
+import json, re, sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
+from triton_rnn.kernels import report
+
+PRODUCT = re.compile(r"^(mma|wgmma|fma\.rn\.f(32|64)|mul\.(rn\.)?f(32|64))")
+found = {}
+for name, H, N in (("tf32", 128, 16), ("bf16", 128, 16), ("tf32", 128, 1), ("fp16", 64, 1)):
+    dtype, allow_tf32 = report.DTYPES[name]
+    kernel, args, kwargs = report._launch_arguments("forward", dtype, H, N, False, allow_tf32)
+    assert kernel.fn.__name__ == "rnn_forward_resident_kernel", kernel
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, spec, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec,
+                                                              options)
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                              options=options.__dict__)
+    # TTGIR: a load inside the time loop whose value the loop carries into the next step.
+    ttgir = compiled.asm["ttgir"].splitlines()
+    start = next(i for i, l in enumerate(ttgir) if "scf.for" in l)
+    end = next(i for i in range(start, len(ttgir)) if "scf.yield" in ttgir[i])
+    carried = set(re.findall(r"%[\w#]+", ttgir[end].split(":")[0]))
+    loads = [re.match(r"\s*(%[\w#]+) = tt.load", l) for l in ttgir[start:end]]
+    carried_load = any(m and m.group(1) in carried for m in loads)
+    # PTX: in the loop body, the first global load is issued before the first product
+    # instruction (tensor-core mma or the elementwise multiply-and-add).
+    ptx = [re.sub(r"^@!?%p\d+\s+", "", l.strip()) for l in compiled.asm["ptx"].splitlines()]
+    head = next(i for i, l in enumerate(ptx) if "Loop Header" in l)
+    body = ptx[head:]
+    first_load = next(i for i, l in enumerate(body) if l.startswith("ld.global"))
+    first_product = next(i for i, l in enumerate(body) if PRODUCT.match(l))
+    found[f"{name} H={H} N={N}"] = [carried_load, first_load < first_product]
+print(json.dumps(found))
+"""
+
+
+def test_resident_forward_prefetches_the_next_step():
+    """The resident forward's time loop loads P_{t+1} before step t's product (dot and
+    elementwise, 32- and 16-bit), in the sm_90 code Triton 3.6 and 3.9 compile: in the TTGIR
+    the loop carries a value loaded inside it into the next iteration, and in the PTX the
+    loop's first global load comes before its first mma / multiply."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", _PREFETCH_CHECK], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for config, (carried_load, load_first) in json.loads(proc.stdout).items():
+        assert carried_load, f"{config}: no loop-carried load in the time loop (no prefetch)"
+        assert load_first, f"{config}: the product comes before the next step's load"
