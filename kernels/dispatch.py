@@ -22,7 +22,10 @@ The rule, in order (the resource report prints it beside every configuration):
    elementwise product holds it in the accumulator dtype, converted once before the loop); the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
    is in flight while one is multiplied (BJ = 64 spills on sm_80, and 3 stages on sm_90).
-   The resident time loop prefetches P_t three steps ahead. Untuned on a GPU so far.
+   The resident forward loads P_{t+1} explicitly before step t's product (one step ahead;
+   recurrence.py): Triton's pipeliner does not pipeline that load by itself (num_stages
+   pipelines loads that feed tl.dot; before the explicit prefetch the sm_90 TTGIR loaded P_t
+   inside step t, feeding the dot's accumulator). Untuned on a GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by

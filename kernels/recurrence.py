@@ -10,6 +10,18 @@ Direction 1 walks time backwards through index arithmetic (no flipped copies).
 Two variants share the helpers in blocks.py:
 - resident (this file): the whole B tile is loaded once, on-chip, before the time loop.
 - streaming (streaming.py): B is re-read from L2 in chunks every step, for H too large to hold.
+
+The resident forward software-prefetches P one step ahead: P_{t+1} is loaded before step t's
+product, carried through the loop, and used by step t+1 (the last step re-reads its own P).
+Checked in the sm_90 code of Triton 3.6 and 3.9 (tests/test_compile.py,
+test_resident_forward_prefetches_the_next_step): the TTGIR's time loop yields a value loaded
+inside it, and the PTX loop's first ld.global comes before its first mma.sync (tl.dot) or
+multiply (elementwise); in the SASS of tf32 H = 128, batch 16 (cuobjdump -sass) the loop's
+LDG.E.128 of P_{t+1} is issued before its first HMMA.1688.F32.TF32. Triton's own pipelining
+(num_stages) does not do this: before, P_t was loaded inside step t as the dot's accumulator.
+The backward does not prefetch (its dY_t and y_t loads are still issued at the top of step t).
+Numerics: blocks.py (the state stays in ACC; the product's operands are rounded as tl.dot
+takes them, in every path).
 """
 import triton
 import triton.language as tl

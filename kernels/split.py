@@ -16,6 +16,12 @@ a small fp32 buffer `carry` (D, N, H) that only its owner reads and writes, alwa
 step, a held row's carry is read, then overwritten: where the layout replicates values across
 warps, the thread that stores an element is the one whose load it used.
 
+Numerics as in blocks.py: the exchanged h (dz) in the layer's dtype is exactly the product
+operand every other path uses (state_operand: rounded to the weight dtype, the layer's dtype;
+float32 is exchanged exactly and TF32-rounded here when TF32 is allowed, as W_hh is once);
+a held row's state is read back rounded, but it is only stored again as that same output, or
+used as an operand, where it is rounded anyway. The carried gradient stays in fp32 (`carry`).
+
 Every wait is bounded. A program whose wait runs out sets the failure flag (p_sync[0]), writes
 NaN into every element it still owns (the steps it has not written, and dh0), and leaves: a
 result is never silently wrong, and the launch never hangs. Counters: p_sync[1 + d*G + g].

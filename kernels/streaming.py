@@ -4,6 +4,13 @@ Same recurrences as recurrence.py, but every step re-reads B from L2 in (BK, BJ)
 the state lives in a small fp32 (fp64) scratch buffer (D, 2, N, H) used as a ping-pong pair:
 step t reads slot (t + 1) % 2 and writes slot t % 2. The whole state must be visible to every
 warp of the program before the next step, hence the barrier at the end of each phase.
+
+Numerics as in blocks.py. The state (h forward, the carried gradient c backward) stays in the
+accumulator dtype in the scratch buffer. The backward's phase 2 reads dz_t back from the dz
+output, stored in the layer's dtype: that is the product operand's rounding every path applies
+(state_operand rounds dz to the weight dtype, the layer's dtype; float32 is stored exactly and
+then TF32-rounded), so streaming, resident and split compute the same c
+(tests/test_numerics.py).
 """
 import triton
 import triton.language as tl
