@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import routing
+from . import routing, weights
 from .nn_rules import autocast_cast, autocast_dtype, scalar_name, tf32_allowed
 from .ops import recurrence
 
@@ -62,12 +62,11 @@ class RNN(nn.RNN):
         elif hx is not None and hx.dim() != 3:
             raise RuntimeError(
                 f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        self._check_args(input, hx, weights, None)
+        self._check_args(input, hx, self._flat_weights, None)
         if input.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         x = input.transpose(0, 1) if self.batch_first else input  # (T, N, I)
-        output, h_n = self._run(x, hx, weights, x.shape[1], None)
+        output, h_n = self._run(x, hx, x.shape[1], None)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
@@ -78,17 +77,16 @@ class RNN(nn.RNN):
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         if hx is not None:  # the caller's order -> the packed (sorted) order
             hx = self.permute_hidden(hx, sorted_indices)
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        self._check_args(data, hx, weights, batch_sizes)
+        self._check_args(data, hx, self._flat_weights, batch_sizes)
         layout = PackedLayout(batch_sizes, data.device)
-        output, h_n = self._run(data, hx, weights, layout.N, layout)
+        output, h_n = self._run(data, hx, layout.N, layout)
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(h_n, unsorted_indices))
 
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _check_args(self, input: Tensor, hx, weights, batch_sizes) -> None:
+    def _check_args(self, input: Tensor, hx, params, batch_sizes) -> None:
         """nn.RNN's checks, with nn.RNN's exception types and messages."""
         if hx is not None:
             self.check_forward_args(input, hx, batch_sizes)
@@ -97,50 +95,55 @@ class RNN(nn.RNN):
         if hx is not None and hx.device != input.device:
             raise RuntimeError("Input and hidden tensors are not at the same device, found "
                                f"input tensor at {input.device} and hidden tensor at {hx.device}")
-        for w in weights:
+        for w in params:
             if w.device != input.device:
                 raise RuntimeError("Input and parameter tensors are not at the same device, "
                                    f"found input tensor at {input.device} and parameter tensor "
                                    f"at {w.device}")
-        if hx is not None and hx.dtype != weights[0].dtype and \
+        if hx is not None and hx.dtype != params[0].dtype and \
                 autocast_dtype(input.device.type) is None:
             raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
-                               f"{scalar_name(hx.dtype)} and {scalar_name(weights[0].dtype)}")
+                               f"{scalar_name(hx.dtype)} and {scalar_name(params[0].dtype)}")
 
-    def _run(self, x: Tensor, hx, weights, batch: int, layout):
+    def _run(self, x: Tensor, hx, batch: int, layout, weight_dtype=None):
         """Autocast and the default h0, then the layers."""
         dtype = autocast_dtype(x.device.type)
         if dtype is not None:
             # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
-            # lower-precision list): cast once here, then run without autocast.
-            x, hx, weights = (autocast_cast(t, dtype) for t in (x, hx, weights))
+            # lower-precision list): cast the input here and the weights as each layer prepares
+            # them (cached), then run without autocast.
+            x, hx = autocast_cast(x, dtype), autocast_cast(hx, dtype)
             with torch.autocast(x.device.type, enabled=False):
-                return self._run(x, hx, weights, batch, layout)
+                return self._run(x, hx, batch, layout, dtype)
         if hx is None:
             hx = x.new_zeros((self.num_layers * self._directions(), batch, self.hidden_size))
-        return self._run_layers(x, hx, weights, layout)
+        return self._run_layers(x, hx, layout, weight_dtype)
 
-    def _layer_weights(self, weights, layer: int):
-        """(W_ih (D*H, I), bias (D*H) or None, W_hh (D, H, H)) of one layer, directions stacked."""
-        per_dir = 4 if self.bias else 2
+    def _layer_weights(self, layer: int, dtype):
+        """(W_ih (D*H, I), bias (D*H) or None, W_hh (D, H, H)) of one layer, directions
+        stacked, in `dtype` (None: the parameters' own): views of the parameters where they
+        can be, else copies made once per weight version (weights.py)."""
         D = self._directions()
-        groups = [weights[(layer * D + d) * per_dir:(layer * D + d + 1) * per_dir]
-                  for d in range(D)]
-        # One direction: views of the parameters, so backward saves no copies of them.
-        w_ih = torch.cat([g[0] for g in groups]) if D > 1 else groups[0][0]
-        w_hh = torch.stack([g[1] for g in groups]) if D > 1 else groups[0][1].unsqueeze(0)
-        bias = torch.cat([g[2] + g[3] for g in groups]) if self.bias else None
-        return w_ih, bias, w_hh
+        per_layer = D * (4 if self.bias else 2)
+        params = self._flat_weights[layer * per_layer:(layer + 1) * per_layer]
+        return weights.prepare(self, layer, params, weights.layer_spec(D, self.bias, dtype))
 
-    def _run_layers(self, x: Tensor, hx: Tensor, weights, layout):
-        """x: (T, N, I), or (P, I) packed rows when `layout` is given."""
+    def _apply(self, fn, recurse=True):
+        # .to(), .half(), .cuda() ... may replace the parameters' data: forget what was
+        # prepared from the old data (and let its storage go) rather than wait for a call.
+        weights.drop(self)
+        return super()._apply(fn, recurse)
+
+    def _run_layers(self, x: Tensor, hx: Tensor, layout, weight_dtype):
+        """x: (T, N, I), or (P, I) packed rows when `layout` is given; weight_dtype: the
+        autocast dtype, or None."""
         D, H = self._directions(), self.hidden_size
         allow_tf32 = tf32_allowed()
         relu = self.nonlinearity == "relu"
         lengths = None if layout is None else layout.lengths
         h_n = []
         for layer in range(self.num_layers):
-            w_ih, bias, w_hh = self._layer_weights(weights, layer)
+            w_ih, bias, w_hh = self._layer_weights(layer, weight_dtype)
             # Input projection for all timesteps and both directions: one large GEMM.
             if layout is None:
                 T, N = x.shape[0], x.shape[1]
