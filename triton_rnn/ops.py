@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import reference
 from .kernels import interpreting, recurrence_backward as kernel_backward
@@ -23,16 +24,24 @@ from .kernels import recurrence_forward as kernel_forward
 from .kernels import rnn_cell_forward as kernel_cell
 
 
+# Read once, as Triton reads TRITON_INTERPRET once when it decorates the kernels at import.
+_INTERPRETED = interpreting()
+
+
 def uses_kernels(t: Tensor) -> bool:
-    return t.is_cuda or (interpreting() and t.device.type == "cpu")
+    return t.is_cuda or (_INTERPRETED and t.device.type == "cpu")
+
+
+def _recurrence_impl(proj, h0, w_hh, lengths, relu, allow_tf32):
+    if uses_kernels(proj):
+        return kernel_forward(proj, h0, w_hh, lengths, relu, allow_tf32)
+    return reference.recurrence_forward(proj, h0, w_hh, lengths, relu)
 
 
 @torch.library.custom_op("triton_rnn::recurrence", mutates_args=())
 def recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], relu: bool,
                allow_tf32: bool) -> Tensor:
-    if uses_kernels(proj):
-        return kernel_forward(proj, h0, w_hh, lengths, relu, allow_tf32)
-    return reference.recurrence_forward(proj, h0, w_hh, lengths, relu)
+    return _recurrence_impl(proj, h0, w_hh, lengths, relu, allow_tf32)
 
 
 @recurrence.register_fake
@@ -96,6 +105,44 @@ def _no_double_backward(ctx, ddz, ddh0):
 
 
 recurrence.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerRecurrence(torch.autograd.Function):
+    """The recurrence op's implementation and autograd formula, without the custom op's
+    Python dispatch layers (schema handling, autograd wrapper, Dynamo-disabled frames: about
+    half of our host cost per layer in eager mode). Backward runs through the registered
+    backward op, so double backward raises the same error either way."""
+
+    @staticmethod
+    def forward(ctx, proj, h0, w_hh, lengths, relu, allow_tf32):
+        out = _recurrence_impl(proj, h0, w_hh, lengths, relu, allow_tf32)
+        _setup_context(ctx, (proj, h0, w_hh, lengths, relu, allow_tf32), out)
+        ctx.mark_non_differentiable(*(() if lengths is None else (lengths,)))
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _backward(ctx, dout)
+
+
+def run_recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                   relu: bool, allow_tf32: bool) -> Tensor:
+    """`recurrence`, called the cheapest way that keeps its meaning: the registered custom op
+    wherever something may rely on the registration (torch.compile tracing, a Python dispatch
+    or function mode, functorch transforms, tensor subclasses); else the same implementation
+    and backward through a plain autograd.Function."""
+    if _plain_eager(proj, h0, w_hh):
+        return _EagerRecurrence.apply(proj, h0, w_hh, lengths, relu, allow_tf32)
+    return recurrence(proj, h0, w_hh, lengths, relu, allow_tf32)
+
+
+def _plain_eager(*tensors) -> bool:
+    return not (torch.compiler.is_compiling()
+                or torch._C._is_torch_function_mode_enabled()
+                or _get_current_dispatch_mode() is not None
+                or torch._C._functorch.peek_interpreter_stack() is not None
+                or any(type(t) is not Tensor and type(t) is not torch.nn.Parameter
+                       for t in tensors))
 recurrence_backward.register_autograd(_no_double_backward,
                                       setup_context=lambda ctx, inputs, output: None)
 

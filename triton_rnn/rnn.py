@@ -6,7 +6,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import routing, weights
 from .nn_rules import autocast_cast, autocast_dtype, scalar_name, tf32_allowed
-from .ops import recurrence
+from .ops import run_recurrence
 
 class PackedLayout:
     """Where the rows of a PackedSequence sit in the padded (T, N) grid, and each sequence's
@@ -150,8 +150,8 @@ class RNN(nn.RNN):
                 proj = F.linear(x.reshape(T * N, x.shape[2]), w_ih, bias).view(T, N, D * H)
             else:
                 proj = layout.pad(F.linear(x, w_ih, bias))
-            out = recurrence(proj, hx[layer * D:(layer + 1) * D], w_hh, lengths, relu,
-                             allow_tf32)
+            out = run_recurrence(proj, hx[layer * D:(layer + 1) * D], w_hh, lengths, relu,
+                                 allow_tf32)
             # h_n: the state after each direction's last step. Sequences hold their state
             # outside their own steps, so that is out[T-1] forward and out[0] in reverse.
             h_n.append(out[-1, :, :H])
