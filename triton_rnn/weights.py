@@ -44,34 +44,43 @@ class _Entry:
         self.key, self.tensors, self.storages = key, tensors, storages
 
 
-def _key(params) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.dtype, p.shape) for p in params)
+def _key(params):
+    """The parameters' identity and version, or None where they are not plain tensors."""
+    key = []
+    for p in params:
+        if type(p) is not nn.Parameter and type(p) is not Tensor:
+            return None  # a subclass (DTensor, fake tensor): its data pointer may mean nothing
+        key.append((p.data_ptr(), p._version, p.dtype, p.shape))
+    return key
 
 
-def _cacheable(module: nn.Module, params) -> bool:
-    if not enabled or torch.compiler.is_compiling() or \
-            torch._C._functorch.peek_interpreter_stack() is not None:
-        return False
-    if _is_fsdp(module):
-        return False
-    return all(type(p) is nn.Parameter or type(p) is Tensor for p in params)
+def _cacheable(module: nn.Module) -> bool:
+    return enabled and not torch.compiler.is_compiling() and \
+        torch._C._functorch.peek_interpreter_stack() is None and not _is_fsdp(type(module))
 
 
-def _is_fsdp(module: nn.Module) -> bool:
-    fsdp = getattr(torch.distributed, "fsdp", None) if torch.distributed.is_available() else None
-    fsdp_module = getattr(fsdp, "FSDPModule", None)
-    return fsdp_module is not None and isinstance(module, fsdp_module)
+_fsdp_classes = {}  # module class -> whether FSDP manages it (fully_shard makes a subclass)
+
+
+def _is_fsdp(cls) -> bool:
+    managed = _fsdp_classes.get(cls)
+    if managed is None:
+        fsdp = getattr(torch.distributed, "fsdp", None) \
+            if torch.distributed.is_available() else None
+        fsdp_module = getattr(fsdp, "FSDPModule", None)
+        managed = _fsdp_classes[cls] = fsdp_module is not None and issubclass(cls, fsdp_module)
+    return managed
 
 
 def prepare(module: nn.Module, part, params, spec) -> tuple:
     """`spec.build(params)`, cached for `module` under `part` while the parameters are
     unchanged, and attached to autograd when gradients are wanted."""
-    if not spec.copies or not _cacheable(module, params):
+    key = _key(params) if spec.copies and _cacheable(module) else None
+    if key is None:
         return spec.build(params, shared_views=False)
     entries = _entries.get(module)
     if entries is None:
         entries = _entries[module] = {}
-    key = _key(params)
     entry = entries.get((part, spec.dtype))
     if entry is None or entry.key != key:
         entry = entries[(part, spec.dtype)] = _build_entry(params, spec, key)
