@@ -55,3 +55,48 @@ def test_prints_a_row_per_shape_and_no_kernel_runs(monkeypatch):
     expected = sum(2 * calls * layers for _, _, _, layers, _ in SHAPES)
     assert stand_ins["rnn_forward_resident_kernel"].launches == expected
     assert sum(k.launches for k in stand_ins.values()) == expected
+
+
+def test_eager_calls_skip_the_custom_op_and_keep_its_meaning(monkeypatch):
+    """Plain eager calls run the recurrence through ops._EagerRecurrence, not the registered
+    custom op; under a dispatch mode the registered op runs. Both give nn.RNN's values and
+    gradients, and double backward raises the same error on both paths."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from triton_rnn import ops
+    from helpers import make_pair, rel_err
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    registered = []
+    op = ops.recurrence
+    monkeypatch.setattr(ops, "recurrence", lambda *a: registered.append(1) or op(*a))
+    ours, ref = make_pair(3, 5, 1, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    expected = ref(x)[0]
+    expected.sum().backward()
+    for mode in (None, Seen()):
+        ours.zero_grad()
+        with mode if mode is not None else contextlib.nullcontext():
+            out = ours(x)[0]
+        assert len(registered) == (0 if mode is None else 1)
+        if mode is not None:
+            assert "triton_rnn.recurrence.default" in mode.ops
+        assert rel_err(out, expected) < 1e-12
+        out.sum().backward()
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            assert rel_err(p.grad, q.grad) < 1e-9
+        x2 = x.clone().requires_grad_()
+        with mode if mode is not None else contextlib.nullcontext():
+            out2 = ours(x2)[0]
+        (g,) = torch.autograd.grad(out2.sum(), x2, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+            g.sum().backward()
