@@ -62,11 +62,12 @@ class RNN(nn.RNN):
         elif hx is not None and hx.dim() != 3:
             raise RuntimeError(
                 f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-        self._check_args(input, hx, self._flat_weights, None)
+        params = self._params()
+        self._check_args(input, hx, params, None)
         if input.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         x = input.transpose(0, 1) if self.batch_first else input  # (T, N, I)
-        output, h_n = self._run(x, hx, x.shape[1], None)
+        output, h_n = self._run(x, hx, params, x.shape[1], None)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
@@ -77,11 +78,17 @@ class RNN(nn.RNN):
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         if hx is not None:  # the caller's order -> the packed (sorted) order
             hx = self.permute_hidden(hx, sorted_indices)
-        self._check_args(data, hx, self._flat_weights, batch_sizes)
+        params = self._params()
+        self._check_args(data, hx, params, batch_sizes)
         layout = PackedLayout(batch_sizes, data.device)
-        output, h_n = self._run(data, hx, layout.N, layout)
+        output, h_n = self._run(data, hx, params, layout.N, layout)
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(h_n, unsorted_indices))
+
+    def _params(self) -> list:
+        # By name, not from nn.RNN's _flat_weights list: torch.func.functional_call swaps the
+        # named parameters without updating that list (nn.RNN refreshes it in forward).
+        return [getattr(self, name) for name in self._flat_weights_names]
 
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -105,7 +112,7 @@ class RNN(nn.RNN):
             raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
                                f"{scalar_name(hx.dtype)} and {scalar_name(params[0].dtype)}")
 
-    def _run(self, x: Tensor, hx, batch: int, layout, weight_dtype=None):
+    def _run(self, x: Tensor, hx, params, batch: int, layout, weight_dtype=None):
         """Autocast and the default h0, then the layers."""
         dtype = autocast_dtype(x.device.type)
         if dtype is not None:
@@ -114,19 +121,19 @@ class RNN(nn.RNN):
             # them (cached), then run without autocast.
             x, hx = autocast_cast(x, dtype), autocast_cast(hx, dtype)
             with torch.autocast(x.device.type, enabled=False):
-                return self._run(x, hx, batch, layout, dtype)
+                return self._run(x, hx, params, batch, layout, dtype)
         if hx is None:
             hx = x.new_zeros((self.num_layers * self._directions(), batch, self.hidden_size))
-        return self._run_layers(x, hx, layout, weight_dtype)
+        return self._run_layers(x, hx, params, layout, weight_dtype)
 
-    def _layer_weights(self, layer: int, dtype):
+    def _layer_weights(self, params, layer: int, dtype):
         """(W_ih (D*H, I), bias (D*H) or None, W_hh (D, H, H)) of one layer, directions
         stacked, in `dtype` (None: the parameters' own): views of the parameters where they
         can be, else copies made once per weight version (weights.py)."""
         D = self._directions()
         per_layer = D * (4 if self.bias else 2)
-        params = self._flat_weights[layer * per_layer:(layer + 1) * per_layer]
-        return weights.prepare(self, layer, params, weights.layer_spec(D, self.bias, dtype))
+        return weights.prepare(self, layer, params[layer * per_layer:(layer + 1) * per_layer],
+                               weights.layer_spec(D, self.bias, dtype))
 
     def _apply(self, fn, recurse=True):
         # .to(), .half(), .cuda() ... may replace the parameters' data: forget what was
@@ -134,7 +141,7 @@ class RNN(nn.RNN):
         weights.drop(self)
         return super()._apply(fn, recurse)
 
-    def _run_layers(self, x: Tensor, hx: Tensor, layout, weight_dtype):
+    def _run_layers(self, x: Tensor, hx: Tensor, params, layout, weight_dtype):
         """x: (T, N, I), or (P, I) packed rows when `layout` is given; weight_dtype: the
         autocast dtype, or None."""
         D, H = self._directions(), self.hidden_size
@@ -143,7 +150,7 @@ class RNN(nn.RNN):
         lengths = None if layout is None else layout.lengths
         h_n = []
         for layer in range(self.num_layers):
-            w_ih, bias, w_hh = self._layer_weights(layer, weight_dtype)
+            w_ih, bias, w_hh = self._layer_weights(params, layer, weight_dtype)
             # Input projection for all timesteps and both directions: one large GEMM.
             if layout is None:
                 T, N = x.shape[0], x.shape[1]
