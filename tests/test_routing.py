@@ -278,6 +278,15 @@ def test_nothing_is_measured_under_torch_compile(measured, launches):
         torch._dynamo.reset()
         compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
         assert torch.allclose(compiled(y)[0], ref(y)[0], atol=1e-12) and launches == ["f"]
+        # A symbolic batch follows its bucket's decision (the bucket bounds guard the graph);
+        # sorted packed input, whose batch is data to the tracer, the static rule.
+        torch._dynamo.reset()
+        compiled = torch.compile(ours, fullgraph=True, backend="aot_eager", dynamic=True)
+        assert torch.allclose(compiled(y)[0], ref(y)[0], atol=1e-12) and launches == ["f"]
+        assert torch.allclose(compiled(x)[0], ref(x)[0], atol=1e-12) and launches == ["f"] * 2
+        packed = pack_padded_sequence(y, [4, 3, 3, 2, 2, 1])
+        assert torch.allclose(compiled(packed)[0].data, ref(packed)[0].data, atol=1e-12)
+        assert launches == ["f"] * 3
     finally:
         routing.measure.timer = measured_clock
         torch._dynamo.reset()

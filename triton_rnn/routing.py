@@ -44,6 +44,7 @@ from .route_cache import RouteCache
 POLICIES = ("auto", "kernels", "torch")
 TABLE = Path(__file__).with_name("cudnn_faster.json")
 MEASURED_DEVICES = ("cuda",)  # where "auto" measures; tests add "cpu"
+MAX_BATCH_BITS = 20           # batch buckets looked up under torch.compile: 1 .. 2^20
 
 log = logging.getLogger("triton_rnn")
 _override = None            # set_backend()'s policy; None: the environment's
@@ -115,8 +116,9 @@ def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,
 
 def class_name(dtype: str, hidden: int, batch: int, training: bool, packed: bool,
                directions: int, layers: int) -> str:
-    """The measured class, as the cache names it: "bf16/H512/N16/training/padded/D2/L1"."""
-    return (f"{dtype}/H{bucket(hidden)}/N{bucket(batch)}/"
+    """The measured class, as the cache names it: "bf16/H512/N16/training/padded/D2/L1"
+    ("N?" for a batch unknown while tracing)."""
+    return (f"{dtype}/H{bucket(hidden)}/N{'?' if batch is None else bucket(batch)}/"
             f"{'training' if training else 'inference'}/{'packed' if packed else 'padded'}/"
             f"D{directions}/L{layers}")
 
@@ -134,7 +136,7 @@ def _classes(path: Path = TABLE) -> dict:
 def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bool) -> str:
     """"torch" or "kernels" for a class never measured (see the module docstring)."""
     from .kernels.dispatch import choose
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and batch is not None:
         major, minor = torch.cuda.get_device_capability(torch.device(device))
         listed = _classes().get(f"sm_{major}{minor}", set())
         if (dtype, bucket(hidden), bucket(batch),
@@ -142,7 +144,7 @@ def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bo
             return "torch"
     torch_dtype = {"tf32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
                    "fp16": torch.float16, "fp64": torch.float64}[dtype]
-    variant = choose(hidden, batch, torch_dtype, dtype == "tf32").variant
+    variant = choose(hidden, batch or 1, torch_dtype, dtype == "tf32").variant
     return "torch" if variant == "streaming" else "kernels"
 
 
@@ -152,7 +154,7 @@ def use_torch(module, input) -> bool:
     """Whether this call of triton_rnn.RNN `module` runs nn.RNN's own forward."""
     if torch.compiler.is_compiling():
         call = _describe(module, input)
-        return call is not None and _choice_while_tracing(*call)
+        return call is not None and _traced_choice(call)
     forced = getattr(_local, "forced", None)
     if forced is not None:
         return forced == "torch"
@@ -175,12 +177,17 @@ def _describe(module, input):
     data = input.data if packed else input
     if not isinstance(data, torch.Tensor):
         return None
-    if packed:
+    if packed and torch.compiler.is_compiling():
+        # batch_sizes' values are data to the tracer; sorted_indices' length is a shape.
+        batch = None if input.sorted_indices is None else input.sorted_indices.shape[0]
+    elif packed:
         batch = int(input.batch_sizes[0])
     elif data.dim() in (2, 3):
         batch = 1 if data.dim() == 2 else data.size(0 if module.batch_first else 1)
     else:
         return None
+    if isinstance(batch, torch.SymInt):  # a symbolic size under torch.compile(dynamic=True)
+        batch = None
     dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
     training = torch.is_grad_enabled() and (
         data.requires_grad or any(p.requires_grad for p in module.parameters()))
@@ -208,22 +215,43 @@ def _measured_choice(module, input, call, tuning) -> bool:
     return entry["backend"] == "torch"
 
 
+def _traced_choice(call) -> bool:
+    """The decision under torch.compile, fixed in the graph: the policy, else the cache, else
+    the static rule, never a measurement. The batch may be symbolic (dynamic shapes): the
+    comparisons with bucket bounds become the graph's guards, so it is traced again only when
+    the batch leaves its bucket and the bucket's decision differs."""
+    device, dtype, hidden, batch, training, packed, directions, layers = call
+    exceptions, default = _decisions_while_tracing(device, dtype, hidden, training, packed,
+                                                   directions, layers)
+    if batch is not None:
+        for bucket_top, decision in exceptions:
+            if bucket_top // 2 < batch <= bucket_top:
+                return decision
+    return default
+
+
 @torch._dynamo.assume_constant_result
-def _choice_while_tracing(device, dtype, hidden, batch, training, packed, directions,
-                          layers) -> bool:
-    """The decision under torch.compile, taken once at trace time and fixed in the graph:
-    the policy, else the cache, else the static rule. Never measures."""
+def _decisions_while_tracing(device, dtype, hidden, training, packed, directions,
+                             layers) -> tuple:
+    """(((batch bucket, use nn.RNN), ...) where it differs from the default, default), read
+    once at trace time with no tensor in sight (the tracer treats it as a constant)."""
     policy = get_backend()
     if policy != "auto":
-        return policy == "torch"
+        return (), policy == "torch"
     if not device.startswith(MEASURED_DEVICES) or (
             training and torch.are_deterministic_algorithms_enabled()):
-        return False
-    entry = _cache(device).get(class_name(dtype, hidden, batch, training, packed, directions,
-                                          layers))
-    if entry is not None:
-        return entry["backend"] == "torch"
-    return static_choice(device, dtype, hidden, batch, training) == "torch"
+        return (), False
+    default = static_choice(device, dtype, hidden, None, training) == "torch"
+    cache = _cache(device)
+    exceptions = []
+    for bucket_top in (1 << i for i in range(MAX_BATCH_BITS + 1)):
+        entry = cache.get(class_name(dtype, hidden, bucket_top, training, packed, directions,
+                                     layers))
+        decision = (entry["backend"] if entry is not None else
+                    static_choice(device, dtype, hidden, bucket_top, training)) == "torch"
+        if decision != default:
+            exceptions.append((bucket_top, decision))
+    return tuple(exceptions), default
 
 
 def _capturing(device: str) -> bool:
