@@ -68,6 +68,11 @@ def test_sizes_and_dtypes(T, N, H, variant, act, dtype, request):
         request.getfixturevalue("no_split")
     if variant != "dispatched":
         assert choose(H, N, dtype).variant == variant
+    if act == "relu" and dtype == torch.float32:
+        # As in 16-bit, TF32 rounding decides whether a unit within rounding of 0 passes
+        # gradient (one flipped unit moved a gradient by 8e-3): relu' is checked in IEEE fp32.
+        request.getfixturevalue("monkeypatch").setattr(torch.backends.cudnn, "allow_tf32",
+                                                       False)
     ours, ref = make_pair(4, H, 2, act, bidirectional=True, dtype=dtype)
     x = torch.randn(T, N, 4, dtype=torch.float64) * 0.5
     h0 = torch.randn(4, N, H, dtype=torch.float64) * 0.5
