@@ -141,6 +141,50 @@ def mix(b_h, b_b, ACC: tl.constexpr, W_DTYPE: tl.constexpr, USE_DOT: tl.constexp
 
 
 @triton.jit
+def mix_w_first(b_b, b_h, ACC: tl.constexpr, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """(BJ, BK) @ (BK, BN) -> (BJ, BN) in the accumulator dtype: the product of mix()
+    transposed, zᵀ = A hᵀ with A = Bᵀ (W_hh forward, W_hhᵀ backward) as tl.dot's FIRST operand
+    and the transposed state second, rounded the same way (the same products). On sm_90 with
+    BJ >= 64 Triton compiles it to a warpgroup MMA whose first operand comes from registers
+    (when A is computed, not loaded as it is: see w_first_operand) and whose second, the small
+    state tile, from shared memory; the weight is then never re-read during the loop."""
+    b_a = state_operand(b_h, W_DTYPE, PRECISION)
+    return tl.dot(b_b.to(DOT_DTYPE), b_a.to(DOT_DTYPE), input_precision=PRECISION,
+                  out_dtype=ACC)
+
+
+@triton.jit
+def w_first_operand(b_w, m_w, PRECISION: tl.constexpr):
+    """The (BJ, BK) weight tile as mix_w_first's first operand: TF32-rounded for float32 with
+    TF32 allowed, else as loaded, through a select on its own mask (a value, zero where masked
+    already): Triton keeps a warpgroup MMA's first operand in registers only when it is
+    computed, and stages a tile used as loaded in shared memory, re-read every step."""
+    if PRECISION == "tf32":
+        return round_tf32(b_w)
+    else:
+        return tl.where(m_w, b_w, 0.0)
+
+
+@triton.jit
+def state_offsets(o_n, s_n, o_h, W_FIRST: tl.constexpr):
+    """Offsets of this program's (BN, BH) state tile in a (.., N, H)-like layout with row
+    stride s_n, or of its transpose (BH, BN) when W_FIRST."""
+    if W_FIRST:
+        return o_n[None, :] * s_n + o_h[:, None]
+    else:
+        return o_n[:, None] * s_n + o_h[None, :]
+
+
+@triton.jit
+def state_mask(m_n, m_h, W_FIRST: tl.constexpr):
+    if W_FIRST:
+        return m_h[:, None] & m_n[None, :]
+    else:
+        return m_n[:, None] & m_h[None, :]
+
+
+@triton.jit
 def batch_tile(N, BN: tl.constexpr):
     """This program's direction (grid axis 1) and batch rows (axis 0): (i_d, o_n, m_n), with
     int64 offsets so that T·N·H may pass 2³¹."""

@@ -25,7 +25,12 @@ The rule, in order (the resource report prints it beside every configuration):
    The resident forward loads P_{t+1} explicitly before step t's product (one step ahead;
    recurrence.py): Triton's pipeliner does not pipeline that load by itself (num_stages
    pipelines loads that feed tl.dot; before the explicit prefetch the sm_90 TTGIR loaded P_t
-   inside step t, feeding the dot's accumulator). Untuned on a GPU so far.
+   inside step t, feeding the dot's accumulator). The resident time loops are `while` loops
+   (recurrence.py: so that W_hh stays in registers), which Triton does not software-pipeline:
+   num_stages has no effect on them. On sm_90 with tl.dot and BH >= 64 the product is
+   z_tᵀ = W_hh h_{t-1}ᵀ ("W-first"): the warpgroup MMA then takes W_hh from registers. The
+   backward has no prefetch and lost the cp.async pipelining of dY_t and y_t that the `for`
+   loop had. Untuned on a GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
@@ -38,6 +43,7 @@ import torch
 import triton
 
 DOT_MIN_BATCH = 16
+WGMMA_MIN_BH = 64  # a warpgroup MMA's M (64 per warpgroup): smaller tiles compile to mma.sync
 IEEE_DOT_MAX_BH = 32
 STREAM_CHUNK = 32
 
@@ -68,19 +74,21 @@ class Config:
     num_warps: int
     num_stages: int = 3  # software pipelining of the innermost loop (rule 3)
     R: int = 0           # split: rows of W_hh per program
+    w_first: bool = False  # resident tl.dot: W_hh the first operand, transposed state tiles
 
     def describe(self) -> str:
         block = {"resident": f"BH={self.BH}", "split": f"R={self.R} BH={self.BH}"}.get(
             self.variant, f"BJ={self.BH}")
         kind = "dot" if self.use_dot else "elementwise"
         return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
-                f" stages={self.num_stages}")
+                f" stages={self.num_stages}" + (" W-first" if self.w_first else ""))
 
 
 def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True,
-           split: bool = True) -> Config:
+           split: bool = True, arch: int = None) -> Config:
     """The configuration rule 1-3 gives; split=False skips the split variant (the launcher's
-    fallback where a device cannot hold one group of its programs at once)."""
+    fallback where a device cannot hold one group of its programs at once). arch: the target's
+    compute capability (90 for sm_90), None when unknown (the interpreter)."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = dtype.itemsize
     resident = BH <= RESIDENT_MAX_BH[elem]
@@ -98,7 +106,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         tile_bytes = elem if use_dot else max(elem, 4)
         tile_regs = BH * BH * tile_bytes // 4
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
-        return Config("resident", use_dot, BN, BH, num_warps)
+        # sm_90, BH >= 64: zᵀ = W_hh hᵀ, W_hh the first tl.dot operand, so that the warpgroup
+        # MMA takes it from registers and only the small state tile from shared memory
+        # (BH < 64 and sm_80 compile to mma.sync, where h @ B keeps W_hh in registers too).
+        w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
+        return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     if split and BH <= SPLIT_MAX_BH[elem]:
         return choose_split(BH, dtype)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)

@@ -77,7 +77,8 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     if interpreting() and dtype == torch.bfloat16:
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
         dot_dtype = tl.float32
-    block = {"BH": cfg.BH} if cfg.variant == "resident" else {"BJ": cfg.BH}
+    block = {"BH": cfg.BH, "W_FIRST": cfg.w_first} if cfg.variant == "resident" else {
+        "BJ": cfg.BH}
     return dict(
         ACT=int(relu), USE_DOT=cfg.use_dot, BN=cfg.BN, **block, **flags,
         ACC=_TL_DTYPE[acc_dtype(dtype)],
@@ -88,6 +89,15 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
         # FMA contraction is set explicitly: Triton's default is changing, and results must not.
         enable_fp_fusion=True,
     )
+
+
+def device_arch():
+    """The current CUDA device's compute capability as 90 for sm_90; None under the
+    interpreter or without CUDA."""
+    if interpreting() or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -117,7 +127,7 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
           cfg: Config = None, split: bool = True):
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence: `cfg`,
     or the dispatcher's choice (split=False: its fallback where split does not fit)."""
-    cfg = cfg or choose(H, N, dtype, allow_tf32, split)
+    cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch())
     options = compile_options(cfg, dtype, relu, allow_tf32, HAS_LENGTHS=lengths is not None)
     return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
 

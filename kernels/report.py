@@ -493,7 +493,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
     else:
-        cfg = choose(H, N, dtype, allow_tf32, split)
+        cfg = choose(H, N, dtype, allow_tf32, split, arch=arch)
         programs = triton.cdiv(N, cfg.BN) * directions
     ordering = []
     w_hh = "-"

@@ -361,7 +361,7 @@ for name, H, N in (("tf32", 128, 16), ("bf16", 128, 16), ("tf32", 128, 1), ("fp1
                               options=options.__dict__)
     # TTGIR: a load inside the time loop whose value the loop carries into the next step.
     ttgir = compiled.asm["ttgir"].splitlines()
-    start = next(i for i, l in enumerate(ttgir) if "scf.for" in l)
+    start = next(i for i, l in enumerate(ttgir) if re.search(r"scf\.(for|while) ", l))
     end = next(i for i in range(start, len(ttgir)) if "scf.yield" in ttgir[i])
     carried = set(re.findall(r"%[\w#]+", ttgir[end].split(":")[0]))
     loads = [re.match(r"\s*(%[\w#]+) = tt.load", l) for l in ttgir[start:end]]
