@@ -151,12 +151,17 @@ def test_gradients_match_nn_rnn_with_cache_cold_and_warm(layers, bidir, bias, wa
                    for t in entry.tensors)
 
 
-def test_autocast_casts_weights_once():
+def _autocast_case():
+    """(ours, nn.RNN with the same weights, input): two bidirectional layers in float32."""
     torch.manual_seed(0)
     ours = triton_rnn.RNN(4, 6, 2, bidirectional=True).to(DEVICE)
     ref = nn.RNN(4, 6, 2, bidirectional=True).to(DEVICE)
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 3, 4, device=DEVICE)
+    return ours, ref, torch.randn(5, 3, 4, device=DEVICE)
+
+
+def test_autocast_casts_weights_once():
+    ours, ref, x = _autocast_case()
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         first, _ = _copies(ours, lambda: ours(x))
         second, (out, h_n) = _copies(ours, lambda: ours(x))
@@ -168,11 +173,7 @@ def test_autocast_casts_weights_once():
 
 
 def test_autocast_gradients_match_nn_rnn_with_cache_warm():
-    torch.manual_seed(0)
-    ours = triton_rnn.RNN(4, 6, 2, bidirectional=True).to(DEVICE)
-    ref = nn.RNN(4, 6, 2, bidirectional=True).to(DEVICE)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 3, 4, device=DEVICE)
+    ours, ref, x = _autocast_case()
     grads = []
     for model in (ours, ours, ref):  # ours twice: cold, then warm
         model.zero_grad()
