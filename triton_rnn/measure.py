@@ -1,7 +1,7 @@
 """Time triton_rnn.RNN's kernels against nn.RNN's own path on one call's shape.
 
-What is timed is a stand-in: a fresh module of the same class and configuration holding a copy
-of the weights, on the call's input cut to at most REPRESENTATIVE_STEPS timesteps. Inference
+What is timed is a stand-in: a fresh triton_rnn.RNN of the same configuration holding a copy
+of the weights, on the call's input (and h_0) cut to at most REPRESENTATIVE_STEPS timesteps. Inference
 times a no-grad forward; training a forward plus `torch.autograd.grad` with respect to the
 stand-in's parameters (and the input if it requires grad). So measuring writes no `.grad`,
 runs no hooks of the user's module, leaves the RNG where it was (forked around everything,
@@ -47,7 +47,8 @@ def representative(input, batch_first: bool):
 
 
 def stand_in(module: nn.RNN) -> nn.RNN:
-    """A new triton_rnn.RNN of the same configuration holding a copy of the weights."""
+    """A new triton_rnn.RNN of the same configuration holding a copy of the weights (read by
+    nn.RNN's own names, so parametrized weights give their computed values)."""
     from .rnn import RNN
     w = module.weight_ih_l0
     with torch.inference_mode(False):  # ordinary parameters, even inside inference_mode
@@ -55,30 +56,29 @@ def stand_in(module: nn.RNN) -> nn.RNN:
                     module.nonlinearity, module.bias, module.batch_first, module.dropout,
                     module.bidirectional, device=w.device, dtype=w.dtype)
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            q = getattr(clone, name)
+        for name in module._flat_weights_names:
+            p, q = getattr(module, name), getattr(clone, name)
             q.copy_(p)
             q.requires_grad_(p.requires_grad)
     return clone.train(module.training)
 
 
 def candidates(clone: nn.RNN, kernels_forward) -> dict:
-    """{name: forward(input)}: our kernels, and nn.RNN's own forward on the same module."""
-    return {"kernels": kernels_forward, "torch": lambda x: nn.RNN.forward(clone, x)}
+    """{name: forward(input, hx)}: our kernels, and nn.RNN's own forward on the same module."""
+    return {"kernels": kernels_forward, "torch": lambda x, h: nn.RNN.forward(clone, x, h)}
 
 
-def _step(forward, x, clone, training: bool):
+def _step(forward, x, h, clone, training: bool):
     """One inference forward, or one forward + gradient, returning the outputs."""
     def run():
         if not training:
             with torch.no_grad():
-                return forward(x)
-        out, h_n = forward(x)
+                return forward(x, h)
+        out, h_n = forward(x, h)
         data = out.data if isinstance(out, PackedSequence) else out
         wrt = [p for p in clone.parameters() if p.requires_grad]
         x_data = x.data if isinstance(x, PackedSequence) else x
-        if x_data.requires_grad:
-            wrt.append(x_data)
+        wrt += [t for t in (x_data, h) if t is not None and t.requires_grad]
         torch.autograd.grad((data, h_n), wrt, (torch.ones_like(data), torch.ones_like(h_n)),
                             allow_unused=True)
         return out, h_n
@@ -91,28 +91,40 @@ def _finite(outputs) -> bool:
     return bool(torch.isfinite(out).all() and torch.isfinite(h_n).all())
 
 
-def measure(module: nn.RNN, input, training: bool, kernels_forward) -> dict:
-    """{candidate: median ms} for the shape of this call. `kernels_forward(clone)` returns a
-    forward running our kernels on `clone`. A candidate that raises, or gives non-finite
-    values where nn.RNN's path did not, is left out with a warning."""
+def measure(module: nn.RNN, input, hx, training: bool, kernels_forward) -> tuple:
+    """({candidate: median ms}, whether the result may be kept across processes) for the shape
+    of this call. `kernels_forward(clone)` returns a forward running our kernels on `clone`.
+    A candidate that gives non-finite values where nn.RNN's path did not is left out with a
+    warning; one that raises (out of memory, say) too, and then nothing is kept beyond this
+    process, since the failure may be passing."""
     device = (input.data if isinstance(input, PackedSequence) else input).device
     cuda = device.type == "cuda"
     # The CUDA events and the kernels must use the input's device, not just the current one.
+    # Identity saved-tensor hooks: inside a checkpointed region the checkpoint's own hooks
+    # would otherwise recompute the user's forward when our gradients unpack.
     with torch.random.fork_rng(devices=[device] if cuda else []), \
-            torch.cuda.device(device) if cuda else contextlib.nullcontext():
+            torch.cuda.device(device) if cuda else contextlib.nullcontext(), \
+            torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        try:
+            clone = stand_in(module)
+        except Exception as exc:  # noqa: BLE001 - e.g. a module we cannot copy: not measured
+            warnings.warn(f"triton_rnn: could not measure this layer ({type(exc).__name__}: "
+                          f"{exc}); the static routing rule decides")
+            return {}, False
         x = representative(input, module.batch_first)
         if isinstance(x, PackedSequence):
             x = PackedSequence(x.data.detach().requires_grad_(x.data.requires_grad),
                                x.batch_sizes, x.sorted_indices, x.unsorted_indices)
         else:
             x = x.detach().requires_grad_(x.requires_grad and training)
-        clone = stand_in(module)
-        runs, finite, times = {}, {}, {}
+        h = None if hx is None else hx.detach().requires_grad_(hx.requires_grad and training)
+        runs, finite, times, raised = {}, {}, {}, False
         for name, forward in candidates(clone, kernels_forward(clone)).items():
-            runs[name] = _step(forward, x, clone, training)
+            runs[name] = _step(forward, x, h, clone, training)
             try:
                 finite[name] = _finite(runs[name]())  # warm-up: compiles, allocates
             except Exception as exc:  # noqa: BLE001 - a failing candidate is only left out
+                raised = True
                 warnings.warn(f"triton_rnn: {name} failed on this shape and is not used for "
                               f"it: {type(exc).__name__}: {exc}")
         for name in list(finite):
@@ -126,4 +138,4 @@ def measure(module: nn.RNN, input, training: bool, kernels_forward) -> dict:
             while len(samples) < REPEATS and samples[0] < HOPELESS * best:
                 samples.append(timer(runs[name]))
             times[name] = sorted(samples)[len(samples) // 2]
-    return times
+    return times, not raised

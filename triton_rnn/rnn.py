@@ -43,7 +43,7 @@ class RNN(nn.RNN):
     in the same kernels, which take per-sequence lengths."""
 
     def forward(self, input, hx=None):
-        if routing.use_torch(self, input):
+        if routing.use_torch(self, input, hx):
             return super().forward(input, hx)  # nn.RNN's own path is faster for this call
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)

@@ -47,9 +47,12 @@ class RouteCache:
         self.key = key
         self.path = file_for(key, directory)
         self._classes = None  # loaded on first use
+        self._this_process = {}  # remember(): never written
 
     def get(self, shape_class: str):
         """The entry for a class ({"backend": ..., "ms": {...}}), or None if never measured."""
+        if shape_class in self._this_process:
+            return self._this_process[shape_class]
         if self._classes is None:
             self._classes = self._read()
         return self._classes.get(shape_class)
@@ -57,7 +60,7 @@ class RouteCache:
     def classes(self) -> dict:
         if self._classes is None:
             self._classes = self._read()
-        return dict(self._classes)
+        return {**self._classes, **self._this_process}
 
     def put(self, shape_class: str, entry: dict) -> None:
         """Record one class, merged with what other processes wrote since we read the file."""
@@ -69,14 +72,18 @@ class RouteCache:
                 self._write(classes)
         except OSError as exc:  # a read-only home, a full disk: keep it for this process
             warnings.warn(f"triton_rnn: could not write the routing cache {self.path}: {exc}")
-            classes = self.classes()
-            classes[shape_class] = entry
+            classes = {**(self._classes or {}), shape_class: entry}
         self._classes = classes
+        self._this_process.pop(shape_class, None)
+
+    def remember(self, shape_class: str, entry: dict) -> None:
+        """Record one class for this process only."""
+        self._this_process[shape_class] = entry
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._classes = {}
+        self._classes, self._this_process = {}, {}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -92,14 +99,14 @@ class RouteCache:
 
     def _read(self) -> dict:
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
             warnings.warn(f"triton_rnn: could not read the routing cache {self.path}: {exc}")
             return {}
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format') if isinstance(data, dict) else '?'}"
                                  f", expected {FORMAT}")
@@ -111,7 +118,7 @@ class RouteCache:
                     for e in classes.values()):
                 raise ValueError("malformed entries")
             return classes
-        except (ValueError, KeyError) as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # bad JSON or UTF-8 too
             warnings.warn(f"triton_rnn: ignoring the routing cache {self.path} ({exc}); "
                           "it will be rewritten")
             return {}
@@ -121,6 +128,7 @@ class RouteCache:
                           sort_keys=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
         try:
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from others sharing the dir
             with os.fdopen(fd, "w") as f:
                 f.write(text)
                 f.flush()

@@ -50,6 +50,7 @@ log = logging.getLogger("triton_rnn")
 _override = None            # set_backend()'s policy; None: the environment's
 _local = threading.local()  # forced: the measurement's own calls; tuning: tune()'s record
 _caches = {}                # device -> RouteCache
+_measuring = threading.Lock()
 
 
 # ----- the policy ---------------------------------------------------------------------------
@@ -150,10 +151,10 @@ def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bo
 
 # ----- the decision -------------------------------------------------------------------------
 
-def use_torch(module, input) -> bool:
+def use_torch(module, input, hx=None) -> bool:
     """Whether this call of triton_rnn.RNN `module` runs nn.RNN's own forward."""
     if torch.compiler.is_compiling():
-        call = _describe(module, input)
+        call = _describe(module, input, hx)
         return call is not None and _traced_choice(call)
     forced = getattr(_local, "forced", None)
     if forced is not None:
@@ -165,11 +166,11 @@ def use_torch(module, input) -> bool:
     data = input.data if isinstance(input, PackedSequence) else input
     if not isinstance(data, torch.Tensor) or data.device.type not in MEASURED_DEVICES:
         return False  # the common case off the GPU: nothing more to compute
-    call = _describe(module, input)
-    return call is not None and _measured_choice(module, input, call, tuning)
+    call = _describe(module, input, hx)
+    return call is not None and _measured_choice(module, input, hx, call, tuning)
 
 
-def _describe(module, input):
+def _describe(module, input, hx=None):
     """(device, dtype name, hidden, batch, training, packed, directions, layers) of a call,
     or None for an input we do not accept (our argument checks raise nn.RNN's error)."""
     from .nn_rules import autocast_dtype, tf32_allowed
@@ -190,12 +191,13 @@ def _describe(module, input):
         batch = None
     dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
     training = torch.is_grad_enabled() and (
-        data.requires_grad or any(p.requires_grad for p in module.parameters()))
+        data.requires_grad or isinstance(hx, torch.Tensor) and hx.requires_grad
+        or any(p.requires_grad for p in module.parameters()))
     return (str(data.device), dtype_name(dtype, tf32_allowed()), module.hidden_size, batch,
             training, packed, 2 if module.bidirectional else 1, module.num_layers)
 
 
-def _measured_choice(module, input, call, tuning) -> bool:
+def _measured_choice(module, input, hx, call, tuning) -> bool:
     """auto on a measured device: the cache, else a measurement (or, while a CUDA graph is
     being captured, the static rule)."""
     device, dtype, hidden, batch, training = call[:5]
@@ -206,10 +208,13 @@ def _measured_choice(module, input, call, tuning) -> bool:
     entry = cache.get(name)
     if tuning is not None and tuning["force"] and name not in tuning["measured"]:
         entry = None
-    if entry is None and _capturing(device):
+    if entry is None and (_capturing(device) or not _measurable(input)):
         return static_choice(device, dtype, hidden, batch, training) == "torch"
     if entry is None:
-        entry = _measure_and_record(module, input, call, name, cache)
+        with _measuring:  # one measurement at a time: concurrent ones would time each other
+            entry = cache.get(name)
+            if entry is None or tuning is not None and tuning["force"]:
+                entry = _measure_and_record(module, input, hx, call, name, cache)
     if tuning is not None:
         tuning["measured"][name] = entry["backend"]
     return entry["backend"] == "torch"
@@ -255,18 +260,32 @@ def _decisions_while_tracing(device, dtype, hidden, training, packed, directions
 
 
 def _capturing(device: str) -> bool:
-    return device.startswith("cuda") and torch.cuda.is_current_stream_capturing()
+    if not device.startswith("cuda"):
+        return False
+    with torch.cuda.device(torch.device(device)):
+        return torch.cuda.is_current_stream_capturing()
 
 
-def _measure_and_record(module, input, call, name: str, cache: RouteCache) -> dict:
+def _measurable(input) -> bool:
+    """Plain tensors, outside functorch transforms and dispatch modes (fake tensors, flop
+    counters): anything else would time something other than the user's runs."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    return (type(data) is torch.Tensor and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
+def _measure_and_record(module, input, hx, call, name: str, cache: RouteCache) -> dict:
     device, dtype, hidden, batch, training = call[:5]
-    times = measure.measure(module, input, training, _kernels_forward)
+    times, keep = measure.measure(module, input, hx, training, _kernels_forward)
     if times:
         choice = min(times, key=times.get)
     else:  # every candidate failed: leave it to the static rule, which raises nn.RNN's error
         choice = static_choice(device, dtype, hidden, batch, training)
     entry = {"backend": choice, "ms": {k: round(v, 6) for k, v in times.items()}}
-    cache.put(name, entry)
+    if keep:
+        cache.put(name, entry)
+    else:  # a failure that may pass (out of memory, say): decided for this process only
+        cache.remember(name, entry)
     log.info("triton_rnn: %s on %s: %s -> %s", name, cache.key.get("gpu", device),
              ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()) or "no candidate ran",
              "nn.RNN" if choice == "torch" else "triton_rnn kernels")
@@ -275,10 +294,10 @@ def _measure_and_record(module, input, call, name: str, cache: RouteCache) -> di
 
 def _kernels_forward(clone):
     """A forward of `clone` that runs our kernels whatever the policy."""
-    def forward(x):
+    def forward(x, h):
         previous, _local.forced = getattr(_local, "forced", None), "kernels"
         try:
-            return clone(x)
+            return clone(x, h)
         finally:
             _local.forced = previous
     return forward
