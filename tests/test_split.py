@@ -25,9 +25,10 @@ SLICES = {1: (20, 32), 2: (20, 16), 3: (20, 8), 4: (32, 8), 8: (30, 4)}
 def split_rows(monkeypatch):
     """force(R): every layer runs the split variant with R rows of W_hh per program."""
     def force(rows):
-        monkeypatch.setattr(launch, "choose", lambda H, N, dtype, allow_tf32=True, split=True:
+        monkeypatch.setattr(launch, "choose", lambda H, N, dtype, allow_tf32=True, split=True,
+                            arch=None:
                             choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows)
-                            if split else choose(H, N, dtype, allow_tf32, split))
+                            if split else choose(H, N, dtype, allow_tf32, split, arch))
     return force
 
 

@@ -45,11 +45,14 @@ class _Entry:
 
 
 def _key(params):
-    """The parameters' identity and version, or None where they are not plain tensors."""
+    """The parameters' identity and version, or None where they are not all the module's own
+    nn.Parameters: a subclass (DTensor, fake tensor) whose data pointer may mean nothing, or a
+    plain tensor put in their place (torch.func.functional_call, gradcheck, which perturbs it
+    in place through .data, unseen by its version counter)."""
     key = []
     for p in params:
-        if type(p) is not nn.Parameter and type(p) is not Tensor:
-            return None  # a subclass (DTensor, fake tensor): its data pointer may mean nothing
+        if type(p) is not nn.Parameter:
+            return None
         key.append((p.data_ptr(), p._version, p.dtype, p.shape))
     return key
 
