@@ -187,8 +187,8 @@ def _describe(module, input, hx=None):
         batch = 1 if data.dim() == 2 else data.size(0 if module.batch_first else 1)
     else:
         return None
-    if isinstance(batch, torch.SymInt):  # a symbolic size under torch.compile(dynamic=True)
-        batch = None
+    if isinstance(batch, torch.SymInt):  # symbolic outside Dynamo (make_fx, export); Dynamo
+        batch = None                      # passes its symbolic sizes on as ints
     dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
     training = torch.is_grad_enabled() and (
         data.requires_grad or isinstance(hx, torch.Tensor) and hx.requires_grad
