@@ -8,12 +8,8 @@ from torch import nn
 
 import triton_rnn
 
-DTYPES = {  # name -> (torch dtype, TF32 allowed for cuDNN and for our GEMMs/kernels)
-    "fp32": (torch.float32, False),
-    "tf32": (torch.float32, True),
-    "bf16": (torch.bfloat16, False),
-    "fp16": (torch.float16, False),
-}
+# name -> (torch dtype, TF32 allowed for cuDNN and for our GEMMs/kernels): routing's classes.
+DTYPES = {name: v for name, v in triton_rnn.routing.DTYPES.items() if name != "fp64"}
 # Relative difference from nn.RNN (same dtype; output, h_n and weight gradients) above which a
 # measurement is marked wrong. Both sides round, and gradients over up to 1024 steps of a 16-bit
 # recurrence diverge more than outputs, hence the wide 16-bit bounds; a wrong kernel is off by

@@ -95,12 +95,18 @@ def _valid(policy, where: str) -> str:
 
 # ----- shape classes and the static rule ----------------------------------------------------
 
+# Shape-class dtype names (perf/bench.py's too) -> (torch dtype, TF32 allowed).
+DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
+          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
+          "fp64": (torch.float64, False)}
+_NAMES = {(dtype, tf32): name for name, (dtype, tf32) in DTYPES.items()}
+
+
 def dtype_name(dtype: torch.dtype, allow_tf32: bool) -> str:
-    """perf/bench.py's names: float32 is "tf32" or "fp32" (IEEE) by whether TF32 is allowed."""
-    if dtype == torch.float32:
-        return "tf32" if allow_tf32 else "fp32"
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}.get(
-        dtype, str(dtype).replace("torch.", ""))
+    """float32 is "tf32" or "fp32" (IEEE) by whether TF32 is allowed; TF32 means nothing to
+    the other dtypes."""
+    return _NAMES.get((dtype, allow_tf32 and dtype == torch.float32),
+                      str(dtype).replace("torch.", ""))
 
 
 def bucket(n: int) -> int:
@@ -143,9 +149,7 @@ def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bo
         if (dtype, bucket(hidden), bucket(batch),
                 "training" if training else "inference") in listed:
             return "torch"
-    torch_dtype = {"tf32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
-                   "fp16": torch.float16, "fp64": torch.float64}[dtype]
-    variant = choose(hidden, batch or 1, torch_dtype, dtype == "tf32").variant
+    variant = choose(hidden, batch or 1, *DTYPES[dtype]).variant
     return "torch" if variant == "streaming" else "kernels"
 
 
