@@ -63,6 +63,11 @@ SPLIT_TILE = {8: 4096, 4: 16384}
 SPLIT_MIN_ROWS = {8: 8, 4: 16}
 SPLIT_MAX_ROWS = 16
 SPLIT_WARPS = 16
+# Registers per thread a split program may use (ptxas's .maxnreg): what 16 warps get anyway
+# (65536 / 512 threads), and with 4 or 8 warps a cap that keeps 2-4 programs per SM. Without
+# it, Triton 3.9's ptxas (13.x, --regAllocOptLevel=2) stopped at 64-128 registers and parked
+# 40-48 B of 64-bit addresses on the stack in the packed sm_80 fp32/tf32 H = 512-1024 kernels.
+SPLIT_MAX_REGISTERS = 128
 
 
 @dataclass(frozen=True)

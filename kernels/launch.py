@@ -12,7 +12,7 @@ import triton.language as tl
 
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
-from .dispatch import Config, choose, choose_cell
+from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
 from .streaming import rnn_backward_streaming_kernel, rnn_forward_streaming_kernel
@@ -71,6 +71,7 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
             PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags,
             MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
+            maxnreg=SPLIT_MAX_REGISTERS,
             # An oversize grid then fails at launch instead of waiting at its first barrier.
             launch_cooperative_grid=True)
     dot_dtype = _TL_DTYPE[dtype]
@@ -200,8 +201,8 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
     w_strides = _weight_operand(w_hh, transpose=True)
     with _on_device(proj):
         if cfg.variant == "split":
-            strides = (proj.stride(0), proj.stride(1), h0.stride(0), h0.stride(1), *w_strides,
-                       out.stride(0), out.stride(1))
+            # proj and out are both contiguous (T, N, D*H): the kernel takes their strides once.
+            strides = (proj.stride(0), proj.stride(1), h0.stride(0), h0.stride(1), *w_strides)
             if _launch_split("forward", kernel, cfg, options, (proj, h0, w_hh, out, p_len),
                              strides, T, N, H, D):
                 return out

@@ -72,10 +72,9 @@ def rnn_forward_split_kernel(
     T, N, H,
     ROWS,                # batch rows per group
     i_d0, G,             # this launch's first direction; batch groups
-    s_pt, s_pn,          # proj (T, N, D*H): time and batch strides, features contiguous
+    s_t, s_n,            # proj and out share the contiguous (T, N, D*H) layout
     s_hd, s_hn,          # h0 (D, N, H)
     s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
-    s_ot, s_on,          # out (T, N, D*H)
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
@@ -88,17 +87,20 @@ def rnn_forward_split_kernel(
     ok = t == 0
     while (t < T) & ok:
         tt = time_index(t, T, i_d, False)
-        tp = time_index(t - 1, T, i_d, False)  # the previous step (unused at t = 0)
+        # h_{t-1}: h0 at the first step, else what every slice wrote last step (rows of it
+        # s_prev apart); read from L2 (.cg), where the other programs' stores are visible
+        # after the wait. Row pointers are formed per step, not kept per row.
+        p_prev = tl.where(t == 0, p_h0, p_out + time_index(t - 1, T, i_d, False) * s_t)
+        s_prev = tl.where(t == 0, s_hn, s_n)
+        o_step = tt * s_t  # step tt's offset in proj and out
         for i in range(ROWS):
             n = n0 + i
             lim = tl.where(n < N, H, 0)  # features to touch in row n: none past the batch
-            # h_{t-1} of row n: h0 at the first step, else what every slice wrote last step;
-            # read from L2 (.cg), where the other programs' stores are visible after the wait.
-            p_row = tl.where(t == 0, p_h0 + n * s_hn, p_out + tp * s_ot + n * s_on)
+            p_row = p_prev + n * s_prev
             b_h = tl.load(p_row + o_k, mask=o_k < lim, other=0.0, cache_modifier=".cg")
             b_h = state_operand(b_h, p_b.dtype.element_ty, PRECISION).to(ACC)
             b_z = tl.sum(b_b * b_h[None, :], 1)
-            b_z += tl.load(p_proj + tt * s_pt + n * s_pn + o_j, mask=o_j < lim,
+            b_z += tl.load(p_proj + o_step + n * s_n + o_j, mask=o_j < lim,
                            other=0.0).to(ACC)
             b_new = activate(b_z, ACT)
             if HAS_LENGTHS:  # a row outside its sequence holds its previous state
@@ -106,14 +108,14 @@ def rnn_forward_split_kernel(
                 b_old = tl.load(p_row + o_j, mask=o_j < lim, other=0.0,
                                 cache_modifier=".cg").to(ACC)
                 b_new = tl.where(tt < b_len, b_new, b_old)
-            tl.store(p_out + tt * s_ot + n * s_on + o_j, convert(b_new, p_out.dtype.element_ty),
+            tl.store(p_out + o_step + n * s_n + o_j, convert(b_new, p_out.dtype.element_ty),
                      mask=o_j < lim)
         if t < T - 1:  # the last step's state is read by no program
             ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
         t += 1
     if ok == 0:
         tl.store(p_sync, 1)
-        _poison(p_out, s_ot, s_on, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
+        _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
 
 
 @triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G"])
