@@ -1,8 +1,9 @@
 """Time triton_rnn.RNN's kernels against nn.RNN's own path on one call's shape.
 
-What is timed is a stand-in: a fresh triton_rnn.RNN of the same configuration holding a copy
-of the weights, on the call's input (and h_0) cut to at most REPRESENTATIVE_STEPS timesteps. Inference
-times a no-grad forward; training a forward plus `torch.autograd.grad` with respect to the
+What is timed is a stand-in, a fresh triton_rnn.RNN of the same configuration holding a copy of
+the weights, which the module makes itself (RNN.stand_in: this module imports nothing from the
+module layer), on the call's input (and h_0) cut to at most REPRESENTATIVE_STEPS timesteps.
+Inference times a no-grad forward; training a forward plus `torch.autograd.grad` with respect to the
 stand-in's parameters (and the input if it requires grad). So measuring writes no `.grad`,
 runs no hooks of the user's module, leaves the RNG where it was (forked around everything,
 dropout included) and does not touch `torch.backends`.
@@ -44,23 +45,6 @@ def representative(input, batch_first: bool):
                               input.unsorted_indices)
     time_dim = 1 if batch_first and input.dim() == 3 else 0
     return input.narrow(time_dim, 0, min(input.size(time_dim), REPRESENTATIVE_STEPS))
-
-
-def stand_in(module: nn.RNN) -> nn.RNN:
-    """A new triton_rnn.RNN of the same configuration holding a copy of the weights (read by
-    nn.RNN's own names, so parametrized weights give their computed values)."""
-    from .rnn import RNN
-    w = module.weight_ih_l0
-    with torch.inference_mode(False):  # ordinary parameters, even inside inference_mode
-        clone = RNN(module.input_size, module.hidden_size, module.num_layers,
-                    module.nonlinearity, module.bias, module.batch_first, module.dropout,
-                    module.bidirectional, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        for name in module._flat_weights_names:
-            p, q = getattr(module, name), getattr(clone, name)
-            q.copy_(p)
-            q.requires_grad_(p.requires_grad)
-    return clone.train(module.training)
 
 
 def candidates(clone: nn.RNN, kernels_forward) -> dict:
@@ -106,7 +90,7 @@ def measure(module: nn.RNN, input, hx, training: bool, kernels_forward) -> tuple
             torch.cuda.device(device) if cuda else contextlib.nullcontext(), \
             torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         try:
-            clone = stand_in(module)
+            clone = module.stand_in()
         except Exception as exc:  # noqa: BLE001 - e.g. a module we cannot copy: not measured
             warnings.warn(f"triton_rnn: could not measure this layer ({type(exc).__name__}: "
                           f"{exc}); the static routing rule decides")

@@ -90,6 +90,22 @@ class RNN(nn.RNN):
         # named parameters without updating that list (nn.RNN refreshes it in forward).
         return [getattr(self, name) for name in self._flat_weights_names]
 
+    def stand_in(self) -> "RNN":
+        """A new triton_rnn.RNN of this configuration holding a copy of the weights, read by
+        nn.RNN's own names (so parametrized weights give their computed values), with their
+        requires_grad and this module's training mode: what routing's measurement times."""
+        w = self.weight_ih_l0
+        with torch.inference_mode(False):  # ordinary parameters, even inside inference_mode
+            clone = RNN(self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
+                        self.bias, self.batch_first, self.dropout, self.bidirectional,
+                        device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                p, q = getattr(self, name), getattr(clone, name)
+                q.copy_(p)
+                q.requires_grad_(p.requires_grad)
+        return clone.train(self.training)
+
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 

@@ -40,6 +40,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import measure
 from .route_cache import RouteCache
+from .version import __version__
 
 POLICIES = ("auto", "kernels", "torch")
 TABLE = Path(__file__).with_name("cudnn_faster.json")
@@ -311,7 +312,6 @@ def _kernels_forward(clone):
 
 def device_key(device: str) -> dict:
     """What a measurement depends on besides the shape: the GPU and every version."""
-    import triton_rnn
     key = {"device": torch.device(device).type}
     if key["device"] == "cuda":
         props = torch.cuda.get_device_properties(torch.device(device))
@@ -319,7 +319,7 @@ def device_key(device: str) -> dict:
                    sm_count=props.multi_processor_count, driver=_driver_version(),
                    cuda=torch.version.cuda)
     key.update(torch=torch.__version__, triton=triton.__version__,
-               triton_rnn=triton_rnn.__version__)
+               triton_rnn=__version__)
     return key
 
 
