@@ -17,6 +17,29 @@ from triton_rnn.ops import uses_kernels  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
+# TRITON_RNN_COVERAGE=DIR records which kernel configurations each test launches
+# (tests/kernel_coverage.py; the matrix in tests/README.md).
+COVERAGE = os.environ.get("TRITON_RNN_COVERAGE")
+if COVERAGE:
+    import kernel_coverage  # noqa: E402
+    kernel_coverage.install()
+
+    def pytest_runtest_setup(item):
+        kernel_coverage.set_test(item.nodeid)
+
+    def pytest_sessionfinish(session):
+        kernel_coverage.save(COVERAGE)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: without one they are skipped, saying so."""
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (perf/gpu_check.py runs the gpu tests)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
 
 @pytest.fixture(autouse=True)
 def kernels_only(monkeypatch):

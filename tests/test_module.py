@@ -79,7 +79,7 @@ def test_bad_input_raises_what_nn_rnn_raises(case):
     assert str(got.value) == str(expected.value)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device to mix devices")
+@pytest.mark.gpu  # mixes CUDA and CPU tensors
 def test_device_mismatch_raises():
     ours = triton_rnn.RNN(4, 6).cuda()
     with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):

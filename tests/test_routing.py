@@ -423,7 +423,7 @@ def test_show_prints_the_cache(tmp_path):
 
 # ----- on a GPU ---------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not CUDA, reason="measured routing runs on CUDA")
+@pytest.mark.gpu  # measured routing runs on CUDA
 def test_real_measurement_routes_and_writes_the_cache(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("TRITON_RNN_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TRITON_RNN_BACKEND", raising=False)

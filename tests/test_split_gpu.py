@@ -12,7 +12,7 @@ from helpers import make_pair, rel_err
 import triton_rnn.kernels.launch as launch
 from triton_rnn.kernels import dispatch, failures
 
-pytestmark = pytest.mark.skipif(not CUDA, reason="the split variant's hardware tests need CUDA")
+pytestmark = pytest.mark.gpu  # the split variant on hardware
 
 
 def _no_barrier_failure():

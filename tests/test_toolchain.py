@@ -198,9 +198,6 @@ def test_ddp_and_fsdp_gradients_equal_single_process(tmp_path):
 
 # ----- GPU only: CUDA graphs ------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-
-
 def _capture(fn):
     """Warm fn up on a side stream (compiles kernels, allocates), then capture it."""
     stream = torch.cuda.Stream()
@@ -215,7 +212,7 @@ def _capture(fn):
     return graph, result
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_cuda_graph_inference_matches_eager():
     model, _ = make_pair(8, 33, 2, bidirectional=True, dtype=torch.float32)
     static_x = torch.randn(12, 5, 8, device="cuda")
@@ -228,7 +225,7 @@ def test_cuda_graph_inference_matches_eager():
             assert torch.equal(static_out, out) and torch.equal(static_h, h_n)
 
 
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dropout", [0.0, 1.0], ids=["no-dropout", "dropout-all"])
 def test_cuda_graph_training_step_matches_eager(dropout):
     """A captured forward + backward gives eager's loss and gradients on new data. With
@@ -257,7 +254,7 @@ def test_cuda_graph_training_step_matches_eager(dropout):
             assert rel_err(g, p.grad) < 1e-6
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_cuda_graph_dropout_draws_new_masks_each_replay():
     torch.manual_seed(0)
     model = Model(dropout=0.5).cuda().train()
