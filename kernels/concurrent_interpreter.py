@@ -31,9 +31,10 @@ import time
 import triton.runtime.interpreter as _interp
 
 # A program that has made more than SPINS_BEFORE_WAITING atomics in a row (no load between) is
-# spinning on a counter: before its next atomic it sleeps until another program changes memory
-# with an atomic, or WAKE_S passes. Spinners then leave the interpreter lock to the programs
-# they wait for.
+# spinning on a counter: before its next atomic it sleeps until every other running program
+# sleeps too (or ends), or WAKE_S passes. Spinners then leave the interpreter lock to the
+# programs they wait for, and poll once per round instead of once per arrival (S programs
+# meeting at a barrier poll about S times per step, not S²).
 SPINS_BEFORE_WAITING = 3
 WAKE_S = 10e-3
 _launch_lock = threading.Lock()  # one concurrent launch at a time: the builder is global
@@ -63,20 +64,22 @@ def _pause(spin: bool) -> None:
     _state.spins = _state.spins + 1 if spin else 0
     if _state.spins > SPINS_BEFORE_WAITING:
         with control.changed:
-            control.changed.wait(WAKE_S)
+            control.running -= 1
+            if control.running > 0:  # someone may still arrive: wait for them to sleep too
+                control.changed.wait(WAKE_S)
+            else:  # every program waits: let them all poll again
+                control.changed.notify_all()
+            control.running += 1
     elif spin:
         time.sleep(0)  # let the other threads run
 
 
-def _wake_spinners(rmw_op, val) -> None:
-    """After an atomic: wake the spinning programs unless it changed nothing (an add of 0 is
-    how Triton code reads a counter atomically)."""
+def _note_progress(rmw_op, val) -> None:
+    """After an atomic: a write is progress (for the deadline) unless it changed nothing (an
+    add of 0 is how Triton code reads a counter atomically)."""
     if rmw_op == _interp._ir.ATOMIC_OP.ADD and not val.data.any():
         return
-    control = _state.control
-    with control.changed:
-        control.progress = time.monotonic()
-        control.changed.notify_all()
+    _state.control.progress = time.monotonic()
 
 
 def _threaded_builder_class(base):
@@ -94,13 +97,13 @@ def _threaded_builder_class(base):
         def create_atomic_rmw(self, rmw_op, ptr, val, *args, **kwargs):
             _pause(spin=True)
             result = super().create_atomic_rmw(rmw_op, ptr, val, *args, **kwargs)
-            _wake_spinners(rmw_op, val)
+            _note_progress(rmw_op, val)
             return result
 
         def create_atomic_cas(self, *args, **kwargs):
             _pause(spin=True)
             result = super().create_atomic_cas(*args, **kwargs)
-            _wake_spinners(None, None)
+            _note_progress(None, None)
             return result
 
     return ThreadedBuilder
@@ -110,7 +113,8 @@ class _Control:
     def __init__(self, jitter: float):
         self.jitter = jitter
         self.stop = threading.Event()
-        self.changed = threading.Condition()  # notified after every atomic that writes
+        self.changed = threading.Condition()  # notified when every running program sleeps
+        self.running = 0  # programs started, not ended and not asleep in _pause
         self.progress = time.monotonic()  # when a program last wrote with an atomic or ended
 
 
@@ -178,6 +182,8 @@ def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s, late)
                     thread.join()
         _state.control, _state.spins = control, 0
         _state.rng = random.Random(hash((seed, pid)))
+        with control.changed:
+            control.running += 1
         try:
             builder.set_grid_idx(*pid)
             fn(**call_args)
@@ -186,6 +192,10 @@ def _run_programs(builder, fn, call_args, grid, control, seed, deadline_s, late)
         except BaseException as exc:  # reported by the launching thread
             errors[pid] = exc
             control.stop.set()  # one failed program: stop the others rather than wait on it
+        finally:
+            with control.changed:
+                control.running -= 1
+                control.changed.notify_all()  # what the sleepers wait for may be this end
         control.progress = time.monotonic()
 
     for x in range(grid[0]):
