@@ -1,6 +1,6 @@
 """Kernel resource report and compile gate; needs no GPU.
 
-    python -m triton_rnn.kernels.report [--arch 90|80|all] [--json]
+    python -m triton_rnn.kernels.report [--arch 90|80|all] [--json] [--jobs N]
 
 Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
 dtype x hidden size x batch (forward and backward kernels, padded and packed, and the cell),
@@ -24,7 +24,9 @@ inside a loop). A resident or split row whose W_hh is not on-chip, or whose W_hh
 cannot find, is a fault.
 """
 import argparse
+import concurrent.futures
 import contextlib
+import multiprocessing
 import json
 import os
 import re
@@ -534,12 +536,24 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
                per_sm, programs, capacity, w_hh, error)
 
 
-def table(archs, shapes=None, directions: int = 1) -> list:
-    """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given."""
+def table(archs, shapes=None, directions: int = 1, jobs: int = 1) -> list:
+    """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given, in
+    this order; `jobs` processes compile them (Triton's on-disk cache is shared among them)."""
     shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
-    rows = [measure(p, d, H, N, arch, directions, packed) for arch in archs
-            for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes]
-    return rows + [measure("cell", d, H, N, arch) for arch in archs for d, H, N in shapes]
+    cases = [(p, d, H, N, arch, directions, packed) for arch in archs
+             for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes]
+    cases += [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
+    if jobs <= 1:
+        return [measure(*case) for case in cases]
+    # Forked workers (no CUDA here); consecutive cases share most compilations, so each worker
+    # takes runs of them.
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        return list(pool.map(_measure_case, cases, chunksize=8))
+
+
+def _measure_case(case) -> Row:
+    return measure(*case)
 
 
 def _parse_shapes(text: str) -> list:
@@ -572,6 +586,8 @@ def main(argv=None) -> int:
                         help="dtype:H:batch[,...] instead of the default table, e.g. fp32:128:16")
     parser.add_argument("--directions", type=int, choices=(1, 2), default=1,
                         help="recurrences of one or two directions (their strides differ)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="compile in this many processes (e.g. one per core)")
     args = parser.parse_args(argv)
     if interpreting():
         # Under the interpreter the kernels are not compilable JIT functions: run afresh.
@@ -579,7 +595,7 @@ def main(argv=None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         return subprocess.run([sys.executable, "-m", __spec__.name, *argv], env=env).returncode
     archs = sorted(ARCHS, reverse=True) if args.arch == "all" else [int(args.arch)]
-    rows = table(archs, args.shapes, args.directions)
+    rows = table(archs, args.shapes, args.directions, args.jobs)
     if args.json:
         print(json.dumps([dict(asdict(r), faults=r.faults) for r in rows], indent=1))
     else:

@@ -7,7 +7,8 @@ Install first; with no network: pip install --no-build-isolation --no-deps -e .
 tests get at most 40% of it, and the sweep the rest less a margin, most informative cases
 first (perf/latency.py --budget-minutes); every step still writes its log.
 
-1. the whole test suite on CUDA (GPU-only tests included), log to perf/results/<run>/tests.log;
+1. the tests on CUDA: first those marked `gpu` (gpu-tests.log), then all the others
+   (tests.log), in one process each (README's worker-per-core option is turned off: one GPU);
 2. the bytes saved for backward against cuDNN (memory.log);
 3. the latency sweep (perf/latency.py, default sweep unless options narrow it);
 4. perf/routing_table.py on those results (updates triton_rnn/cudnn_faster.json);
@@ -64,9 +65,12 @@ def main(argv) -> int:
     out = plots.results_folder(gpu, date)
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # -o addopts=: no pytest-xdist workers (the GPU machine may lack the plugin; one GPU).
+    pytest = [sys.executable, "-m", "pytest", "-q", "-rs", "-o", "addopts="]
     codes = {
-        "tests": _run([sys.executable, "-m", "pytest", "-q", "-rs"], out / "tests.log", env,
-                      seconds_left(0.4)),
+        "gpu-tests": _run(pytest + ["-m", "gpu"], out / "gpu-tests.log", env,
+                          seconds_left(0.1)),
+        "tests": _run(pytest + ["-m", "not gpu"], out / "tests.log", env, seconds_left(0.35)),
         "memory": _run([sys.executable, "perf/memory.py"], out / "memory.log", env,
                        seconds_left(0.1)),
     }

@@ -4,12 +4,23 @@ TRITON_INTERPRET must be set before triton_rnn (and so triton.jit) is imported.
 """
 import os
 
-import pytest
-import torch
+# One thread per test worker (pytest-xdist runs one worker per core): torch's own threads
+# would compete with the other workers for the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    import fast_interpreter  # noqa: E402
+    fast_interpreter.install()
 
 import triton_rnn.kernels.launch as launch  # noqa: E402
 import triton_rnn.reference as reference  # noqa: E402
@@ -31,13 +42,34 @@ if COVERAGE:
         kernel_coverage.save(COVERAGE)
 
 
+# Test files that are about one kernel variant (the quick loop: python -m pytest -m split).
+VARIANT_FILES = {"test_split.py": "split", "test_split_gpu.py": "split",
+                 "test_concurrent_interpreter.py": "split", "test_cell.py": "cell",
+                 "test_w_first.py": "resident"}
+VARIANTS = ("resident", "split", "streaming", "cell")
+
+
+def _variant(item):
+    """The kernel variant a test targets: its file's, or its `variant` parameter's ("dispatched":
+    what the dispatcher picks for its H, N and dtype), or None."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    variant = params.get("variant") or VARIANT_FILES.get(item.path.name)
+    if variant == "dispatched":
+        from triton_rnn.kernels.dispatch import choose
+        variant = choose(params["H"], params["N"], params.get("dtype", torch.float32)).variant
+    return variant
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need a CUDA device: without one they are skipped, saying so."""
-    if CUDA:
-        return
+    """Each test gets the marker of the kernel variant it targets (see VARIANT_FILES and
+    _variant; tests about several carry their markers themselves). Tests marked `gpu` need a
+    CUDA device: without one they are skipped, saying so."""
     skip = pytest.mark.skip(reason="needs a CUDA GPU (perf/gpu_check.py runs the gpu tests)")
     for item in items:
-        if item.get_closest_marker("gpu"):
+        variant = _variant(item)
+        if variant in VARIANTS:
+            item.add_marker(variant)
+        if not CUDA and item.get_closest_marker("gpu"):
             item.add_marker(skip)
 
 
@@ -57,6 +89,23 @@ def kernels_only(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(reference, name, guarded)
+
+
+@pytest.fixture
+def small_variant(monkeypatch):
+    """small_variant("split" | "streaming"): layers over 32 hidden units run that variant (the
+    dispatcher's resident limit lowered to 32 and, for streaming, split turned off), so that a
+    test reaches it at a small hidden size: H = 40 is 3 split slices of 16 rows, or 2 streamed
+    chunks of 32 (one ragged), where the natural H = 130 takes 9 slices or 5 chunks and several
+    times the interpreter's time for the same code paths. The natural limits are checked by
+    test_split.py::test_dispatch_rule, and the compile gate compiles every size."""
+    from triton_rnn.kernels import dispatch
+
+    def force(variant):
+        monkeypatch.setattr(dispatch, "RESIDENT_MAX_BH", dict.fromkeys(dispatch.RESIDENT_MAX_BH, 32))
+        if variant == "streaming":
+            monkeypatch.setattr(dispatch, "SPLIT_MAX_BH", dict.fromkeys(dispatch.SPLIT_MAX_BH, 0))
+    return force
 
 
 @pytest.fixture

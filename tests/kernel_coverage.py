@@ -44,7 +44,7 @@ def cell(kernel_name: str, arg_names, args, kwargs) -> tuple:
     pass_, variant = KERNELS[kernel_name]
     named = dict(zip(arg_names, args))
     product = "dot" if kwargs.get("USE_DOT", False) else "elementwise"
-    weights = named["p_w_hh" if pass_ == "cell" else "p_b"]
+    weights = named["p_whh" if pass_ == "cell" else "p_b"]
     if pass_ == "cell":
         packed, directions = "-", "-"
     else:

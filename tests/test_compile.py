@@ -31,6 +31,25 @@ BIDIRECTIONAL_SHAPES = [("tf32", 24, 1), ("tf32", 40, 16), ("bf16", 72, 16), ("f
                         ("tf32", 200, 16)]
 
 
+# Shapes only the W_hh column test reads, compiled in the same report run as SHAPES.
+W_HH_SHAPES = [("tf32", 128, 1), ("fp64", 64, 16), ("tf32", 512, 1), ("tf32", 4096, 16),
+               ("tf32", 4096, 1), ("tf32", 128, 16), ("bf16", 128, 16)]
+# The tests that read one-direction report rows share one compilation, on one test worker.
+shared_report = pytest.mark.xdist_group("compile-report")
+
+
+@pytest.fixture(scope="session")
+def report_rows():
+    """(exit code, rows) of one report run over SHAPES and W_HH_SHAPES, one direction."""
+    shapes = list(dict.fromkeys(SHAPES + W_HH_SHAPES))
+    return _report(shapes)
+
+
+def _rows_of(rows, shapes):
+    wanted = set(shapes)
+    return [r for r in rows if (r["dtype"], r["H"], r["N"]) in wanted]
+
+
 def _report(shapes, directions=1):
     spec = ",".join(f"{d}:{h}:{n}" for d, h, n in shapes)
     env = dict(os.environ, TRITON_INTERPRET="0")
@@ -43,8 +62,13 @@ def _report(shapes, directions=1):
 
 @pytest.mark.parametrize("shapes,directions", [(SHAPES, 1), (BIDIRECTIONAL_SHAPES, 2)],
                          ids=["one-direction", "two-directions"])
-def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions):
-    returncode, rows = _report(shapes, directions)
+@shared_report
+def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions, request):
+    if directions == 1:
+        returncode, rows = request.getfixturevalue("report_rows")
+        rows = _rows_of(rows, shapes)  # the run's exit code covers W_HH_SHAPES too
+    else:
+        returncode, rows = _report(shapes, directions)
     # forward and backward, padded and packed, and the RNNCell kernel, for each shape
     assert len(rows) == 5 * len(shapes)
     faults = [f"{r['pass_']} {r['batch_kind']} {r['dtype']} H={r['H']} N={r['N']} "
@@ -62,11 +86,12 @@ def test_shapes_cover_every_variant():
         ("split", False)}
 
 
-def test_split_holds_w_hh_on_chip_at_h2048():
+@shared_report
+def test_split_holds_w_hh_on_chip_at_h2048(report_rows):
     """tf32 and bf16 at H = 2048, batch 1 and 16: the split variant, no spill at all, and a
     grid an H100 holds at once."""
     shapes = [(d, 2048, n) for d in ("tf32", "bf16") for n in (1, 16)]
-    returncode, rows = _report(shapes)
+    rows = _rows_of(report_rows[1], shapes)
     recurrences = [r for r in rows if r["pass_"] != "cell"]
     assert len(recurrences) == 4 * len(shapes)
     for r in recurrences:
@@ -315,15 +340,15 @@ def test_w_hh_column_follows_the_compiled_loop_of_the_resident_dot(arch):
                               else "unknown: no load of p_out"), (pass_, r)
 
 
-def test_w_hh_column_in_the_report():
+@shared_report
+def test_w_hh_column_in_the_report(report_rows):
     """The report's W_hh column for each kind of row, on sm_90: the elementwise resident
     product holds W_hh in registers, split slices too, streaming and the cell read it from L2
     inside the loop, the resident tl.dot keeps it on-chip (registers or shared memory, as
     compiled); every row's column is traced (no 'unknown')."""
-    shapes = [("tf32", 128, 1), ("fp64", 64, 16), ("tf32", 512, 1), ("tf32", 4096, 16),
-              ("tf32", 4096, 1), ("tf32", 128, 16), ("bf16", 128, 16)]
-    returncode, rows = _report(shapes)
-    assert returncode == 0, [r["faults"] for r in rows if r["faults"]]
+    rows = _rows_of(report_rows[1], W_HH_SHAPES)
+    assert len(rows) == 5 * len(W_HH_SHAPES)
+    assert not [r["faults"] for r in rows if r["faults"]]
     for r in rows:
         kind = r["config"].split()[0]
         w = r["w_hh"]

@@ -29,10 +29,11 @@ def test_option_grid_float64(opt):
 
 # "dispatched": the dispatcher's choice (float64 splits W_hh from H = 65). H = 100 and 128
 # fill the largest resident tile (BH = 128) in the other dtypes; 130 splits W_hh across
-# programs, or streams it where the split variant is off (its fallback).
+# programs (batch 5; batch 17 is forced to split at H = 40, conftest.py's small_variant), or
+# streams it where the split variant is off (its fallback).
 SIZES = [(1, 1, 1, "dispatched"), (4, 5, 3, "dispatched"), (3, 17, 17, "dispatched"),
          (2, 5, 33, "dispatched"), (3, 17, 33, "dispatched"), (2, 5, 100, "dispatched"),
-         (2, 17, 128, "dispatched"), (2, 5, 130, "split"), (2, 17, 130, "split"),
+         (2, 17, 128, "dispatched"), (2, 5, 130, "split"), (2, 17, 40, "split"),
          (2, 5, 130, "streaming"), (2, 17, 130, "streaming")]
 
 
@@ -45,6 +46,8 @@ def test_sizes_and_dtypes(T, N, H, variant, dtype, act, request):
     resident W_hh (small H), W_hh split across programs and streamed W_hh (H = 130)."""
     if variant == "streaming":
         request.getfixturevalue("no_split")
+    elif variant == "split" and H < 129:  # forced at a small size (conftest.py)
+        request.getfixturevalue("small_variant")(variant)
     if variant != "dispatched":
         assert choose(H, N, dtype).variant == variant
     ours, ref = make_pair(7, H, 1, act, bidirectional=True, dtype=dtype)
@@ -163,11 +166,14 @@ def test_packed_sequence_gives_nn_rnn_result(enforce_sorted):
     assert rel_err(out.data, ref_out.data) < 1e-9 and rel_err(h_n, ref_h) < 1e-9
 
 
-@pytest.mark.parametrize("H", [33, 130])
-def test_float32_with_tf32_disabled(H, monkeypatch):
+@pytest.mark.parametrize("H,variant", [(33, "resident"), (40, "split")])
+def test_float32_with_tf32_disabled(H, variant, monkeypatch, small_variant):
     """cudnn.allow_tf32 = False selects IEEE products (and the elementwise kernels for batches
-    of 16 and more); results must then be IEEE-fp32 accurate on any device."""
+    of 16 and more); results must then be IEEE-fp32 accurate on any device. Split forced at
+    H = 40 (conftest.py's small_variant)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    if variant == "split":
+        small_variant(variant)
     ours, ref = make_pair(5, H, 1, bidirectional=True, dtype=torch.float32)
     x = torch.randn(3, 17, 5, dtype=torch.float64)
     out, h_n, ref_out, ref_h = _run(ours, ref, x, None, torch.float32)
