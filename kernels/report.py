@@ -26,8 +26,8 @@ cannot find, is a fault.
 import argparse
 import concurrent.futures
 import contextlib
-import multiprocessing
 import json
+import multiprocessing
 import os
 import re
 import subprocess

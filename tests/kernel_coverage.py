@@ -15,15 +15,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-KERNELS = {  # launch.py's kernel names -> (pass, variant)
-    "rnn_forward_resident_kernel": ("forward", "resident"),
-    "rnn_forward_streaming_kernel": ("forward", "streaming"),
-    "rnn_forward_split_kernel": ("forward", "split"),
-    "rnn_backward_resident_kernel": ("backward", "resident"),
-    "rnn_backward_streaming_kernel": ("backward", "streaming"),
-    "rnn_backward_split_kernel": ("backward", "split"),
-    "rnn_cell_forward_kernel": ("cell", "cell"),
-}
+import triton_rnn.kernels.launch as launch
+
+# launch.py's kernel names -> (pass, variant), from the launcher's own table (kernel_for).
+KERNELS = {launch.kernel_for(p, v).fn.__name__: (p, v) for p in ("forward", "backward")
+           for v in ("resident", "split", "streaming")}
+KERNELS[launch.rnn_cell_forward_kernel.fn.__name__] = ("cell", "cell")
 FIELDS = ("pass", "variant", "dtype", "batch", "directions", "batch class")
 _current = {"test": None}
 _cells = []
@@ -80,7 +77,6 @@ def install() -> None:
     """Wrap the launcher's kernels and the concurrent interpreter's launch (for the life of
     the process: the kernels' behaviour is unchanged)."""
     import triton_rnn.kernels.concurrent_interpreter as ci
-    import triton_rnn.kernels.launch as launch
     for name in KERNELS:
         setattr(launch, name, _Recorder(name, getattr(launch, name)))
     original = ci.launch
