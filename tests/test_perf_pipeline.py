@@ -43,9 +43,21 @@ def tf32_flags_kept():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
-@pytest.fixture
-def sweep(tmp_path, monkeypatch, tf32_flags_kept):
-    """Run latency.py's GPU path over a tiny sweep on the CPU; return (results, folder)."""
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Run latency.py's GPU path over a tiny sweep on the CPU, once for the tests that read it
+    (they share one xdist worker: SWEEP_GROUP); return (results, folder)."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _run_sweep(tmp_path_factory.mktemp("sweep"), monkeypatch)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+# The tests that read one sweep run on one worker, so that it runs once.
+SWEEP_GROUP = pytest.mark.xdist_group("perf-sweep")
+
+
+def _run_sweep(tmp_path, monkeypatch):
     launches = []
     kernel_forward, make_step = ops.kernel_forward, bench._step
     monkeypatch.setattr(ops, "kernel_forward", lambda *a: launches.append(1) or kernel_forward(*a))
@@ -83,6 +95,7 @@ def sweep(tmp_path, monkeypatch, tf32_flags_kept):
     return json.loads((folder / "results.json").read_text()), folder
 
 
+@SWEEP_GROUP
 def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
     results, _ = sweep
     assert results["environment"] == FAKE_ENV and not results["failures"]
@@ -97,6 +110,7 @@ def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
     assert len(layouts) == 2 * 2 * 2 * 2 and all(r["matches"] for r in results["packed_rows"])
 
 
+@SWEEP_GROUP
 def test_table_and_plots_come_from_the_recorded_numbers(sweep):
     results, folder = sweep
     table = (folder / "speedup.md").read_text()
@@ -116,6 +130,7 @@ def test_table_and_plots_come_from_the_recorded_numbers(sweep):
     assert all((folder / n).stat().st_size > 0 for n in names)  # run_sweep drew them too
 
 
+@SWEEP_GROUP
 def test_routing_table_from_the_sweep_routes_exactly_where_nn_rnn_won(sweep):
     results, folder = sweep
     table = routing_table.build([folder / "results.json"])
