@@ -194,6 +194,21 @@ def batch_tile(N, BN: tl.constexpr):
 
 
 @triton.jit
+def direction_pointer(p_forward, p_reverse, i_d):
+    """Direction i_d's tensor, by its own pointer: each direction's parameters (and its part
+    of the projection) are read where they lie, never gathered into one stacked copy."""
+    return tl.where(i_d == 0, p_forward, p_reverse)
+
+
+@triton.jit
+def hidden_bias(p_bias, p_bias_r, i_d, o_h, HB, ACC: tl.constexpr):
+    """b_hh of direction i_d at features o_h, in ACC; zero where o_h >= HB (HB = H with a bias,
+    0 without: one compiled kernel serves both, and without a bias nothing is read)."""
+    return tl.load(direction_pointer(p_bias, p_bias_r, i_d) + o_h, mask=o_h < HB,
+                   other=0.0).to(ACC)
+
+
+@triton.jit
 def load_square_tile(p_b, s_bk, s_bj, o_h, m_h):
     """The (BH, BH) tile B[k, j] of an H x H matrix; zero outside H, so padded features of the
     state stay act(0) = 0."""

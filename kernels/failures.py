@@ -7,7 +7,8 @@ raises SplitBarrierTimeout for any earlier launch that has finished with its fla
 `check()` waits for the launches in flight and raises for any of them (call it at the end of a
 run to hear of a failure in the last split launch). TRITON_RNN_SYNC_CHECK=1 checks every launch
 as it ends instead (a host sync per launch). Under CUDA-graph capture nothing is copied: a
-replayed launch that fails writes NaN but raises nothing.
+replayed launch that fails writes NaN and raises nothing by itself; the flags of captured
+launches are kept (a few bytes each) and `check_captured()` reads them after a replay.
 """
 import os
 import threading
@@ -20,6 +21,7 @@ class SplitBarrierTimeout(RuntimeError):
 
 
 _pending = []  # (pinned host copy of the flag, event after the copy, what was launched)
+_captured = []  # (flag tensor in a graph's memory, what was launched), kept alive here
 _lock = threading.Lock()
 
 
@@ -39,6 +41,8 @@ def watch(sync: torch.Tensor, description: str) -> None:
             _raise([description], earlier=False)
         return
     if torch.cuda.is_current_stream_capturing():
+        with _lock:  # the graph zeroes and sets it at every replay; keep it readable
+            _captured.append((sync, description))
         return
     if os.environ.get("TRITON_RNN_SYNC_CHECK") == "1":
         if int(sync[0].item()):
@@ -71,3 +75,20 @@ def check_earlier(wait: bool = False) -> None:
 def check() -> None:
     """Wait for every split launch not yet checked; raise if any of them failed."""
     check_earlier(wait=True)
+
+
+def check_captured() -> None:
+    """For CUDA-graph users: after replays (on the replay's stream, or synchronised), raise
+    SplitBarrierTimeout if any split launch captured in a graph failed in its latest replay.
+    Reads every captured launch's flag (a host sync)."""
+    with _lock:
+        captured = list(_captured)
+    failed = [description for sync, description in captured if int(sync[0].item())]
+    if failed:
+        _raise(failed, earlier=True)
+
+
+def forget_captured() -> None:
+    """Let go of the captured launches' flags (after their graphs are gone)."""
+    with _lock:
+        _captured.clear()

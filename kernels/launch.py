@@ -1,10 +1,12 @@
 """Launchers: allocate outputs, choose the variant, compute the grid, launch.
 
-Tensors (one layer, D directions, T steps, N batch, H hidden):
-  proj (T, N, D*H) contiguous, h0 (D, N, H), w_hh (D, H, H) any strides, out/dout/dz like proj.
+Tensors (one layer, D directions, T steps, N batch, H hidden): each direction's projection
+P (T, N, H), W_hh (H, H) and b_hh (H,) as its own tensor (the parameters themselves, read in
+place: the kernels take a pointer per direction); h0 (D, N, H); out, dout, dz (T, N, D*H).
 """
 import contextlib
 import os
+import warnings
 
 import torch
 import triton
@@ -119,9 +121,33 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _weight_operand(w_hh: torch.Tensor, transpose: bool):
-    """Strides (d, k, j) that read B = W_hhᵀ (transpose) or B = W_hh without copying."""
-    s_d, s_row, s_col = w_hh.stride()
-    return (s_d, s_col, s_row) if transpose else (s_d, s_row, s_col)
+    """Strides (k, j) that read B = W_hhᵀ (transpose) or B = W_hh without copying."""
+    s_row, s_col = w_hh.stride()
+    return (s_col, s_row) if transpose else (s_row, s_col)
+
+
+def per_direction(t, H: int = None) -> tuple:
+    """One tensor per direction: `t` itself when it is a sequence of them; else the parts of
+    one tensor, along its last dimension (D*H features, when H is given) or its first."""
+    if t is None or not isinstance(t, torch.Tensor):
+        return t if t is None else tuple(t)
+    return t.split(H, dim=-1) if H is not None else t.unbind(0)
+
+
+def _one_layout(parts, unit_last_stride: bool = False) -> tuple:
+    """The directions' tensors with one set of strides, which the kernels take once: as they
+    are when they share it; else each made contiguous (a copy, only for a tensor laid out
+    unlike its other direction, e.g. a parameter replaced by a transposed view)."""
+    first = parts[0]
+    if all(p.stride() == first.stride() for p in parts) and \
+            (not unit_last_stride or first.stride(-1) == 1):
+        return tuple(parts)
+    return tuple(p.contiguous() for p in parts)
+
+
+def _pair(parts) -> tuple:
+    """(forward, reverse) pointer arguments: one direction passes its tensor twice."""
+    return (parts[0], parts[-1])
 
 
 def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool,
@@ -160,72 +186,125 @@ def _split_capacity(kernel, args, options, device) -> int:
     return _capacities[key]
 
 
-def _launch_split(pass_, kernel, cfg, options, tensors, strides, T, N, H, D) -> bool:
-    """Launch a split kernel (tensors and strides: its arguments before p_sync and after G)
-    as planned for this device; False if the device cannot hold one group of its slices."""
+_refused = {}  # (kernel, device) -> programs a cooperative launch was refused at; stay below
+
+
+def refused_launch(exc: Exception) -> bool:
+    """Whether `exc` is the driver refusing a cooperative grid it cannot hold at once."""
+    return "too many blocks in cooperative launch" in str(exc) or \
+        "COOPERATIVE_LAUNCH_TOO_LARGE" in str(exc)
+
+
+def _launch_split(pass_, kernel, cfg, options, tensors, sizes, strides, D) -> bool:
+    """Launch a split kernel (tensors, sizes and strides: its arguments before p_sync, from
+    T up to ROWS, and after G) as planned for this device; False if the device cannot hold
+    one group of its slices. A launch the driver refuses (it holds fewer programs than the
+    occupancy said: MPS, a partition) is planned again for half as many programs, and
+    remembered for this kernel and device; warned of once."""
     failures.check_earlier()
     device = tensors[0].device
+    T, N, H = sizes[:3]
     S = triton.cdiv(H, cfg.R)
+    key = (kernel, str(device))
     # [failure flag, one barrier counter per (direction, group)], zero on entry.
     sync = torch.zeros(1 + D * N, dtype=torch.int32, device=device)
-    capacity = _split_capacity(kernel, (*tensors, sync, T, N, H, N, 0, 1, *strides), options,
+    capacity = _split_capacity(kernel, (*tensors, sync, *sizes, N, 0, 1, *strides), options,
                                device)
-    plan = split_plan(S, N, D, capacity, INTERPRETER_MAX_GROUPS if interpreting() else None)
-    if plan is None:
-        return False
-    G, rows, per_launch = plan
-    for d0 in range(0, D, per_launch):
-        args = (*tensors, sync, T, N, H, rows, d0, G, *strides)
-        if interpreting():  # programs that wait for each other need one thread each
-            concurrent_interpreter.launch(kernel, (S, G, per_launch), *args, **options)
-        else:
-            kernel[(S, G, per_launch)](*args, **options)
+    capacity = min(capacity, _refused.get(key, capacity))
+    while True:
+        plan = split_plan(S, N, D, capacity,
+                          INTERPRETER_MAX_GROUPS if interpreting() else None)
+        if plan is None:
+            return False
+        G, rows, per_launch = plan
+        try:
+            for d0 in range(0, D, per_launch):
+                args = (*tensors, sync, *sizes, rows, d0, G, *strides)
+                if interpreting():  # programs that wait for each other need one thread each
+                    concurrent_interpreter.launch(kernel, (S, G, per_launch), *args, **options)
+                else:
+                    kernel[(S, G, per_launch)](*args, **options)
+            break
+        except RuntimeError as exc:
+            if not refused_launch(exc):
+                raise
+            capacity = _refused[key] = S * G * per_launch // 2
+            _warn_refused(pass_, S * G * per_launch, H, N)
+            sync.zero_()  # a launch that ran before the refused one counted at its barriers
     failures.watch(sync, f"{pass_}, H={H}, batch {N}, T={T}, {S} slices x {G} groups x "
                          f"{D} directions, {cfg.describe()}")
     return True
 
 
+_warned_refusal = set()
+
+
+def _warn_refused(pass_: str, programs: int, H: int, N: int) -> None:
+    if pass_ not in _warned_refusal:
+        _warned_refusal.add(pass_)
+        warnings.warn(f"triton_rnn: the driver refused a cooperative launch of {programs} "
+                      f"programs (split {pass_}, H={H}, batch {N}): it holds fewer at once "
+                      "than the occupancy query said. Planning again with fewer programs, "
+                      "else running the layer on the streaming variant.")
+
+
 def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
-                       config: Config = None) -> torch.Tensor:
-    """lengths: None, or (N,) int32 per-sequence lengths on the device (variable-length batch).
-    config: the dispatcher's choice unless given (tests force variants with it)."""
-    T, N, _ = proj.shape
-    D, _, H = h0.shape
-    out = _empty(like=proj)
+                       config: Config = None, b_hh=None) -> torch.Tensor:
+    """out (T, N, D*H) = the layer's states: h_t = act(P_t + b_hh + h_{t-1} W_hhᵀ) per direction.
+
+    proj: each direction's P = X W_ihᵀ + b_ih, (T, N, H) each (a sequence of D tensors, or one
+    (T, N, D*H) tensor); w_hh: each direction's (H, H) W_hh (a sequence, or one (D, H, H)
+    tensor), any strides; b_hh: None or each direction's (H,) b_hh. Every tensor is read where
+    it lies. lengths: None, or (N,) int32 per-sequence lengths on the device (variable-length
+    batch). config: the dispatcher's choice unless given (tests force variants with it)."""
+    D, N, H = h0.shape
+    projs = _one_layout(per_direction(proj, H), unit_last_stride=True)
+    weights = _one_layout(per_direction(w_hh))
+    assert len(projs) == len(weights) == D, "one projection and one W_hh per direction"
+    T = projs[0].shape[0]
+    out = _empty((T, N, D * H), dtype=projs[0].dtype, device=projs[0].device)
     if N == 0:
         return out
-    proj, h0 = proj.contiguous(), h0.contiguous()
-    cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu,
+    h0 = h0.contiguous()
+    biases = weights if b_hh is None else \
+        _one_layout(per_direction(b_hh), unit_last_stride=True)
+    HB = 0 if b_hh is None else H  # bias features the kernel reads: none without a bias
+    cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
                                        allow_tf32, config)
-    p_len = proj if lengths is None else lengths  # unused unless HAS_LENGTHS
-    w_strides = _weight_operand(w_hh, transpose=True)
-    with _on_device(proj):
+    p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
+    s_pt, s_pn = projs[0].stride(0), projs[0].stride(1)
+    w_strides = _weight_operand(weights[0], transpose=True)
+    with _on_device(out):
         if cfg.variant == "split":
-            # proj and out are both contiguous (T, N, D*H): the kernel takes their strides once.
-            strides = (proj.stride(0), proj.stride(1), h0.stride(0), h0.stride(1), *w_strides)
-            if _launch_split("forward", kernel, cfg, options, (proj, h0, w_hh, out, p_len),
-                             strides, T, N, H, D):
+            if _launch_split("forward", kernel, cfg, options,
+                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len),
+                             (T, N, H, HB), (s_pt, s_pn, out.stride(0), out.stride(1),
+                                             h0.stride(0), h0.stride(1), *w_strides), D):
                 return out
-            cfg, kernel, grid, options = _plan("forward", H, N, D, proj.dtype, lengths, relu,
+            cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
                                                allow_tf32, split=False)
         if cfg.variant == "resident":
             kernel[grid](
-                proj, h0, w_hh, out, p_len, T, N, H, proj.stride(0), proj.stride(1),
-                h0.stride(0), h0.stride(1), *w_strides, out.stride(0), out.stride(1), **options)
+                *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, T, N, H, HB,
+                s_pt, s_pn, h0.stride(0), h0.stride(1), *w_strides, out.stride(0),
+                out.stride(1), **options)
         else:
-            state = _empty((D, 2, N, H), dtype=acc_dtype(proj.dtype), device=proj.device)
+            state = _empty((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             state[:, 1] = h0
             kernel[grid](
-                proj, w_hh, out, state, p_len, T, N, H, proj.stride(0), proj.stride(1),
-                *w_strides, out.stride(0), out.stride(1), *state.stride()[:3], **options)
+                *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len, T, N, H, HB,
+                s_pt, s_pn, *w_strides, out.stride(0), out.stride(1), *state.stride()[:3],
+                **options)
     return out
 
 
 def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
                         config: Config = None):
-    """Returns (dz, dh0): dz_t = dL/d(proj_t) for every step, dh0 = dL/dh0."""
+    """Returns (dz, dh0): dz_t = dL/d(P_t) (= dL/d(b_hh) summed over t and the batch) for every
+    step, dh0 = dL/dh0. w_hh as recurrence_forward takes it."""
     T, N, _ = out.shape
-    D, H = w_hh.shape[0], w_hh.shape[1]
+    weights = _one_layout(per_direction(w_hh))
+    D, H = len(weights), weights[0].shape[0]
     dout, out = dout.contiguous(), out.contiguous()
     dz = _empty(like=out)
     dh0 = _empty((D, N, H), dtype=out.dtype, device=out.device)
@@ -234,25 +313,26 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
     cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
                                        allow_tf32, config)
     p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
-    w_strides = _weight_operand(w_hh, transpose=False)
+    w_strides = _weight_operand(weights[0], transpose=False)
     with _on_device(out):
         if cfg.variant == "split":
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1))
             if _launch_split("backward", kernel, cfg, options,
-                             (dout, out, w_hh, dz, dh0, carry, p_len), strides, T, N, H, D):
+                             (dout, out, *_pair(weights), dz, dh0, carry, p_len), (T, N, H),
+                             strides, D):
                 return dz, dh0
             cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
                                                allow_tf32, split=False)
         if cfg.variant == "resident":
             kernel[grid](
-                dout, out, w_hh, dz, dh0, p_len, T, N, H, out.stride(0), out.stride(1),
-                *w_strides, dh0.stride(0), dh0.stride(1), **options)
+                dout, out, *_pair(weights), dz, dh0, p_len, T, N, H, out.stride(0),
+                out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1), **options)
         else:
             state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             kernel[grid](
-                dout, out, w_hh, dz, state, p_len, T, N, H, out.stride(0), out.stride(1),
-                *w_strides, *state.stride()[:3], **options)
+                dout, out, *_pair(weights), dz, state, p_len, T, N, H, out.stride(0),
+                out.stride(1), *w_strides, *state.stride()[:3], **options)
             dh0.copy_(state[:, (T - 1) % 2])
     return dz, dh0
 

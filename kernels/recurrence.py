@@ -1,10 +1,13 @@
 """Persistent recurrence kernels: W_hh stays on-chip and one launch loops over all timesteps.
 
-Forward:  h_t = act(P_t + h_{t-1} W_hhᵀ), P = X W_ihᵀ + b (precomputed by one GEMM).
+Forward:  h_t = act(P_t + b_hh + h_{t-1} W_hhᵀ), P = X W_ihᵀ + b_ih (precomputed by one GEMM
+per direction); b_hh is read from the parameter once per program.
 Backward: dz_t = (dY_t + c_t) ⊙ act'(y_t),  c_{t-1} = dz_t W_hh,  dh_0 = c_0.
 
 Both are "h ← f(h @ B)" with B = W_hhᵀ forward and B = W_hh backward; the launcher picks B by
 passing W_hh's strides swapped, so no transposed copy exists. Grid: (batch tiles, directions).
+Each direction's W_hh, b_hh and P come by their own pointers (blocks.direction_pointer): the
+parameters are read in place at every launch, and nothing derived from them is kept.
 Direction 1 walks time backwards through index arithmetic (no flipped copies).
 
 Two variants share the helpers in blocks.py:
@@ -27,9 +30,9 @@ takes them, in every path).
 import triton
 import triton.language as tl
 
-from .blocks import (activate, activation_grad, active, batch_tile, convert, load_square_tile,
-                     mix, mix_w_first, state_mask, state_offsets, time_index, w_first_operand,
-                     weight_operand)
+from .blocks import (activate, activation_grad, active, batch_tile, convert, direction_pointer,
+                     hidden_bias, load_square_tile, mix, mix_w_first, state_mask, state_offsets,
+                     time_index, w_first_operand, weight_operand)
 
 
 @triton.jit
@@ -64,13 +67,17 @@ def _active(tt, b_len, W_FIRST: tl.constexpr):
         return active(tt, b_len)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "HB"])
 def rnn_forward_resident_kernel(
-    p_proj, p_h0, p_b, p_out, p_len,
-    T, N, H,
-    s_pt, s_pn,          # proj (T, N, D*H): time and batch strides, features contiguous
+    p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
+    p_h0,
+    p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
+    p_bias, p_bias_r,    # each direction's b_hh (H,), read where HB > 0
+    p_out, p_len,
+    T, N, H, HB,
+    s_pt, s_pn,          # P: time and batch strides
     s_hd, s_hn,          # h0 (D, N, H)
-    s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
+    s_bk, s_bj,          # B
     s_ot, s_on,          # out (T, N, D*H)
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
@@ -85,11 +92,17 @@ def rnn_forward_resident_kernel(
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
-    b_b = _resident_weight(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                           W_FIRST)
+    b_b = _resident_weight(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_h, m_h, ACC,
+                           USE_DOT, PRECISION, W_FIRST)
+    b_hb = hidden_bias(p_bias, p_bias_r, i_d, o_h, HB, ACC)
+    if W_FIRST:  # the state tile's feature axis
+        b_hb = b_hb[:, None]
+    else:
+        b_hb = b_hb[None, :]
     b_h = tl.load(p_h0 + i_d * s_hd + state_offsets(o_n, s_hn, o_h, W_FIRST),
                   mask=m_nh, other=0.0).to(ACC)
-    o_p = state_offsets(o_n, s_pn, o_h, W_FIRST) + i_d * H
+    p_proj = direction_pointer(p_proj, p_proj_r, i_d)
+    o_p = state_offsets(o_n, s_pn, o_h, W_FIRST)
     o_o = state_offsets(o_n, s_on, o_h, W_FIRST) + i_d * H
     # Software prefetch: P of the step after this one is loaded before this step's product,
     # so its memory latency hides behind the product instead of stalling the next step. The
@@ -107,8 +120,9 @@ def rnn_forward_resident_kernel(
         tt = time_index(t, T, i_d, False)
         tn = time_index(tl.minimum(t + 1, T - 1), T, i_d, False)
         b_p_next = tl.load(p_proj + tn * s_pt + o_p, mask=m_nh, other=0.0)
-        b_new = activate(b_p.to(ACC) + _product(b_h, b_b, ACC, p_b.dtype.element_ty, USE_DOT,
-                                                DOT_DTYPE, PRECISION, W_FIRST), ACT)
+        b_new = activate((b_p.to(ACC) + b_hb) + _product(b_h, b_b, ACC, p_b.dtype.element_ty,
+                                                         USE_DOT, DOT_DTYPE, PRECISION,
+                                                         W_FIRST), ACT)
         if HAS_LENGTHS:
             b_h = tl.where(_active(tt, b_len, W_FIRST), b_new, b_h)
         else:
@@ -120,10 +134,12 @@ def rnn_forward_resident_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def rnn_backward_resident_kernel(
-    p_dout, p_out, p_b, p_dz, p_dh0, p_len,
+    p_dout, p_out,
+    p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
+    p_dz, p_dh0, p_len,
     T, N, H,
     s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
-    s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
+    s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 (D, N, H)
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
@@ -137,8 +153,8 @@ def rnn_backward_resident_kernel(
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
 
-    b_b = _resident_weight(p_b + i_d * s_bd, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                           W_FIRST)
+    b_b = _resident_weight(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_h, m_h, ACC,
+                           USE_DOT, PRECISION, W_FIRST)
     b_c = tl.zeros(m_nh.shape, dtype=ACC)  # gradient carried into the step being visited
     o_x = state_offsets(o_n, s_n, o_h, W_FIRST) + i_d * H
     t = T * 0

@@ -377,11 +377,15 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
     T = 2
     lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
     seq = torch.empty((T, N, D * H), dtype=dtype)
-    w_hh = torch.empty((D, H, H), dtype=dtype)
+    # Each direction's own W_hh, b_hh and projection, as the module passes its parameters
+    # (a bias or none compile the same code: the kernels take its length at run time).
+    w_hh = [torch.empty((H, H), dtype=dtype) for _ in range(D)]
     with _captured_launches() as launches:
         if pass_ == "forward":
-            launch.recurrence_forward(seq, torch.empty((D, N, H), dtype=dtype), w_hh, lengths,
-                                      False, allow_tf32, cfg)
+            launch.recurrence_forward([torch.empty((T, N, H), dtype=dtype) for _ in range(D)],
+                                      torch.empty((D, N, H), dtype=dtype), w_hh, lengths,
+                                      False, allow_tf32, cfg,
+                                      b_hh=[torch.empty(H, dtype=dtype) for _ in range(D)])
         elif pass_ == "backward":
             launch.recurrence_backward(seq, torch.empty_like(seq), w_hh, lengths, False,
                                        allow_tf32, cfg)

@@ -1,12 +1,14 @@
 """Split variant (Persistent RNN): W_hh divided by rows across co-resident programs.
 
 Grid (slices S, batch groups, directions). Program (s, g, d) loads its R rows of the product
-matrix once, on-chip for the whole sequence: rows j = s*R .. s*R+R-1 of B, where
-element (j, k) is W_hh[j, k] forward (z_t = P_t + W_hh h_{t-1}) and W_hh[k, j] backward
-(c_{t-1} = W_hhᵀ dz_t), chosen by the launcher through strides. Every step each program reads
+matrix once, on-chip for the whole sequence, from direction d's own W_hh (by its pointer):
+rows j = s*R .. s*R+R-1 of B, where element (j, k) is W_hh[j, k] forward
+(z_t = P_t + W_hh h_{t-1}) and W_hh[k, j] backward (c_{t-1} = W_hhᵀ dz_t), chosen by the
+launcher through strides. Every step each program reads
 the group's whole state row by row from global memory, computes its R features for each of the
 group's ROWS batch rows, writes them, and meets the group's other programs at a barrier
-(barrier.py) before anyone reads the next state.
+(barrier.py) before anyone reads the next state. The forward adds b_hh of its R features
+(held, or re-read per row in fp64, where holding it spills) to each row's P_t.
 
 Exchange buffers are the outputs themselves: forward, `out` (h_t in the output dtype, so
 16-bit layers exchange half the bytes; h0 is read for the first step); backward, `dz`. The
@@ -30,12 +32,12 @@ import triton
 import triton.language as tl
 
 from .barrier import arrive_and_wait
-from .blocks import (activate, activation_grad, convert, state_operand, time_index,
-                     weight_operand)
+from .blocks import (activate, activation_grad, convert, direction_pointer, hidden_bias,
+                     state_operand, time_index, weight_operand)
 
 
 @triton.jit
-def _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr,
+def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr,
              PRECISION: tl.constexpr, R: tl.constexpr, BK: tl.constexpr):
     """What program (s, g, d) works on: its direction; the slice count S; its (R, BK) block of
     B (element (j, k)), zero outside H, rounded for the product (TF32) and converted to ACC
@@ -46,7 +48,8 @@ def _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr,
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)
     o_j = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R).to(tl.int64)
     o_k = tl.arange(0, BK).to(tl.int64)
-    b_b = tl.load(p_b + i_d * s_bd + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
+    p_b = direction_pointer(p_b, p_b_r, i_d)
+    b_b = tl.load(p_b + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
                   mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0)
     b_b = weight_operand(b_b, ACC, False, PRECISION)
     p_cnt = p_sync + 1 + i_d * G + i_g
@@ -66,23 +69,35 @@ def _poison(p_x, s_t, s_n, t_from, T, N, H, n0, ROWS, i_d, o_j,
                      mask=o_j < tl.where(n < N, H, 0))
 
 
-@triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G"])
+@triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G", "HB"])
 def rnn_forward_split_kernel(
-    p_proj, p_h0, p_b, p_out, p_len, p_sync,
-    T, N, H,
+    p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
+    p_h0,
+    p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
+    p_bias, p_bias_r,    # each direction's b_hh (H,), read where HB > 0
+    p_out, p_len, p_sync,
+    T, N, H, HB,
     ROWS,                # batch rows per group
     i_d0, G,             # this launch's first direction; batch groups
-    s_t, s_n,            # proj and out share the contiguous (T, N, D*H) layout
+    s_pt, s_pn,          # P: time and batch strides
+    s_t, s_n,            # out (T, N, D*H)
     s_hd, s_hn,          # h0 (D, N, H)
-    s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
+    s_bk, s_bj,          # B
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
-    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS,
+    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS,
                                                 i_d0, ACC, PRECISION, R, BK)
+    p_bias = direction_pointer(p_bias, p_bias_r, i_d)
+    # fp64 re-reads b_hh for every row (an L1 hit): held across the loop it tips fp64
+    # H = 1024 into spilling under the register cap. Others hold it (re-reading tips bf16
+    # H = 2048 into spilling on Triton 3.9). The compile gate checks both.
+    BIAS_PER_ROW: tl.constexpr = ACC == tl.float64
+    if not BIAS_PER_ROW:  # this program's R features of b_hh, held for the whole sequence
+        b_hb = tl.load(p_bias + o_j, mask=o_j < HB, other=0.0).to(ACC)
     p_h0 = p_h0 + i_d * s_hd
     p_out = p_out + i_d * H  # this direction's features
-    p_proj = p_proj + i_d * H
+    p_proj = direction_pointer(p_proj, p_proj_r, i_d)
     t = T * 0
     ok = t == 0
     while (t < T) & ok:
@@ -92,7 +107,8 @@ def rnn_forward_split_kernel(
         # after the wait. Row pointers are formed per step, not kept per row.
         p_prev = tl.where(t == 0, p_h0, p_out + time_index(t - 1, T, i_d, False) * s_t)
         s_prev = tl.where(t == 0, s_hn, s_n)
-        o_step = tt * s_t  # step tt's offset in proj and out
+        o_step = tt * s_t  # step tt's offset in out
+        p_step = p_proj + tt * s_pt  # and its P
         for i in range(ROWS):
             n = n0 + i
             lim = tl.where(n < N, H, 0)  # features to touch in row n: none past the batch
@@ -100,8 +116,11 @@ def rnn_forward_split_kernel(
             b_h = tl.load(p_row + o_k, mask=o_k < lim, other=0.0, cache_modifier=".cg")
             b_h = state_operand(b_h, p_b.dtype.element_ty, PRECISION).to(ACC)
             b_z = tl.sum(b_b * b_h[None, :], 1)
-            b_z += tl.load(p_proj + o_step + n * s_n + o_j, mask=o_j < lim,
-                           other=0.0).to(ACC)
+            b_z += tl.load(p_step + n * s_pn + o_j, mask=o_j < lim, other=0.0).to(ACC)
+            if BIAS_PER_ROW:
+                b_z += tl.load(p_bias + o_j, mask=o_j < tl.minimum(lim, HB), other=0.0).to(ACC)
+            else:
+                b_z += b_hb
             b_new = activate(b_z, ACT)
             if HAS_LENGTHS:  # a row outside its sequence holds its previous state
                 b_len = tl.load(p_len + n, mask=n < N, other=0)
@@ -120,17 +139,19 @@ def rnn_forward_split_kernel(
 
 @triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G"])
 def rnn_backward_split_kernel(
-    p_dout, p_out, p_b, p_dz, p_dh0, p_carry, p_len, p_sync,
+    p_dout, p_out,
+    p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
+    p_dz, p_dh0, p_carry, p_len, p_sync,
     T, N, H,
     ROWS,                # batch rows per group
     i_d0, G,             # this launch's first direction; batch groups
     s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
-    s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
+    s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 and carry (D, N, H)
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
 ):
-    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_sync, s_bd, s_bk, s_bj, H, G, ROWS,
+    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS,
                                                 i_d0, ACC, PRECISION, R, BK)
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd

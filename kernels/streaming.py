@@ -16,15 +16,18 @@ import triton
 import triton.language as tl
 
 from .blocks import (activate, activation_grad, active, batch_tile, chunk_product, convert,
-                     time_index)
+                     direction_pointer, hidden_bias, time_index)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "HB"])
 def rnn_forward_streaming_kernel(
-    p_proj, p_b, p_out, p_state, p_len,
-    T, N, H,
-    s_pt, s_pn,          # proj (T, N, D*H)
-    s_bd, s_bk, s_bj,    # B = W_hhᵀ of direction d: element (k, j)
+    p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
+    p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
+    p_bias, p_bias_r,    # each direction's b_hh (H,), read where HB > 0
+    p_out, p_state, p_len,
+    T, N, H, HB,
+    s_pt, s_pn,          # P: time and batch strides
+    s_bk, s_bj,          # B
     s_ot, s_on,          # out (T, N, D*H)
     s_sd, s_ss, s_sn,    # state (D, 2, N, H); slot 1 holds h0 on entry
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
@@ -33,7 +36,8 @@ def rnn_forward_streaming_kernel(
     i_d, o_n, m_n = batch_tile(N, BN)
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
-    p_b = p_b + i_d * s_bd
+    p_b = direction_pointer(p_b, p_b_r, i_d)
+    p_proj = direction_pointer(p_proj, p_proj_r, i_d)
     p_state = p_state + i_d * s_sd
     for t in range(T):
         tt = time_index(t, T, i_d, False)
@@ -44,8 +48,9 @@ def rnn_forward_streaming_kernel(
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
             m_nj = m_n[:, None] & (o_j < H)[None, :]
-            b_z = tl.load(p_proj + tt * s_pt + o_n[:, None] * s_pn + i_d * H + o_j[None, :],
+            b_z = tl.load(p_proj + tt * s_pt + o_n[:, None] * s_pn + o_j[None, :],
                           mask=m_nj, other=0.0).to(ACC)
+            b_z += hidden_bias(p_bias, p_bias_r, i_d, o_j, HB, ACC)[None, :]
             b_z += chunk_product(p_prev, s_sn, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                   ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             b_h = activate(b_z, ACT)
@@ -61,10 +66,12 @@ def rnn_forward_streaming_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def rnn_backward_streaming_kernel(
-    p_dout, p_out, p_b, p_dz, p_state, p_len,
+    p_dout, p_out,
+    p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
+    p_dz, p_state, p_len,
     T, N, H,
     s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
-    s_bd, s_bk, s_bj,    # B = W_hh of direction d: element (k, j)
+    s_bk, s_bj,          # B
     s_sd, s_ss, s_sn,    # state (D, 2, N, H), zero on entry; slot (T - 1) % 2 holds dh0 on exit
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
@@ -72,7 +79,7 @@ def rnn_backward_streaming_kernel(
     i_d, o_n, m_n = batch_tile(N, BN)
     if HAS_LENGTHS:
         b_len = tl.load(p_len + o_n, mask=m_n, other=0)
-    p_b = p_b + i_d * s_bd
+    p_b = direction_pointer(p_b, p_b_r, i_d)
     p_state = p_state + i_d * s_sd
     for t in range(T):
         tt = time_index(t, T, i_d, True)

@@ -7,6 +7,7 @@ Install first; with no network: pip install --no-build-isolation --no-deps -e .
 tests get at most 40% of it, and the sweep the rest less a margin, most informative cases
 first (perf/latency.py --budget-minutes); every step still writes its log.
 
+0. `python -m triton_rnn.check`, the self-test every user can run (check.log);
 1. the tests on CUDA: first those marked `gpu` (gpu-tests.log), then all the others
    (tests.log), in one process each (README's worker-per-core option is turned off: one GPU);
 2. the bytes saved for backward against cuDNN (memory.log);
@@ -68,6 +69,8 @@ def main(argv) -> int:
     # -o addopts=: no pytest-xdist workers (the GPU machine may lack the plugin; one GPU).
     pytest = [sys.executable, "-m", "pytest", "-q", "-rs", "-o", "addopts="]
     codes = {
+        "check": _run([sys.executable, "-m", "triton_rnn.check"], out / "check.log", env,
+                      seconds_left(0.05)),
         "gpu-tests": _run(pytest + ["-m", "gpu"], out / "gpu-tests.log", env,
                           seconds_left(0.1)),
         "tests": _run(pytest + ["-m", "not gpu"], out / "tests.log", env, seconds_left(0.35)),

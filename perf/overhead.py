@@ -1,5 +1,5 @@
-"""Host cost of one triton_rnn.RNN call, per layer: Python, argument checks, weight
-preparation, autograd and custom-op dispatch, the launcher, with kernel execution excluded.
+"""Host cost of one triton_rnn.RNN call, per layer: Python, argument checks, autograd and
+custom-op dispatch, the launcher, with kernel execution excluded.
 
     python perf/overhead.py [--iterations N]
 
@@ -9,9 +9,9 @@ measured the same way.
 Without a GPU the Triton launchers' kernels are replaced by a stand-in that does nothing (no
 kernel runs; Triton's own launch path, JIT cache lookup and driver call, is left out), so what
 is timed is our Python and dispatch path up to the launch, plus the CPU compute of the torch
-ops around it: the input projection GEMM, timed alone and subtracted in the "host" column,
-and any weight copies. (Meta tensors would skip that compute, but on the CPU their ops run
-through Python decompositions, many times slower than any real dispatch.) nn.RNN cannot be
+ops around it: the input projection GEMMs (one per direction), timed alone and subtracted in
+the "host" column. (Meta tensors would skip that compute, but on the CPU their ops run through
+Python decompositions, many times slower than any real dispatch.) nn.RNN cannot be
 split into host and compute on the CPU: its CPU forward is printed for reference, compute
 included.
 Either way these are host-side costs on this machine, never GPU performance.
@@ -107,10 +107,10 @@ def measure(shape, iterations: int) -> dict:
     ours = triton_rnn.RNN(H, H, layers, bidirectional=bidir).to(device)
     ref = nn.RNN(H, H, layers, bidirectional=bidir).to(device)
     x = torch.randn(T, N, H, device=device)
-    # The input projections as the layers run them: (T*N, I) x (D*H, I)ᵀ + bias.
+    # The input projections as the layers run them: one (T*N, I) x (H, I)ᵀ + b_ih per direction.
     gemms = [(torch.randn(T * N, H if layer == 0 else D * H, device=device),
-              torch.randn(D * H, H if layer == 0 else D * H, device=device),
-              torch.randn(D * H, device=device)) for layer in range(layers)]
+              torch.randn(H, H if layer == 0 else D * H, device=device),
+              torch.randn(H, device=device)) for layer in range(layers) for _ in range(D)]
     row = {}
     for mode, grad in (("inference", False), ("training", True)):
         with torch.set_grad_enabled(grad):
@@ -138,7 +138,7 @@ def main(iterations: int = 300, shapes=SHAPES, out=print) -> dict:
         out("host µs per layer: ours inference, ours training | nn.RNN (cuDNN) host enqueue "
             "inference, training")
     else:
-        out("ours: Python, checks, weight preparation, dispatch and launcher, with a no-op "
+        out("ours: Python, checks, dispatch and launcher, with a no-op "
             "stand-in for every kernel (no kernel executes; Triton's own launch path is not "
             "included). 'host' = ours minus the projection GEMM's CPU compute, timed alone.")
         out("nn.RNN CPU forward (includes its compute): its host cost alone cannot be "

@@ -76,3 +76,15 @@ def option_grid_case(opt, input_size: int, hidden_size: int, N: int, T: int):
                     dtype=torch.float64)
     h0 = torch.randn(layers * (2 if bidir else 1), N, hidden_size, dtype=torch.float64)
     return ours, ref, x, h0
+
+
+def one_percent_off(monkeypatch, pass_: str) -> None:
+    """Make our forward kernels' output ("forward") or the backward's dz ("backward") 1% off:
+    a kernel wrong only on some hardware, as the checks that compare with nn.RNN must see."""
+    from triton_rnn import ops
+    forward, backward = ops.kernel_forward, ops.kernel_backward
+    if pass_ == "forward":
+        monkeypatch.setattr(ops, "kernel_forward", lambda *a, **k: forward(*a, **k) * 1.01)
+    else:
+        monkeypatch.setattr(ops, "kernel_backward", lambda *a, **k: (
+            lambda dz, dh0: (dz * 1.01, dh0))(*backward(*a, **k)))

@@ -46,7 +46,7 @@ def cell(kernel_name: str, arg_names, args, kwargs) -> tuple:
         packed, directions = "-", "-"
     else:
         packed = "packed" if kwargs.get("HAS_LENGTHS") else "padded"
-        directions = f"D{weights.shape[0]}"
+        directions = "D1" if named["p_b_r"] is weights else "D2"  # one direction: twice
     return (pass_, f"{variant}/{product}", _dtype_class(weights.dtype, kwargs["PRECISION"]),
             packed, directions, batch_class(int(named["N"])))
 

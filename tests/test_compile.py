@@ -14,6 +14,7 @@ import pytest
 
 
 from triton_rnn.kernels.dispatch import choose
+from triton_rnn.kernels.report import SCALAR_SPILL_ALLOWANCE
 
 # (dtype, H, batch): every variant (resident and streaming, elementwise and tl.dot; split),
 # float32 with TF32 on ("tf32") and off ("fp32", IEEE) on both sides of each limit, and the
@@ -88,14 +89,17 @@ def test_shapes_cover_every_variant():
 
 @shared_report
 def test_split_holds_w_hh_on_chip_at_h2048(report_rows):
-    """tf32 and bf16 at H = 2048, batch 1 and 16: the split variant, no spill at all, and a
-    grid an H100 holds at once."""
+    """tf32 and bf16 at H = 2048, batch 1 and 16: the split variant, at most the scalar
+    allowance spilled (the W_hh tile alone is 64 registers a thread: a spill of it is far
+    larger; with b_hh added in the kernel, Triton 3.9 parks 8 B in tf32 packed at batch 1),
+    and a grid an H100 holds at once."""
     shapes = [(d, 2048, n) for d in ("tf32", "bf16") for n in (1, 16)]
     rows = _rows_of(report_rows[1], shapes)
     recurrences = [r for r in rows if r["pass_"] != "cell"]
     assert len(recurrences) == 4 * len(shapes)
     for r in recurrences:
-        assert r["config"].startswith("split/") and r["spilled_bytes"] == 0, r
+        assert r["config"].startswith("split/"), r
+        assert r["spilled_bytes"] <= SCALAR_SPILL_ALLOWANCE, r
         assert r["programs"] <= r["capacity"] and r["w_hh"].startswith("on-chip"), r
 
 

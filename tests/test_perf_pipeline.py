@@ -60,7 +60,8 @@ SWEEP_GROUP = pytest.mark.xdist_group("perf-sweep")
 def _run_sweep(tmp_path, monkeypatch):
     launches = []
     kernel_forward, make_step = ops.kernel_forward, bench._step
-    monkeypatch.setattr(ops, "kernel_forward", lambda *a: launches.append(1) or kernel_forward(*a))
+    monkeypatch.setattr(ops, "kernel_forward",
+                        lambda *a, **k: launches.append(1) or kernel_forward(*a, **k))
 
     def tagged_step(model, inputs, grads, mode, packed=False, policy="kernels"):
         run = make_step(model, inputs, grads, mode, packed, policy)
@@ -147,7 +148,7 @@ def test_routing_table_from_the_sweep_routes_exactly_where_nn_rnn_won(sweep):
 
 def test_a_wrong_kernel_is_marked_and_never_wins(monkeypatch, tf32_flags_kept):
     kernel_forward = ops.kernel_forward
-    monkeypatch.setattr(ops, "kernel_forward", lambda *a: kernel_forward(*a) * 1.5)
+    monkeypatch.setattr(ops, "kernel_forward", lambda *a, **k: kernel_forward(*a, **k) * 1.5)
     monkeypatch.setattr(bench, "DEVICE", DEVICE)
     monkeypatch.setattr(bench, "_time", lambda step, warmup_ms, rep_ms: (1.0, 0.9, 1.1))
     rows = bench.measure(bench.Case("tf32", 4, 16, 3, 1, 1), ["inference"])

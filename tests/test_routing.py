@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import triton_rnn
 from conftest import CUDA, DEVICE
+from helpers import one_percent_off
 from triton_rnn import measure, ops, routing
 from triton_rnn.route_cache import RouteCache
 
@@ -73,8 +75,10 @@ def launches(monkeypatch):
     """Records every launch of our recurrence kernels (forward "f", backward "b")."""
     calls = []
     forward, backward = ops.kernel_forward, ops.kernel_backward
-    monkeypatch.setattr(ops, "kernel_forward", lambda *a: calls.append("f") or forward(*a))
-    monkeypatch.setattr(ops, "kernel_backward", lambda *a: calls.append("b") or backward(*a))
+    monkeypatch.setattr(ops, "kernel_forward",
+                        lambda *a, **k: calls.append("f") or forward(*a, **k))
+    monkeypatch.setattr(ops, "kernel_backward",
+                        lambda *a, **k: calls.append("b") or backward(*a, **k))
     return calls
 
 
@@ -280,7 +284,7 @@ def test_a_failing_or_non_finite_candidate_is_left_out(measured, monkeypatch):
     ours, ref = _pair(3, 8)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("launch failed")
     monkeypatch.setattr(ops, "kernel_forward", broken)
     with pytest.warns(UserWarning, match="kernels failed on this shape.*launch failed"):
@@ -289,10 +293,54 @@ def test_a_failing_or_non_finite_candidate_is_left_out(measured, monkeypatch):
     # A raise may be passing (out of memory): decided for this process, not written down.
     assert routing._cache("cpu").get("fp64/H8/N2/training/padded/D1/L1")["backend"] == "torch"
     assert not list(Path(__import__("os").environ["TRITON_RNN_CACHE_DIR"]).glob("*.json"))
-    monkeypatch.setattr(ops, "kernel_forward", lambda proj, *a: torch.full_like(proj, 1e308) * 10)
+    monkeypatch.setattr(ops, "kernel_forward",  # one direction: its projection's shape
+                        lambda projs, *a, **k: torch.full_like(projs[0], 1e308) * 10)
     with pytest.warns(UserWarning, match="kernels gave non-finite values"):
         out = ours(torch.randn(4, 7, 3, dtype=torch.float64))[0]
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("wrong_in", ["forward", "backward"])
+def test_first_use_check_routes_a_wrong_kernel_to_nn_rnn(wrong_in, measured, monkeypatch,
+                                                          tmp_path, capsys):
+    """Our kernels "faster" on the clock but 1% off in the output (forward) or in dz
+    (backward: the output is right, the gradients are not): the class goes to nn.RNN, the
+    cache keeps the reason and the errors, one warning gives the numbers, --show prints it."""
+    measured.kernels_ms, measured.torch_ms = 1.0, 3.0
+    ours, ref = _pair(3, 8, 2, bidirectional=True)
+    one_percent_off(monkeypatch, wrong_in)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    with torch.set_grad_enabled(wrong_in == "backward"):
+        with pytest.warns(UserWarning, match=r"differ from nn.RNN's on this shape; nn.RNN runs "
+                                             r"it: .*0\.0\d+ \(relative error"):
+            out = ours(x)[0]
+        assert torch.equal(out, ref(x)[0])  # nn.RNN's own path ran
+        name = f"fp64/H8/N4/{'training' if wrong_in == 'backward' else 'inference'}/padded/D2/L2"
+        entry = json.loads(next(tmp_path.glob("routing-*.json")).read_text())["classes"][name]
+        assert entry["backend"] == "torch" and "first-use check" in entry["reason"]
+        assert ("output" in entry["errors"]) == (wrong_in == "forward")
+        assert all(0.005 < e < 0.05 for e in entry["errors"].values()), entry["errors"]
+        if wrong_in == "backward":
+            assert {"grad weight_hh_l0", "grad weight_ih_l1_reverse"} <= set(entry["errors"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            calls = measured.calls
+            assert torch.equal(ours(x)[0], ref(x)[0])  # the cache decides; no second warning
+            assert measured.calls == calls
+    routing._main(["--show", "--device", "cpu"])
+    shown = capsys.readouterr().out
+    assert name in shown and "first-use check" in shown and "relative error" in shown
+
+
+def test_first_use_check_passes_right_kernels_with_dropout(measured):
+    """With dropout the two paths draw different masks: the check compares without it."""
+    measured.kernels_ms, measured.torch_ms = 1.0, 3.0
+    ours, _ = _pair(3, 8, 3, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours(torch.randn(5, 2, 3, dtype=torch.float64))
+    entry = routing._cache("cpu").get("fp64/H8/N2/training/padded/D1/L3")
+    assert entry["backend"] == "kernels" and "reason" not in entry
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@ under the concurrent interpreter (one thread per program, kernels/concurrent_int
 
 Slice counts S = ceil(H / R) are reached by forcing R, the rows of W_hh per program, through
 the dispatcher; the launcher then sizes the batch groups from the (interpreter's) capacity."""
+import warnings
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -119,6 +121,41 @@ def test_launch_plan_follows_capacity(capacity, launches, monkeypatch):
         assert grids == []
     else:
         assert len(grids) == launches and all(s * g * d <= capacity for s, g, d in grids)
+
+
+@pytest.mark.parametrize("driver_holds", [3, 2], ids=["plans-again", "falls-back"])
+def test_a_refused_cooperative_launch_plans_again_or_falls_back(driver_holds, monkeypatch):
+    """The occupancy says 132 programs fit, the driver refuses any grid of more than
+    `driver_holds` (as under MPS): the launch is planned again with fewer programs (S = 3, one
+    direction per launch) or, when not even S fit, runs without split; the result is the
+    reference's, one warning says so, and the next call goes straight to what was granted."""
+    monkeypatch.setattr(launch, "_refused", {})
+    monkeypatch.setattr(launch, "_warned_refusal", set())
+    asked, granted = [], []
+    real_launch = launch.concurrent_interpreter.launch
+
+    def driver(kernel, grid, *a, **k):
+        asked.append(grid)
+        if grid[0] * grid[1] * grid[2] > driver_holds:
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+        granted.append(grid)
+        return real_launch(kernel, grid, *a, **k)
+    monkeypatch.setattr(launch.concurrent_interpreter, "launch", driver)
+    T, N, H, D = 3, 2, 20, 2
+    torch.manual_seed(1)
+    proj, h0 = torch.randn(T, N, D * H, dtype=torch.float64), torch.randn(D, N, H).double()
+    w_hh = torch.randn(D, H, H, dtype=torch.float64) / H ** 0.5
+    cfg = choose_split(32, torch.float64, rows=8)
+    with pytest.warns(UserWarning, match="refused a cooperative launch of 12 programs"):
+        out = launch.recurrence_forward(proj, h0, w_hh, None, True, False, config=cfg)
+    assert rel_err(out, reference_forward(proj, h0, w_hh, None, True)) < 1e-12
+    assert granted == ([(3, 1, 1), (3, 1, 1)] if driver_holds == 3 else [])
+    asked.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once
+        out = launch.recurrence_forward(proj, h0, w_hh, None, True, False, config=cfg)
+    assert rel_err(out, reference_forward(proj, h0, w_hh, None, True)) < 1e-12
+    assert asked == ([(3, 1, 1), (3, 1, 1)] if driver_holds == 3 else [])
 
 
 def test_split_plan():

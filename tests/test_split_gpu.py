@@ -141,3 +141,73 @@ def test_waits_that_run_out_give_nan_and_an_error_never_a_wrong_value(monkeypatc
     else:
         with pytest.raises(failures.SplitBarrierTimeout):
             failures.check()
+
+
+def _whole_step(model, optimizer, x):
+    """One training step: forward, backward, optimizer step; returns the loss."""
+    optimizer.zero_grad(set_to_none=False)
+    loss = model(x)[0].float().pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+@pytest.mark.parametrize("H", [256, 1024])
+def test_cuda_graph_of_a_training_step_matches_eager(H):
+    """Forward, backward and an optimizer step at split sizes, both directions, captured as
+    one CUDA graph: each replay equals the same step run eagerly on a twin. The optimizer
+    writes the parameters in place, and every replay must read them (nothing derived from
+    them is kept)."""
+    import copy
+    torch.manual_seed(0)
+    model = triton_rnn.RNN(16, H, bidirectional=True).cuda()
+    assert dispatch.choose(H, 8, torch.float32).variant == "split"
+    twin = copy.deepcopy(model)
+    opt, twin_opt = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (model, twin))
+    static_x = torch.randn(12, 8, 16, device="cuda")
+    with triton_rnn.backend("kernels"), torch.backends.cudnn.flags(allow_tf32=False):
+        side = torch.cuda.Stream()  # warm-up on a side stream, as PyTorch's capture recipe
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for m, o in ((model, opt), (twin, twin_opt)):
+                for _ in range(2):
+                    _whole_step(m, o, static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = _whole_step(model, opt, static_x)
+        for _ in range(3):
+            static_x.copy_(torch.randn_like(static_x))
+            graph.replay()
+            loss = _whole_step(twin, twin_opt, static_x)
+            assert torch.allclose(static_loss, loss, rtol=1e-6, atol=0), (static_loss, loss)
+            for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+                assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), name
+    failures.check_captured()  # no captured split launch failed in its last replay
+    _no_barrier_failure()
+    failures.forget_captured()
+
+
+def test_captured_failure_flag_is_readable_after_replay(monkeypatch):
+    """Waits bounded at 2 polls, captured: after a replay, check_captured() raises exactly
+    when the replay wrote NaN."""
+    monkeypatch.setattr(launch, "MAX_POLLS", 2)
+    ours, _ = _split_model(1024)
+    static_x = torch.randn(32, 8, 16, device="cuda")
+    with torch.no_grad(), triton_rnn.backend("kernels"):
+        ours(static_x)  # compiles before capture
+        try:
+            failures.check()
+        except failures.SplitBarrierTimeout:
+            pass
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = ours(static_x)[0]
+        graph.replay()
+        torch.cuda.synchronize()
+        if static_out.isnan().any():
+            with pytest.raises(failures.SplitBarrierTimeout):
+                failures.check_captured()
+        else:
+            failures.check_captured()
+    failures.forget_captured()

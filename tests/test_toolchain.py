@@ -112,12 +112,18 @@ def test_opcheck(T, N, H, D, dtype, packed, small_variant):
     kw = dict(dtype=dtype, device=DEVICE)
     proj = torch.randn(T, N, D * H, **kw, requires_grad=True)
     h0 = torch.randn(D, N, H, **kw, requires_grad=True)
-    w = (torch.randn(D, H, H, **kw) / H ** 0.5).requires_grad_()
+    # Each direction's own projection, W_hh and b_hh (the reverse ones None for one direction).
+    projs = [torch.randn(T, N, H, **kw, requires_grad=True) for _ in range(D)]
+    ws = [(torch.randn(H, H, **kw) / H ** 0.5).requires_grad_() for _ in range(D)]
+    bs = [torch.randn(H, **kw, requires_grad=True) for _ in range(D)]
+    reverse = (lambda parts: parts[1] if D == 2 else None)
     lengths = torch.tensor([T, 1, T - 1], dtype=torch.int32, device=DEVICE)[:N] if packed \
         else None
-    torch.library.opcheck(recurrence, (proj, h0, w, lengths, False, False))
-    out = recurrence(proj, h0, w, lengths, True, False).detach()
-    torch.library.opcheck(recurrence_backward, (torch.randn_like(out), out, w.detach(), lengths,
+    args = (projs[0], reverse(projs), h0, ws[0], reverse(ws), bs[0], reverse(bs), lengths)
+    torch.library.opcheck(recurrence, (*args, False, False))
+    out = recurrence(*args, True, False).detach()
+    torch.library.opcheck(recurrence_backward, (torch.randn_like(out), out, ws[0].detach(),
+                                                None if D == 1 else ws[1].detach(), lengths,
                                                 True, False))
 
 

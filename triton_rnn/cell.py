@@ -2,7 +2,6 @@
 import torch
 from torch import nn
 
-from . import weights
 from .ops import rnn_cell
 from .nn_rules import autocast_cast, autocast_dtype, scalar_name
 
@@ -28,17 +27,12 @@ class RNNCell(nn.RNNCell):
         dtype = autocast_dtype(input.device.type)
         if dtype is not None:  # nn.RNNCell runs in the autocast dtype
             input, hx = autocast_cast(input, dtype), autocast_cast(hx, dtype)
-            # The weights' casts are made once per weight version, not every call.
-            params = weights.prepare(self, "cell", params, weights.cell_spec(dtype))
+            params = autocast_cast(params, dtype)  # every call, as nn.RNNCell's own cast
         w_ih, w_hh, b_ih, b_hh = (*params, None, None)[:4]
         with torch.autocast(input.device.type, enabled=False):
             out = rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity == "relu",
                            torch.backends.cuda.matmul.allow_tf32)
         return out if is_batched else out.squeeze(0)
-
-    def _apply(self, fn, recurse=True):
-        weights.drop(self)  # prepared from data that .to()/.half()/... may replace
-        return super()._apply(fn, recurse)
 
     def _check_args(self, input, hx) -> None:
         """nn.RNNCell's checks, in its order, with its exception types and messages."""

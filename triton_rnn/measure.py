@@ -53,31 +53,71 @@ def candidates(clone: nn.RNN, kernels_forward) -> dict:
 
 
 def _step(forward, x, h, clone, training: bool):
-    """One inference forward, or one forward + gradient, returning the outputs."""
+    """One inference forward, or one forward + gradient, returning (output, h_n, gradients:
+    {"input", "h_0", parameter names: tensor}, empty for inference)."""
     def run():
         if not training:
             with torch.no_grad():
-                return forward(x, h)
+                return (*forward(x, h), {})
         out, h_n = forward(x, h)
         data = out.data if isinstance(out, PackedSequence) else out
-        wrt = [p for p in clone.parameters() if p.requires_grad]
+        wrt = {n: p for n, p in clone.named_parameters() if p.requires_grad}
         x_data = x.data if isinstance(x, PackedSequence) else x
-        wrt += [t for t in (x_data, h) if t is not None and t.requires_grad]
-        torch.autograd.grad((data, h_n), wrt, (torch.ones_like(data), torch.ones_like(h_n)),
-                            allow_unused=True)
-        return out, h_n
+        wrt.update({n: t for n, t in (("input", x_data), ("h_0", h))
+                    if t is not None and t.requires_grad})
+        grads = torch.autograd.grad((data, h_n), list(wrt.values()),
+                                    (torch.ones_like(data), torch.ones_like(h_n)),
+                                    allow_unused=True)
+        return out, h_n, {n: g for n, g in zip(wrt, grads) if g is not None}
     return run
 
 
 def _finite(outputs) -> bool:
-    out, h_n = outputs
+    out, h_n = outputs[:2]
     out = out.data if isinstance(out, PackedSequence) else out
     return bool(torch.isfinite(out).all() and torch.isfinite(h_n).all())
 
 
-def measure(module: nn.RNN, input, hx, training: bool, kernels_forward) -> tuple:
-    """({candidate: median ms}, whether the result may be kept across processes) for the shape
-    of this call. `kernels_forward(clone)` returns a forward running our kernels on `clone`.
+# The first-use check's bounds: ‖ours − nn.RNN‖ / ‖nn.RNN‖ on the same inputs and weights, per
+# shape-class dtype (README's numerics contract: each path's error against float64 is about
+# 1e-12 (fp64), 1e-6 (fp32), 1e-3 (TF32), 1e-3 (fp16), 1e-2 (bf16); here both paths err, and
+# gradients sum over every step). A kernel wrong on hardware is off by far more.
+OUTPUT_TOLERANCE = {"fp64": 1e-9, "fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 6e-2}
+GRADIENT_TOLERANCE = {"fp64": 1e-8, "fp32": 1e-3, "tf32": 3e-2, "fp16": 3e-2, "bf16": 1.2e-1}
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    ours, theirs = ours.detach().double(), theirs.detach().double()
+    scale = theirs.norm().item()
+    return (ours - theirs).norm().item() / (scale if scale > 0 else 1.0)
+
+
+def mismatches(ours, theirs, dtype: str) -> dict:
+    """{what: relative error} of our (output, h_n, gradients) against nn.RNN's where it is
+    past the dtype's bound (NaN counts as past); empty when they agree."""
+    pairs = [("output", ours[0], theirs[0], OUTPUT_TOLERANCE[dtype]),
+             ("h_n", ours[1], theirs[1], OUTPUT_TOLERANCE[dtype])]
+    pairs += [(f"grad {name}", g, theirs[2].get(name), GRADIENT_TOLERANCE[dtype])
+              for name, g in ours[2].items()]
+    found = {}
+    for what, a, b, bound in pairs:
+        a = a.data if isinstance(a, PackedSequence) else a
+        b = b.data if isinstance(b, PackedSequence) else b
+        error = relative_error(a, b) if b is not None else float("inf")
+        if not error <= bound:
+            found[what] = error
+    return found
+
+
+def measure(module: nn.RNN, input, hx, training: bool, kernels_forward,
+            dtype: str = "fp64") -> tuple:
+    """({candidate: median ms}, whether the result may be kept across processes,
+    {what: relative error} where our values left nn.RNN's) for the shape of this call.
+    `kernels_forward(clone)` returns a forward running our kernels on `clone`; `dtype`: the
+    call's shape-class dtype name (the check's bounds).
+    Before timing, our output, h_n and (training) gradients of the input, h_0 and every
+    parameter are compared with nn.RNN's from the same stand-in inputs (dropout off for the
+    comparison: the two paths draw different masks); a mismatch leaves our kernels out.
     A candidate that gives non-finite values where nn.RNN's path did not is left out with a
     warning; one that raises (out of memory, say) too, and then nothing is kept beyond this
     process, since the failure may be passing."""
@@ -94,7 +134,7 @@ def measure(module: nn.RNN, input, hx, training: bool, kernels_forward) -> tuple
         except Exception as exc:  # noqa: BLE001 - e.g. a module we cannot copy: not measured
             warnings.warn(f"triton_rnn: could not measure this layer ({type(exc).__name__}: "
                           f"{exc}); the static routing rule decides")
-            return {}, False
+            return {}, False, {}
         x = representative(input, module.batch_first)
         if isinstance(x, PackedSequence):
             x = PackedSequence(x.data.detach().requires_grad_(x.data.requires_grad),
@@ -102,24 +142,50 @@ def measure(module: nn.RNN, input, hx, training: bool, kernels_forward) -> tuple
         else:
             x = x.detach().requires_grad_(x.requires_grad and training)
         h = None if hx is None else hx.detach().requires_grad_(hx.requires_grad and training)
-        runs, finite, times, raised = {}, {}, {}, False
+        runs, results, times, raised = {}, {}, {}, False
         for name, forward in candidates(clone, kernels_forward(clone)).items():
             runs[name] = _step(forward, x, h, clone, training)
             try:
-                finite[name] = _finite(runs[name]())  # warm-up: compiles, allocates
+                results[name] = runs[name]()  # warm-up: compiles, allocates
             except Exception as exc:  # noqa: BLE001 - a failing candidate is only left out
                 raised = True
                 warnings.warn(f"triton_rnn: {name} failed on this shape and is not used for "
                               f"it: {type(exc).__name__}: {exc}")
+        finite = {name: _finite(r) for name, r in results.items()}
         for name in list(finite):
             if not finite[name] and finite.get("torch", False):
                 warnings.warn(f"triton_rnn: {name} gave non-finite values where nn.RNN did "
                               "not; it is not used for this shape")
                 del finite[name]
+        wrong = {}
+        if "kernels" in finite and finite.get("torch", False):
+            wrong = _check(runs, results, clone, dtype)
+            if wrong:
+                warnings.warn("triton_rnn: our kernels' values differ from nn.RNN's on this "
+                              "shape; nn.RNN runs it: " + describe(wrong))
+                del finite["kernels"]
         for name in finite:
             samples = [timer(runs[name])]
             best = min(times.values(), default=math.inf)
             while len(samples) < REPEATS and samples[0] < HOPELESS * best:
                 samples.append(timer(runs[name]))
             times[name] = sorted(samples)[len(samples) // 2]
-    return times, not raised
+    return times, not raised, wrong
+
+
+def _check(runs, results, clone, dtype: str) -> dict:
+    """mismatches() of our run against nn.RNN's; with dropout between layers both run once
+    more without it, since the two paths draw their masks differently."""
+    if not (clone.training and clone.dropout and clone.num_layers > 1):
+        return mismatches(results["kernels"], results["torch"], dtype)
+    clone.eval()
+    try:
+        return mismatches(runs["kernels"](), runs["torch"](), dtype)
+    finally:
+        clone.train()
+
+
+def describe(errors: dict) -> str:
+    """"output 0.31, grad weight_hh_l0 0.5 (relative error; bound ...)"."""
+    return ", ".join(f"{what} {error:.3g}" for what, error in errors.items()) + \
+        " (relative error against nn.RNN past the dtype's bound)"

@@ -1,16 +1,19 @@
 """One RNN layer's recurrence as torch.library custom ops, with autograd.
 
-`recurrence(proj, h0, w_hh, lengths, relu, allow_tf32) -> out` runs D directions of one layer:
-  proj (T, N, D*H) = X W_ihᵀ + b_ih + b_hh, h0 (D, N, H), w_hh (D, H, H), out (T, N, D*H);
-  lengths: None, or (N,) int32 per-sequence lengths for a variable-length (packed) batch, in
-  which case a sequence holds its state outside its own steps (`active` in kernels/blocks.py).
+`recurrence(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, relu, allow_tf32) -> out`
+runs D directions of one layer, each from its own tensors (the `_r` ones: the reverse
+direction's, None for one direction), read in place:
+  proj (T, N, H) = X W_ihᵀ + b_ih of that direction, h0 (D, N, H), w_hh (H, H), b_hh (H,) or
+  None, out (T, N, D*H); lengths: None, or (N,) int32 per-sequence lengths for a
+  variable-length (packed) batch, in which case a sequence holds its state outside its own
+  steps (`active` in kernels/blocks.py).
 CUDA tensors, and CPU tensors under TRITON_INTERPRET=1, run the Triton kernels; other CPU
 tensors run triton_rnn.reference. Being custom ops with fake implementations, both trace
 under torch.compile without a graph break.
 
-Backward saves only out, h0 and w_hh (the layer input is saved by the projection's own
-autograd): dz comes from the backward kernel, then dW_hh = Σ_t dz_tᵀ h_{t-1} is one large
-matrix multiply per direction over all timesteps.
+Backward saves only out, h0 and the W_hh parameters (the layer input is saved by the
+projection's own autograd): dz comes from the backward kernel, then per direction
+dW_hh = Σ_t dz_tᵀ h_{t-1} is one large matrix multiply over all timesteps and db_hh = Σ dz.
 """
 from typing import Optional
 
@@ -32,44 +35,59 @@ def uses_kernels(t: Tensor) -> bool:
     return t.is_cuda or (_INTERPRETED and t.device.type == "cpu")
 
 
-def _recurrence_impl(proj, h0, w_hh, lengths, relu, allow_tf32):
+def _directions(forward: Optional[Tensor], reverse: Optional[Tensor]):
+    """The per-direction tensors the launcher and the reference take, or None."""
+    if forward is None:
+        return None
+    return (forward,) if reverse is None else (forward, reverse)
+
+
+def _recurrence_impl(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, relu, allow_tf32):
+    projs, weights = _directions(proj, proj_r), _directions(w_hh, w_hh_r)
+    biases = _directions(b_hh, b_hh_r)
     if uses_kernels(proj):
-        return kernel_forward(proj, h0, w_hh, lengths, relu, allow_tf32)
-    return reference.recurrence_forward(proj, h0, w_hh, lengths, relu)
+        return kernel_forward(projs, h0, weights, lengths, relu, allow_tf32, b_hh=biases)
+    return reference.recurrence_forward(projs, h0, weights, lengths, relu, b_hh=biases)
 
 
 @torch.library.custom_op("triton_rnn::recurrence", mutates_args=())
-def recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], relu: bool,
-               allow_tf32: bool) -> Tensor:
-    return _recurrence_impl(proj, h0, w_hh, lengths, relu, allow_tf32)
+def recurrence(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, w_hh: Tensor,
+               w_hh_r: Optional[Tensor], b_hh: Optional[Tensor], b_hh_r: Optional[Tensor],
+               lengths: Optional[Tensor], relu: bool, allow_tf32: bool) -> Tensor:
+    return _recurrence_impl(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, relu,
+                            allow_tf32)
 
 
 @recurrence.register_fake
-def _(proj, h0, w_hh, lengths, relu, allow_tf32):
-    return torch.empty_like(proj, memory_format=torch.contiguous_format)
+def _(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, relu, allow_tf32):
+    D, N, H = h0.shape
+    return proj.new_empty((proj.shape[0], N, D * H))
 
 
 @torch.library.custom_op("triton_rnn::recurrence_backward", mutates_args=())
-def recurrence_backward(dout: Tensor, out: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                        relu: bool, allow_tf32: bool) -> tuple[Tensor, Tensor]:
-    """(dz, dh0): gradients with respect to proj and h0."""
+def recurrence_backward(dout: Tensor, out: Tensor, w_hh: Tensor, w_hh_r: Optional[Tensor],
+                        lengths: Optional[Tensor], relu: bool,
+                        allow_tf32: bool) -> tuple[Tensor, Tensor]:
+    """(dz, dh0): gradients with respect to the projections (dz (T, N, D*H), direction d's in
+    its features d*H..) and h0."""
+    weights = _directions(w_hh, w_hh_r)
     if uses_kernels(out):
-        return kernel_backward(dout, out, w_hh, lengths, relu, allow_tf32)
-    return reference.recurrence_backward(dout, out, w_hh, lengths, relu)
+        return kernel_backward(dout, out, weights, lengths, relu, allow_tf32)
+    return reference.recurrence_backward(dout, out, weights, lengths, relu)
 
 
 @recurrence_backward.register_fake
-def _(dout, out, w_hh, lengths, relu, allow_tf32):
-    D, N, H = w_hh.shape[0], out.shape[1], w_hh.shape[1]
+def _(dout, out, w_hh, w_hh_r, lengths, relu, allow_tf32):
+    D, N, H = 1 if w_hh_r is None else 2, out.shape[1], w_hh.shape[0]
     return (torch.empty_like(out, memory_format=torch.contiguous_format),
             out.new_empty((D, N, H)))
 
 
-def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> Tensor:
-    """dW_hh[d] = Σ_t dz_t[d]ᵀ h_{t-1}[d], where h_{t-1} is the state before step t in that
-    direction's order: out[t-1] forward (h0 at t=0), out[t+1] reverse (h0 at t=T-1). With
-    per-sequence lengths the formula is unchanged: held steps have dz = 0, and in reverse the
-    held steps after a sequence's end hold exactly h0."""
+def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> list:
+    """Per direction d, dW_hh = Σ_t dz_t[d]ᵀ h_{t-1}[d], where h_{t-1} is the state before step
+    t in that direction's order: out[t-1] forward (h0 at t=0), out[t+1] reverse (h0 at
+    t=T-1). With per-sequence lengths the formula is unchanged: held steps have dz = 0, and in
+    reverse the held steps after a sequence's end hold exactly h0."""
     T, N, _ = out.shape
     D, _, H = h0.shape
     grads = []
@@ -82,21 +100,29 @@ def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> Tensor:
         if T > 1:
             g = g + dz_d[rest].reshape(-1, H).T @ out_d[prev].reshape(-1, H)
         grads.append(g)
-    return torch.stack(grads)
+    return grads
 
 
 def _setup_context(ctx, inputs, output):
-    proj, h0, w_hh, lengths, relu, allow_tf32 = inputs
-    ctx.save_for_backward(output, h0, w_hh, lengths)
+    proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, relu, allow_tf32 = inputs
+    ctx.save_for_backward(output, h0, w_hh, w_hh_r, lengths)
     ctx.relu, ctx.allow_tf32 = relu, allow_tf32
 
 
 def _backward(ctx, dout):
-    out, h0, w_hh, lengths = ctx.saved_tensors
-    dz, dh0 = recurrence_backward(dout.contiguous(), out, w_hh, lengths, ctx.relu,
+    out, h0, w_hh, w_hh_r, lengths = ctx.saved_tensors
+    dz, dh0 = recurrence_backward(dout.contiguous(), out, w_hh, w_hh_r, lengths, ctx.relu,
                                   ctx.allow_tf32)
-    dw_hh = hidden_weight_grad(dz, out, h0) if ctx.needs_input_grad[2] else None
-    return dz, dh0 if ctx.needs_input_grad[1] else None, dw_hh, None, None, None
+    need = ctx.needs_input_grad  # proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, ...
+    D, H = h0.shape[0], h0.shape[2]
+    dz_parts = dz.split(H, dim=-1)  # each direction's gradient of its projection
+    dw = hidden_weight_grad(dz, out, h0) if need[3] or need[4] else [None, None]
+    # b_hh enters every step's pre-activation once: its gradient is dz summed over steps and
+    # batch (zero at held steps of a packed batch, as dz is there).
+    db = [g.sum((0, 1)) if need[5 + d] else None for d, g in enumerate(dz_parts)]
+    reverse = (lambda parts: parts[1] if D == 2 else None)
+    return (dz_parts[0], reverse(dz_parts), dh0 if need[2] else None, dw[0], reverse(dw),
+            db[0], reverse(db), None, None, None)
 
 
 def _no_double_backward(ctx, ddz, ddh0):
@@ -114,9 +140,10 @@ class _EagerRecurrence(torch.autograd.Function):
     backward op, so double backward raises the same error either way."""
 
     @staticmethod
-    def forward(ctx, proj, h0, w_hh, lengths, relu, allow_tf32):
-        out = _recurrence_impl(proj, h0, w_hh, lengths, relu, allow_tf32)
-        _setup_context(ctx, (proj, h0, w_hh, lengths, relu, allow_tf32), out)
+    def forward(ctx, *inputs):
+        out = _recurrence_impl(*inputs)
+        _setup_context(ctx, inputs, out)
+        lengths = inputs[7]
         ctx.mark_non_differentiable(*(() if lengths is None else (lengths,)))
         return out
 
@@ -125,15 +152,17 @@ class _EagerRecurrence(torch.autograd.Function):
         return _backward(ctx, dout)
 
 
-def run_recurrence(proj: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                   relu: bool, allow_tf32: bool) -> Tensor:
+def run_recurrence(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, w_hh: Tensor,
+                   w_hh_r: Optional[Tensor], b_hh: Optional[Tensor], b_hh_r: Optional[Tensor],
+                   lengths: Optional[Tensor], relu: bool, allow_tf32: bool) -> Tensor:
     """`recurrence`, called the cheapest way that keeps its meaning: the registered custom op
     wherever something may rely on the registration (torch.compile tracing, a Python dispatch
     or function mode, functorch transforms, tensor subclasses); else the same implementation
     and backward through a plain autograd.Function."""
-    if _plain_eager(proj, h0, w_hh):
-        return _EagerRecurrence.apply(proj, h0, w_hh, lengths, relu, allow_tf32)
-    return recurrence(proj, h0, w_hh, lengths, relu, allow_tf32)
+    args = (proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, relu, allow_tf32)
+    if _plain_eager(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r):
+        return _EagerRecurrence.apply(*args)
+    return recurrence(*args)
 
 
 def _plain_eager(*tensors) -> bool:
@@ -141,8 +170,8 @@ def _plain_eager(*tensors) -> bool:
                 or torch._C._is_torch_function_mode_enabled()
                 or _get_current_dispatch_mode() is not None
                 or torch._C._functorch.peek_interpreter_stack() is not None
-                or any(type(t) is not Tensor and type(t) is not torch.nn.Parameter
-                       for t in tensors))
+                or any(t is not None and type(t) is not Tensor and
+                       type(t) is not torch.nn.Parameter for t in tensors))
 recurrence_backward.register_autograd(_no_double_backward,
                                       setup_context=lambda ctx, inputs, output: None)
 

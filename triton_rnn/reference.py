@@ -13,17 +13,28 @@ def _inside(lengths, t: int):
     return None if lengths is None else (t < lengths)[:, None]
 
 
-def recurrence_forward(proj, h0, w_hh, lengths, relu: bool) -> torch.Tensor:
-    """out_t = act(proj_t + out_{t-1} W_hhᵀ) per direction; direction 1 runs backwards in time.
-    With per-sequence `lengths`, a sequence holds its state at steps outside it."""
+def _per_direction(t):
+    """One tensor per direction: a sequence as given, or the parts of a (D, ...) tensor."""
+    return None if t is None else tuple(t) if not isinstance(t, torch.Tensor) else t.unbind(0)
+
+
+def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, b_hh=None) -> torch.Tensor:
+    """out_t = act(proj_t + b_hh + out_{t-1} W_hhᵀ) per direction; direction 1 runs backwards
+    in time. proj: each direction's (T, N, H) (a sequence, or one (T, N, D*H) tensor); w_hh,
+    b_hh: each direction's (a sequence, or one (D, ...) tensor; b_hh may be None). With
+    per-sequence `lengths`, a sequence holds its state at steps outside it."""
     act = torch.relu if relu else torch.tanh
-    H = h0.shape[2]
-    out = torch.empty_like(proj, memory_format=torch.contiguous_format)
-    for d in range(h0.shape[0]):
+    D, N, H = h0.shape
+    projs = proj.split(H, dim=-1) if isinstance(proj, torch.Tensor) else tuple(proj)
+    weights, biases = _per_direction(w_hh), _per_direction(b_hh)
+    T = projs[0].shape[0]
+    out = projs[0].new_empty((T, N, D * H))
+    for d in range(D):
         cols = slice(d * H, (d + 1) * H)
         h = h0[d]
-        for t in _steps(proj.shape[0], d):
-            new = act(proj[t, :, cols] + h @ w_hh[d].T)
+        for t in _steps(T, d):
+            z = projs[d][t] + h @ weights[d].T
+            new = act(z if biases is None else z + biases[d])
             inside = _inside(lengths, t)
             h = new if inside is None else torch.where(inside, new, h)
             out[t, :, cols] = h
@@ -39,7 +50,8 @@ def activation_grad(g, y, relu: bool):
 def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
     """Returns (dz, dh0): dz_t = (dout_t + dz_{t+1} W_hh) ⊙ act'(out_t), walking time backwards;
     a held step (outside its sequence) has dz = 0 and passes its gradient through."""
-    D, H = w_hh.shape[0], w_hh.shape[1]
+    weights = _per_direction(w_hh)
+    D, H = len(weights), weights[0].shape[0]
     dz = torch.empty_like(out, memory_format=torch.contiguous_format)
     dh0 = out.new_empty((D, out.shape[1], H))
     for d in range(D):
@@ -53,7 +65,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
             if inside is not None:
                 dz_t = torch.where(inside, dz_t, 0)
             dz[t, :, cols] = dz_t
-            carried = dz_t @ w_hh[d]
+            carried = dz_t @ weights[d]
             if inside is not None:
                 carried = torch.where(inside, carried, g)
         dh0[d] = carried

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import routing, weights
+from . import routing
 from .nn_rules import autocast_cast, autocast_dtype, scalar_name, tf32_allowed
 from .ops import run_recurrence
 
@@ -38,9 +38,10 @@ class PackedLayout:
 class RNN(nn.RNN):
     """Drop-in replacement for torch.nn.RNN: same constructor, parameters, initialisation,
     state_dict, shapes and errors. Only `forward` differs: each layer's input projection is one
-    matrix multiply over all timesteps, then one persistent kernel launch per layer (both
-    directions together) runs the recurrence with W_hh held on-chip. PackedSequence input runs
-    in the same kernels, which take per-sequence lengths."""
+    matrix multiply per direction over all timesteps, then one persistent kernel launch per
+    layer (both directions together) runs the recurrence with W_hh held on-chip. Every call
+    reads the parameters as they are then (nothing derived from them is kept between calls).
+    PackedSequence input runs in the same kernels, which take per-sequence lengths."""
 
     def forward(self, input, hx=None):
         if routing.use_torch(self, input, hx):
@@ -133,8 +134,8 @@ class RNN(nn.RNN):
         dtype = autocast_dtype(x.device.type)
         if dtype is not None:
             # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
-            # lower-precision list): cast the input here and the weights as each layer prepares
-            # them (cached), then run without autocast.
+            # lower-precision list): cast the input here and the weights as each layer reads
+            # them (every call, as nn.RNN does), then run without autocast.
             x, hx = autocast_cast(x, dtype), autocast_cast(hx, dtype)
             with torch.autocast(x.device.type, enabled=False):
                 return self._run(x, hx, params, batch, layout, dtype)
@@ -142,20 +143,20 @@ class RNN(nn.RNN):
             hx = x.new_zeros((self.num_layers * self._directions(), batch, self.hidden_size))
         return self._run_layers(x, hx, params, layout, weight_dtype)
 
-    def _layer_weights(self, params, layer: int, dtype):
-        """(W_ih (D*H, I), bias (D*H) or None, W_hh (D, H, H)) of one layer, directions
-        stacked, in `dtype` (None: the parameters' own): views of the parameters where they
-        can be, else copies made once per weight version (weights.py)."""
+    def _layer_weights(self, params, layer: int, dtype) -> list:
+        """Per direction of one layer, (W_ih, W_hh, b_ih, b_hh) (biases None without bias):
+        the parameters themselves, read in place, or under autocast their casts made for
+        this call."""
+        per_dir = 4 if self.bias else 2
         D = self._directions()
-        per_layer = D * (4 if self.bias else 2)
-        return weights.prepare(self, layer, params[layer * per_layer:(layer + 1) * per_layer],
-                               weights.layer_spec(D, self.bias, dtype))
-
-    def _apply(self, fn, recurse=True):
-        # .to(), .half(), .cuda() ... may replace the parameters' data: forget what was
-        # prepared from the old data (and let its storage go) rather than wait for a call.
-        weights.drop(self)
-        return super()._apply(fn, recurse)
+        first = layer * D * per_dir
+        groups = []
+        for d in range(D):
+            group = params[first + d * per_dir:first + (d + 1) * per_dir]
+            if dtype is not None:
+                group = autocast_cast(list(group), dtype)
+            groups.append((*group, None, None)[:4])
+        return groups
 
     def _run_layers(self, x: Tensor, hx: Tensor, params, layout, weight_dtype):
         """x: (T, N, I), or (P, I) packed rows when `layout` is given; weight_dtype: the
@@ -166,15 +167,19 @@ class RNN(nn.RNN):
         lengths = None if layout is None else layout.lengths
         h_n = []
         for layer in range(self.num_layers):
-            w_ih, bias, w_hh = self._layer_weights(params, layer, weight_dtype)
-            # Input projection for all timesteps and both directions: one large GEMM.
+            groups = self._layer_weights(params, layer, weight_dtype)
+            # Input projection for all timesteps: one large GEMM per direction.
             if layout is None:
                 T, N = x.shape[0], x.shape[1]
-                proj = F.linear(x.reshape(T * N, x.shape[2]), w_ih, bias).view(T, N, D * H)
+                rows = x.reshape(T * N, x.shape[2])
+                projs = [F.linear(rows, w_ih, b_ih).view(T, N, H)
+                         for w_ih, _, b_ih, _ in groups]
             else:
-                proj = layout.pad(F.linear(x, w_ih, bias))
-            out = run_recurrence(proj, hx[layer * D:(layer + 1) * D], w_hh, lengths, relu,
-                                 allow_tf32)
+                projs = [layout.pad(F.linear(x, w_ih, b_ih)) for w_ih, _, b_ih, _ in groups]
+            reverse = groups[1] if D == 2 else (None,) * 4
+            out = run_recurrence(projs[0], projs[1] if D == 2 else None,
+                                 hx[layer * D:(layer + 1) * D], groups[0][1], reverse[1],
+                                 groups[0][3], reverse[3], lengths, relu, allow_tf32)
             # h_n: the state after each direction's last step. Sequences hold their state
             # outside their own steps, so that is out[T-1] forward and out[0] in reverse.
             h_n.append(out[-1, :, :H])

@@ -11,6 +11,8 @@ was measured faster on this GPU:
 - The first call of a class on a GPU times both paths on a short stand-in run (measure.py:
   it writes no `.grad`, leaves the RNG and `torch.backends` as they were), records the winner
   in the persistent cache (route_cache.py) and logs one INFO line on the "triton_rnn" logger.
+  Before timing it checks our output, h_n and gradients against nn.RNN's on the same inputs:
+  a mismatch routes the class to nn.RNN, is recorded with the errors and warns once.
   Later calls, in this process or any other on the same GPU and versions, read the cache.
 - Nothing is measured while torch.compile traces or a CUDA graph is being captured: a class
   found in the cache follows it, others follow the static rule (fixed into the compiled graph
@@ -281,12 +283,17 @@ def _measurable(input) -> bool:
 
 def _measure_and_record(module, input, hx, call, name: str, cache: RouteCache) -> dict:
     device, dtype, hidden, batch, training = call[:5]
-    times, keep = measure.measure(module, input, hx, training, _kernels_forward)
+    times, keep, wrong = measure.measure(module, input, hx, training, _kernels_forward, dtype)
     if times:
         choice = min(times, key=times.get)
+    elif wrong:  # nn.RNN's own path ran and is right
+        choice = "torch"
     else:  # every candidate failed: leave it to the static rule, which raises nn.RNN's error
         choice = static_choice(device, dtype, hidden, batch, training)
     entry = {"backend": choice, "ms": {k: round(v, 6) for k, v in times.items()}}
+    if wrong:  # kept with the class: a kernel wrong on this GPU stays routed away from
+        entry["reason"] = "our values differ from nn.RNN's (first-use check)"
+        entry["errors"] = {k: float(f"{v:.4g}") for k, v in wrong.items()}
     if keep:
         cache.put(name, entry)
     else:  # a failure that may pass (out of memory, say): decided for this process only
@@ -397,6 +404,8 @@ def _main(argv=None) -> int:
     for name, entry in sorted(classes.items()):
         times = ", ".join(f"{k} {v:.3f} ms" for k, v in entry.get("ms", {}).items())
         print(f"  {name:42s} -> {entry['backend']:7s} ({times})")
+        if "reason" in entry:
+            print(f"  {'':42s}    {entry['reason']}: {measure.describe(entry['errors'])}")
     return 0
 
 

@@ -1,0 +1,45 @@
+"""`python -m triton_rnn.check`: the self-test a user runs on their GPU. Here its checks run
+through the interpreter (small sizes, as --interpret runs them), and must fail on a wrong
+kernel."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CUDA
+from helpers import one_percent_off
+from triton_rnn import check
+
+
+@pytest.mark.skipif(CUDA, reason="says what it does without a GPU")
+def test_without_a_gpu_it_says_so_and_exits_0():
+    done = subprocess.run([sys.executable, "-m", "triton_rnn.check"], capture_output=True,
+                          text=True, env={k: v for k, v in os.environ.items()
+                                          if k != "TRITON_INTERPRET"})
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA GPU" in done.stdout
+
+
+CASES = [("resident", "bf16", True), ("split", "fp64", True), ("streaming", "tf32", False),
+         ("cell", "fp16", False)]
+
+
+@pytest.mark.skipif(CUDA, reason="the interpreted checks; on a GPU perf/gpu_check.py runs it")
+def test_interpreted_checks_pass_and_name_the_variant_that_ran():
+    lines = []
+    assert check.run(CASES, "cpu", interpreted=True, out=lines.append) == 0
+    rows = [line.split() for line in lines[2:-1]]
+    assert [(r[0], r[1], r[3]) for r in rows] == [(v, v, d) for v, d, _ in CASES]
+    assert all(r[7] == "ok" for r in rows) and lines[-1] == "4 passed, 0 failed, 0 not run"
+
+
+@pytest.mark.skipif(CUDA, reason="the interpreted checks")
+@pytest.mark.parametrize("broken", ["forward", "backward"])
+def test_a_wrong_kernel_fails_the_check(broken, monkeypatch):
+    one_percent_off(monkeypatch, broken)
+    lines = []
+    assert check.run([("split", "fp64", False)], "cpu", interpreted=True,
+                     out=lines.append) == 1
+    assert "FAIL" in lines[2] and lines[-1] == "0 passed, 1 failed, 0 not run"
+    assert ("grad" in lines[2]) == (broken == "backward")

@@ -1,0 +1,230 @@
+"""Self-test on this machine's GPU: every variant the dispatcher can pick, against nn.RNN.
+
+    python -m triton_rnn.check              # on a CUDA GPU (at most about a minute)
+    python -m triton_rnn.check --interpret  # the same checks, small, in Triton's interpreter
+
+Each row runs one bidirectional layer of triton_rnn.RNN (or a triton_rnn.RNNCell) on our
+kernels and nn.RNN (nn.RNNCell) on the same weights and inputs: resident, split and streaming,
+padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; the
+forward's output and h_n, then the gradients of the input, h_0 and every parameter, each
+compared by relative error with the bound of the first-use check (measure.py). It prints the
+variant that ran, the largest error over its bound, and on a GPU our µs per step beside
+nn.RNN's (CUDA events, median of 5). It exits non-zero on a mismatch, a launch failure or a
+barrier timeout. Without a GPU it says so and exits 0. --interpret lowers the dispatcher's
+limits so that H = 40 reaches split and streaming, and times nothing (the interpreter's speed
+means nothing).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from . import measure, routing
+from .cell import RNNCell
+from .kernels import dispatch, failures, launch
+from .rnn import RNN
+
+DTYPES = ("bf16", "fp16", "tf32", "fp32", "fp64")
+# (variant, dtype, packed): every variant the dispatcher picks, padded and packed, each dtype.
+CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, True)
+         for d in DTYPES] + [("cell", d, False) for d in DTYPES]
+BUDGET_S = 55  # no case starts after this; each is a few compiles and a few short runs
+# variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
+# (interpreted: with the limits of _small_limits).
+SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8)}
+
+
+def _small_limits():
+    """Interpreted: resident up to 32 hidden units, split above (saved limits returned)."""
+    saved = dict(dispatch.RESIDENT_MAX_BH), dict(dispatch.SPLIT_MAX_BH)
+    dispatch.RESIDENT_MAX_BH.update(dict.fromkeys(dispatch.RESIDENT_MAX_BH, 32))
+    return saved
+
+
+def _streaming_only(on: bool, split_max: dict):
+    dispatch.SPLIT_MAX_BH.update(dict.fromkeys(split_max, 0) if on else split_max)
+
+
+class _VariantSeen:
+    """Records the variant of the last recurrence plan (a split plan that does not fit is
+    followed by its fallback's)."""
+
+    def __init__(self):
+        self.seen, self._plan = [], launch._plan
+
+    def __enter__(self):
+        def plan(*args, **kwargs):
+            result = self._plan(*args, **kwargs)
+            self.seen.append(result[0].variant)
+            return result
+        launch._plan = plan
+        return self
+
+    def __exit__(self, *exc):
+        launch._plan = self._plan
+
+
+def _inputs(T, N, I, D, H, dtype, device, cell):
+    """(x, h_0): (N, I) and (N, H) for the cell, else (T, N, I) and (D, N, H)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = ((N, I), (N, H)) if cell else ((T, N, I), (D, N, H))
+    return tuple(torch.randn(shape, generator=g).to(device, dtype).requires_grad_()
+                 for shape in shapes)
+
+
+def _as_input(x, packed: bool):
+    """x itself, or packed with uneven lengths (unsorted): a new graph for each run."""
+    if not packed:
+        return x
+    T, N = x.shape[:2]
+    lengths = torch.tensor([T - i % max(T // 2, 1) for i in range(N)])
+    return pack_padded_sequence(x, lengths, enforce_sorted=False)
+
+
+def _run(model, x, h0, packed: bool, cell: bool):
+    """(output, h_n, {gradient name: gradient}) of one forward and backward."""
+    out = model(_as_input(x, packed), h0)
+    y, h_n = (out, out) if cell else out
+    y = y.data if packed else y
+    g = torch.Generator().manual_seed(1)
+    weights = torch.randn(y.shape, generator=g).to(y)
+    names = ["input", "h_0"] + [n for n, _ in model.named_parameters()]
+    grads = torch.autograd.grad((y * weights).float().sum() + h_n.float().pow(2).sum(),
+                                [x, h0, *model.parameters()])
+    return y.detach(), h_n.detach(), dict(zip(names, grads))
+
+
+def _us_per_step(call, steps: int) -> float:
+    times = []
+    for _ in range(6):
+        times.append(measure.cuda_timer(call))
+    return sorted(times[1:])[2] * 1000 / steps
+
+
+def check_case(variant: str, dtype_name: str, packed: bool, device: str,
+               interpreted: bool) -> dict:
+    cell = variant == "cell"
+    H_gpu, H_small, T_gpu = SIZES.get(variant, (256, 40, 1))
+    H = H_small if interpreted else H_gpu
+    T, N, I = (1 if cell else 3 if interpreted else T_gpu), (3 if interpreted else 16), 32
+    dtype, tf32 = routing.DTYPES[dtype_name]
+    torch.manual_seed(0)
+    ours = (RNNCell(I, H) if cell else RNN(I, H, bidirectional=True)).to(device, dtype)
+    ref = (nn.RNNCell(I, H) if cell else nn.RNN(I, H, bidirectional=True)).to(device, dtype)
+    ref.load_state_dict(ours.state_dict())
+    row = dict(variant=variant, dtype=dtype_name, layout="-" if cell else
+               "packed" if packed else "padded", H=H, N=N, T=T)
+    packed = packed and not cell
+    x, h0 = _inputs(T, N, I, 2, H, dtype, device, cell)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), _matmul_tf32(tf32), \
+            routing.kernels_always(), _VariantSeen() as seen:
+        got = _run(ours, x, h0, packed, cell)
+        if device == "cuda":
+            failures.check()  # a barrier timeout raises here
+        ran = seen.seen[-1] if seen.seen else "cell"
+        want = _run(ref, x, h0, packed, cell)
+        errors = measure.mismatches(got, want, dtype_name)
+        row.update(ran=ran, ok=not errors and ran == variant,
+                   error=describe_worst(got, want, dtype_name))
+        if device == "cuda":  # forward latency, no gradients recorded
+            inp = _as_input(x.detach(), packed)
+            with torch.no_grad():
+                row["ours_us"] = _us_per_step(lambda: ours(inp, h0), T)
+                row["nn_us"] = _us_per_step(lambda: ref(inp, h0), T)
+    return row
+
+
+class _matmul_tf32:
+    """torch.backends.cuda.matmul.allow_tf32 for the block (the cell follows it)."""
+
+    def __init__(self, allow: bool):
+        self.allow = allow
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.allow
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+def describe_worst(got, want, dtype_name: str) -> str:
+    """The largest error of the row as a fraction of its bound, with what it was."""
+    bounds = {"output": measure.OUTPUT_TOLERANCE, "h_n": measure.OUTPUT_TOLERANCE}
+    pairs = [("output", got[0], want[0]), ("h_n", got[1], want[1])] + \
+        [(f"grad {n}", g, want[2][n]) for n, g in got[2].items()]
+    ratios = [(measure.relative_error(a, b) /
+               bounds.get(what, measure.GRADIENT_TOLERANCE)[dtype_name], what)
+              for what, a, b in pairs]
+    ratio, what = max(ratios, key=lambda r: (r[0] != r[0], r[0]))
+    return f"{ratio:.2g} of bound ({what})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m triton_rnn.check",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--interpret", action="store_true",
+                        help="run the checks at small sizes in Triton's interpreter (CPU)")
+    args = parser.parse_args(argv)
+    if args.interpret and not launch.interpreting():
+        # Triton reads TRITON_INTERPRET when the kernels are decorated, at import: start over.
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        return subprocess.run([sys.executable, "-m", "triton_rnn.check", "--interpret"],
+                              env=env).returncode
+    if not args.interpret and not torch.cuda.is_available():
+        print("triton_rnn.check: no CUDA GPU here, nothing to check on hardware "
+              "(--interpret runs the same checks in Triton's interpreter).")
+        return 0
+    failed = run(CASES, "cpu" if args.interpret else "cuda", args.interpret)
+    return 1 if failed else 0
+
+
+def run(cases, device: str, interpreted: bool, out=print) -> int:
+    """Checks `cases` ((variant, dtype name, packed) each), prints the table through `out`;
+    returns how many failed."""
+    where = "Triton's interpreter (CPU), small sizes" if interpreted else \
+        torch.cuda.get_device_name()
+    out(f"triton_rnn.check on {where}: ours against nn.RNN, same weights and inputs")
+    out(f"{'variant':10} {'ran':10} {'layout':7} {'dtype':5} {'H':>5} {'N':>3} {'T':>3}  "
+        f"{'result':6} {'largest error':40} {'fwd µs/step':>12} {'nn.RNN':>8}")
+    saved = _small_limits() if interpreted else None
+    start, failed, skipped = time.monotonic(), 0, 0
+    try:
+        for variant, dtype_name, packed in cases:
+            if time.monotonic() - start > BUDGET_S and not interpreted:
+                skipped += 1
+                continue
+            if saved is not None:
+                _streaming_only(variant == "streaming", saved[1])
+            try:
+                row = check_case(variant, dtype_name, packed, device, interpreted)
+            except Exception as exc:  # noqa: BLE001 - a failure is a finding, reported
+                failed += 1
+                message = (str(exc).splitlines() or [""])[0][:120]
+                out(f"{variant:10} {'-':10} {'packed' if packed else 'padded':7} "
+                    f"{dtype_name:5}  FAIL   {type(exc).__name__}: {message}")
+                continue
+            failed += not row["ok"]
+            timing = (f"{row['ours_us']:>12.2f} {row['nn_us']:>8.2f}" if "ours_us" in row
+                      else f"{'-':>12} {'-':>8}")
+            out(f"{row['variant']:10} {row['ran']:10} {row['layout']:7} {row['dtype']:5} "
+                f"{row['H']:>5} {row['N']:>3} {row['T']:>3}  "
+                f"{'ok' if row['ok'] else 'FAIL':6} {row['error']:40} {timing}")
+    finally:
+        if saved is not None:
+            dispatch.RESIDENT_MAX_BH.update(saved[0])
+            dispatch.SPLIT_MAX_BH.update(saved[1])
+    if skipped:
+        out(f"{skipped} case(s) not started within {BUDGET_S} s (first compiles); run again: "
+            "compiled kernels are cached")
+    out(f"{len(cases) - skipped - failed} passed, {failed} failed, {skipped} not run")
+    return failed + skipped
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
