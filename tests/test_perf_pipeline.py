@@ -43,14 +43,18 @@ def tf32_flags_kept():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
     """Run latency.py's GPU path over a tiny sweep on the CPU, once for the tests that read it
-    (they share one xdist worker: SWEEP_GROUP); return (results, folder)."""
+    (they share one xdist worker: SWEEP_GROUP; session scope, since other modules' tests may
+    run between them there); return (results, folder). Every patch is undone before the
+    tests read the results."""
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        yield _run_sweep(tmp_path_factory.mktemp("sweep"), monkeypatch)
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            return _run_sweep(tmp_path_factory.mktemp("sweep"), monkeypatch)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 # The tests that read one sweep run on one worker, so that it runs once.
