@@ -46,8 +46,11 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, ACC: tl.constexpr
     barrier counter; its group's first batch row."""
     i_g = tl.program_id(1)
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)
-    o_j = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R).to(tl.int64)
-    o_k = tl.arange(0, BK).to(tl.int64)
+    # Feature offsets within one row of H (< 2^13) stay int32: every thread holds all R of
+    # o_j, so int64 would cost 2R registers for the whole sequence. Offsets that grow with
+    # T, N or D (time, batch row, direction) are int64 scalars added to them.
+    o_j = tl.program_id(0) * R + tl.arange(0, R)
+    o_k = tl.arange(0, BK)
     p_b = direction_pointer(p_b, p_b_r, i_d)
     b_b = tl.load(p_b + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
                   mask=(o_j < H)[:, None] & (o_k < H)[None, :], other=0.0)
