@@ -15,6 +15,7 @@ limits so that H = 40 reaches split and streaming, and times nothing (the interp
 means nothing).
 """
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -139,29 +140,22 @@ def check_case(variant: str, dtype_name: str, packed: bool, device: str,
     return row
 
 
-class _matmul_tf32:
+@contextlib.contextmanager
+def _matmul_tf32(allow: bool):
     """torch.backends.cuda.matmul.allow_tf32 for the block (the cell follows it)."""
-
-    def __init__(self, allow: bool):
-        self.allow = allow
-
-    def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.allow
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32 = self.saved
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def describe_worst(got, want, dtype_name: str) -> str:
     """The largest error of the row as a fraction of its bound, with what it was."""
-    bounds = {"output": measure.OUTPUT_TOLERANCE, "h_n": measure.OUTPUT_TOLERANCE}
-    pairs = [("output", got[0], want[0]), ("h_n", got[1], want[1])] + \
-        [(f"grad {n}", g, want[2][n]) for n, g in got[2].items()]
-    ratios = [(measure.relative_error(a, b) /
-               bounds.get(what, measure.GRADIENT_TOLERANCE)[dtype_name], what)
-              for what, a, b in pairs]
-    ratio, what = max(ratios, key=lambda r: (r[0] != r[0], r[0]))
+    ratio, what = max(((error / bound, what) for what, error, bound in
+                       measure.comparisons(got, want, dtype_name)),
+                      key=lambda r: (r[0] != r[0], r[0]))
     return f"{ratio:.2g} of bound ({what})"
 
 

@@ -92,21 +92,26 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return (ours - theirs).norm().item() / (scale if scale > 0 else 1.0)
 
 
-def mismatches(ours, theirs, dtype: str) -> dict:
-    """{what: relative error} of our (output, h_n, gradients) against nn.RNN's where it is
-    past the dtype's bound (NaN counts as past); empty when they agree."""
+def comparisons(ours, theirs, dtype: str) -> list:
+    """(what, relative error, bound) for our output, h_n and each gradient against nn.RNN's
+    (a gradient nn.RNN's path lacks counts as an infinite error)."""
     pairs = [("output", ours[0], theirs[0], OUTPUT_TOLERANCE[dtype]),
              ("h_n", ours[1], theirs[1], OUTPUT_TOLERANCE[dtype])]
     pairs += [(f"grad {name}", g, theirs[2].get(name), GRADIENT_TOLERANCE[dtype])
               for name, g in ours[2].items()]
-    found = {}
+    found = []
     for what, a, b, bound in pairs:
         a = a.data if isinstance(a, PackedSequence) else a
         b = b.data if isinstance(b, PackedSequence) else b
-        error = relative_error(a, b) if b is not None else float("inf")
-        if not error <= bound:
-            found[what] = error
+        found.append((what, relative_error(a, b) if b is not None else float("inf"), bound))
     return found
+
+
+def mismatches(ours, theirs, dtype: str) -> dict:
+    """{what: relative error} where comparisons() is past the bound (NaN counts as past);
+    empty when they agree."""
+    return {what: error for what, error, bound in comparisons(ours, theirs, dtype)
+            if not error <= bound}
 
 
 def measure(module: nn.RNN, input, hx, training: bool, kernels_forward,

@@ -2,6 +2,8 @@
 readable statement of what the kernels compute. Same tensor contract as kernels/launch.py."""
 import torch
 
+from .kernels.launch import per_direction
+
 
 def _steps(T: int, direction: int):
     """Timesteps in the order direction `direction` visits them in the forward pass."""
@@ -13,11 +15,6 @@ def _inside(lengths, t: int):
     return None if lengths is None else (t < lengths)[:, None]
 
 
-def _per_direction(t):
-    """One tensor per direction: a sequence as given, or the parts of a (D, ...) tensor."""
-    return None if t is None else tuple(t) if not isinstance(t, torch.Tensor) else t.unbind(0)
-
-
 def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, b_hh=None) -> torch.Tensor:
     """out_t = act(proj_t + b_hh + out_{t-1} W_hhᵀ) per direction; direction 1 runs backwards
     in time. proj: each direction's (T, N, H) (a sequence, or one (T, N, D*H) tensor); w_hh,
@@ -25,8 +22,8 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, b_hh=None) -> torch.
     per-sequence `lengths`, a sequence holds its state at steps outside it."""
     act = torch.relu if relu else torch.tanh
     D, N, H = h0.shape
-    projs = proj.split(H, dim=-1) if isinstance(proj, torch.Tensor) else tuple(proj)
-    weights, biases = _per_direction(w_hh), _per_direction(b_hh)
+    projs = per_direction(proj, H)
+    weights, biases = per_direction(w_hh), per_direction(b_hh)
     T = projs[0].shape[0]
     out = projs[0].new_empty((T, N, D * H))
     for d in range(D):
@@ -50,7 +47,7 @@ def activation_grad(g, y, relu: bool):
 def recurrence_backward(dout, out, w_hh, lengths, relu: bool):
     """Returns (dz, dh0): dz_t = (dout_t + dz_{t+1} W_hh) ⊙ act'(out_t), walking time backwards;
     a held step (outside its sequence) has dz = 0 and passes its gradient through."""
-    weights = _per_direction(w_hh)
+    weights = per_direction(w_hh)
     D, H = len(weights), weights[0].shape[0]
     dz = torch.empty_like(out, memory_format=torch.contiguous_format)
     dh0 = out.new_empty((D, out.shape[1], H))
