@@ -227,6 +227,18 @@ def time_index(t, T, i_d, BACKWARD_IN_TIME: tl.constexpr):
 
 
 @triton.jit
+def sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS):
+    """The sequence length of each row o_n (a tensor of rows, or one row): read from p_len in
+    a packed batch (HAS_LENGTHS = 1), T for every row of a padded one (p_len is then never
+    read). HAS_LENGTHS is a run-time flag, not a constexpr, so that padded and packed batches
+    run one compiled kernel: a padded batch takes the packed path with every row active, at
+    the cost of one select per element and step (half the compilations, at first use and in
+    the compile gate). Rows past the batch get T too: every store masks them out.
+    (A where, not m_n & (HAS_LENGTHS != 0): Triton's interpreter rejects that mask's dtype.)"""
+    return tl.load(p_len + o_n, mask=tl.where(HAS_LENGTHS != 0, m_n, False), other=T)
+
+
+@triton.jit
 def active(tt, b_len):
     """(BN, 1) mask of the rows for which step tt lies inside their sequence.
 

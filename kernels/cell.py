@@ -9,7 +9,7 @@ import triton.language as tl
 from .blocks import activate, chunk_product, convert
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # one compiled kernel for every batch size
 def rnn_cell_forward_kernel(
     p_x, p_h, p_wih, p_whh, p_bih, p_bhh, p_out,
     N, I, H,

@@ -65,8 +65,9 @@ def kernel_for(pass_: str, variant: str):
 
 def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: bool,
                     **flags) -> dict:
-    """Constexpr arguments and launch options of a launch. `flags`: the kernel's own boolean
-    constexprs (HAS_LENGTHS for the recurrences; HAS_H, HAS_BIAS for the cell)."""
+    """Constexpr arguments and launch options of a launch. `flags`: the kernel's own flags
+    (HAS_LENGTHS for the recurrences, a run-time 0/1 so that padded and packed batches share
+    one compiled kernel; the constexprs HAS_H, HAS_BIAS for the cell)."""
     if cfg.variant == "split":
         return dict(
             ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)],
@@ -155,7 +156,8 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence: `cfg`,
     or the dispatcher's choice (split=False: its fallback where split does not fit)."""
     cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch())
-    options = compile_options(cfg, dtype, relu, allow_tf32, HAS_LENGTHS=lengths is not None)
+    options = compile_options(cfg, dtype, relu, allow_tf32,
+                              HAS_LENGTHS=int(lengths is not None))
     return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
 
 
@@ -170,6 +172,20 @@ def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
     groups = min(N, capacity // (S * per_launch), max_groups or N)
     rows = triton.cdiv(N, max(1, groups))
     return triton.cdiv(N, rows), rows, per_launch
+
+
+_no_lengths = {}  # device -> an int32 tensor a padded batch passes for the lengths, never read
+
+
+def lengths_argument(lengths, device) -> torch.Tensor:
+    """The kernels' p_len: the lengths of a packed batch; for a padded one an int32 tensor of
+    the device that the kernel never reads (HAS_LENGTHS = 0), so that both batch kinds bind
+    the same pointer type and share one compiled kernel."""
+    if lengths is not None:
+        return lengths
+    if device not in _no_lengths:
+        _no_lengths[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _no_lengths[device]
 
 
 _capacities = {}  # (compiled kernel, device) -> co-resident programs
@@ -271,7 +287,7 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
     HB = 0 if b_hh is None else H  # bias features the kernel reads: none without a bias
     cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
                                        allow_tf32, config)
-    p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
+    p_len = lengths_argument(lengths, out.device)
     s_pt, s_pn = projs[0].stride(0), projs[0].stride(1)
     w_strides = _weight_operand(weights[0], transpose=True)
     with _on_device(out):
@@ -312,7 +328,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         return dz, dh0
     cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
                                        allow_tf32, config)
-    p_len = out if lengths is None else lengths  # unused unless HAS_LENGTHS
+    p_len = lengths_argument(lengths, out.device)
     w_strides = _weight_operand(weights[0], transpose=False)
     with _on_device(out):
         if cfg.variant == "split":

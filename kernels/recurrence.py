@@ -31,8 +31,8 @@ import triton
 import triton.language as tl
 
 from .blocks import (activate, activation_grad, active, batch_tile, convert, direction_pointer,
-                     hidden_bias, load_square_tile, mix, mix_w_first, state_mask, state_offsets,
-                     time_index, w_first_operand, weight_operand)
+                     hidden_bias, load_square_tile, mix, mix_w_first, sequence_lengths,
+                     state_mask, state_offsets, time_index, w_first_operand, weight_operand)
 
 
 @triton.jit
@@ -67,7 +67,7 @@ def _active(tt, b_len, W_FIRST: tl.constexpr):
         return active(tt, b_len)
 
 
-@triton.jit(do_not_specialize=["T", "HB"])
+@triton.jit(do_not_specialize=["T", "N", "HB", "HAS_LENGTHS"])
 def rnn_forward_resident_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
     p_h0,
@@ -80,7 +80,7 @@ def rnn_forward_resident_kernel(
     s_bk, s_bj,          # B
     s_ot, s_on,          # out (T, N, D*H)
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS,
     W_FIRST: tl.constexpr = False,
 ):
     # W_FIRST: tiles of the state are transposed, (BH, BN), and W_hh is the product's first
@@ -89,8 +89,7 @@ def rnn_forward_resident_kernel(
     o_h = tl.arange(0, BH).to(tl.int64)
     m_h = o_h < H
     m_nh = state_mask(m_n, m_h, W_FIRST)
-    if HAS_LENGTHS:
-        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
+    b_len = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
 
     b_b = _resident_weight(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_h, m_h, ACC,
                            USE_DOT, PRECISION, W_FIRST)
@@ -123,16 +122,13 @@ def rnn_forward_resident_kernel(
         b_new = activate((b_p.to(ACC) + b_hb) + _product(b_h, b_b, ACC, p_b.dtype.element_ty,
                                                          USE_DOT, DOT_DTYPE, PRECISION,
                                                          W_FIRST), ACT)
-        if HAS_LENGTHS:
-            b_h = tl.where(_active(tt, b_len, W_FIRST), b_new, b_h)
-        else:
-            b_h = b_new
+        b_h = tl.where(_active(tt, b_len, W_FIRST), b_new, b_h)
         tl.store(p_out + tt * s_ot + o_o, convert(b_h, p_out.dtype.element_ty), mask=m_nh)
         b_p = b_p_next
         t += 1
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "N", "HAS_LENGTHS"])
 def rnn_backward_resident_kernel(
     p_dout, p_out,
     p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
@@ -142,7 +138,7 @@ def rnn_backward_resident_kernel(
     s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 (D, N, H)
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_LENGTHS,
     W_FIRST: tl.constexpr = False,
 ):
     # W_FIRST: transposed (BH, BN) state tiles and W_hhᵀ as the first operand (as forward).
@@ -150,8 +146,7 @@ def rnn_backward_resident_kernel(
     o_h = tl.arange(0, BH).to(tl.int64)
     m_h = o_h < H
     m_nh = state_mask(m_n, m_h, W_FIRST)
-    if HAS_LENGTHS:
-        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
+    b_len = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
 
     b_b = _resident_weight(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_h, m_h, ACC,
                            USE_DOT, PRECISION, W_FIRST)
@@ -163,14 +158,12 @@ def rnn_backward_resident_kernel(
         b_g = tl.load(p_dout + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC) + b_c
         b_y = tl.load(p_out + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
         b_dz = activation_grad(b_g, b_y, ACT)
-        if HAS_LENGTHS:
-            m_act = _active(tt, b_len, W_FIRST)
-            b_dz = tl.where(m_act, b_dz, 0.0)
+        m_act = _active(tt, b_len, W_FIRST)
+        b_dz = tl.where(m_act, b_dz, 0.0)
         tl.store(p_dz + tt * s_t + o_x, convert(b_dz, p_dz.dtype.element_ty), mask=m_nh)
         b_c = _product(b_dz, b_b, ACC, p_b.dtype.element_ty, USE_DOT, DOT_DTYPE, PRECISION,
                        W_FIRST)
-        if HAS_LENGTHS:  # a held step passes its gradient through unchanged
-            b_c = tl.where(m_act, b_c, b_g)
+        b_c = tl.where(m_act, b_c, b_g)  # a held step passes its gradient through unchanged
         t += 1
     tl.store(p_dh0 + i_d * s_hd + state_offsets(o_n, s_hn, o_h, W_FIRST),
              convert(b_c, p_dh0.dtype.element_ty), mask=m_nh)

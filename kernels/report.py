@@ -58,7 +58,8 @@ DTYPES = {"tf32": (torch.float32, True), "fp32": (torch.float32, False),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
           "fp64": (torch.float64, False)}
 HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-# 1 and 5 both run one row per program, but a launch with N = 1 compiles N as a constant.
+# The kernels do not specialise on N (one compiled kernel serves every batch with the same
+# tile); 1, 5, 16 and 256 are the batch classes whose tiles and split plans differ.
 BATCHES = (1, 5, 16, 256)
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
 # 60-170 registers, far from the limit, depending on the Triton version and the JIT's
@@ -549,11 +550,17 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1) -> list:
     cases += [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
     if jobs <= 1:
         return [measure(*case) for case in cases]
-    # Forked workers (no CUDA here); consecutive cases share most compilations, so each worker
-    # takes runs of them.
+    # Forked workers (no CUDA here). The cases of one pass, dtype and H (every batch, padded
+    # and packed) mostly share one compiled kernel: each worker takes them together, so that
+    # no two workers compile the same kernel at once.
+    order = sorted(range(len(cases)), key=lambda i: (cases[i][4], cases[i][0]) + cases[i][1:3])
+    rows = [None] * len(cases)
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        return list(pool.map(_measure_case, cases, chunksize=8))
+        measured = pool.map(_measure_case, [cases[i] for i in order], chunksize=2 * len(BATCHES))
+        for i, row in zip(order, measured):
+            rows[i] = row
+    return rows
 
 
 def _measure_case(case) -> Row:

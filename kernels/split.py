@@ -33,7 +33,7 @@ import triton.language as tl
 
 from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, convert, direction_pointer, hidden_bias,
-                     state_operand, time_index, weight_operand)
+                     sequence_lengths, state_operand, time_index, weight_operand)
 
 
 @triton.jit
@@ -72,7 +72,7 @@ def _poison(p_x, s_t, s_n, t_from, T, N, H, n0, ROWS, i_d, o_j,
                      mask=o_j < tl.where(n < N, H, 0))
 
 
-@triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G", "HB"])
+@triton.jit(do_not_specialize=["T", "N", "HB", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_forward_split_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
     p_h0,
@@ -87,7 +87,7 @@ def rnn_forward_split_kernel(
     s_hd, s_hn,          # h0 (D, N, H)
     s_bk, s_bj,          # B
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
-    BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
+    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
 ):
     i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS,
                                                 i_d0, ACC, PRECISION, R, BK)
@@ -125,11 +125,11 @@ def rnn_forward_split_kernel(
             else:
                 b_z += b_hb
             b_new = activate(b_z, ACT)
-            if HAS_LENGTHS:  # a row outside its sequence holds its previous state
-                b_len = tl.load(p_len + n, mask=n < N, other=0)
-                b_old = tl.load(p_row + o_j, mask=o_j < lim, other=0.0,
-                                cache_modifier=".cg").to(ACC)
-                b_new = tl.where(tt < b_len, b_new, b_old)
+            # A row outside its sequence holds its previous state (read only for such a row).
+            held = tt >= sequence_lengths(p_len, n, n < N, T, HAS_LENGTHS)
+            b_old = tl.load(p_row + o_j, mask=o_j < tl.where(held, lim, 0), other=0.0,
+                            cache_modifier=".cg").to(ACC)
+            b_new = tl.where(held, b_old, b_new)
             tl.store(p_out + o_step + n * s_n + o_j, convert(b_new, p_out.dtype.element_ty),
                      mask=o_j < lim)
         if t < T - 1:  # the last step's state is read by no program
@@ -140,7 +140,7 @@ def rnn_forward_split_kernel(
         _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
 
 
-@triton.jit(do_not_specialize=["T", "ROWS", "i_d0", "G"])
+@triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_backward_split_kernel(
     p_dout, p_out,
     p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
@@ -152,7 +152,7 @@ def rnn_backward_split_kernel(
     s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 and carry (D, N, H)
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
-    BK: tl.constexpr, HAS_LENGTHS: tl.constexpr, MAX_POLLS: tl.constexpr,
+    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
 ):
     i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS,
                                                 i_d0, ACC, PRECISION, R, BK)
@@ -178,10 +178,10 @@ def rnn_backward_split_kernel(
             b_g += tl.load(p_c, mask=m_row, other=0.0)
             b_y = tl.load(p_out + tt * s_t + n * s_n + o_x, mask=m_row, other=0.0).to(ACC)
             b_dz = activation_grad(b_g, b_y, ACT)
-            if HAS_LENGTHS:  # a held step passes its gradient through unchanged
-                active = tt < tl.load(p_len + n, mask=n < N, other=0)
-                b_dz = tl.where(active, b_dz, 0.0)
-                tl.store(p_c, b_g, mask=o_j < tl.where((n < N) & ~active, H, 0))
+            # A held step passes its gradient through unchanged.
+            active = tt < sequence_lengths(p_len, n, n < N, T, HAS_LENGTHS)
+            b_dz = tl.where(active, b_dz, 0.0)
+            tl.store(p_c, b_g, mask=o_j < tl.where((n < N) & ~active, H, 0))
             tl.store(p_dz + tt * s_t + n * s_n + o_x, convert(b_dz, p_dz.dtype.element_ty),
                      mask=m_row)
         ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
@@ -194,9 +194,8 @@ def rnn_backward_split_kernel(
                 b_dzr = tl.load(p_dz_t + n * s_n + o_k, mask=o_k < tl.where(n < N, H, 0),
                                 other=0.0, cache_modifier=".cg")
                 b_dzr = state_operand(b_dzr, p_b.dtype.element_ty, PRECISION).to(ACC)
-                writes = n < N
-                if HAS_LENGTHS:  # held rows keep what phase 1 stored
-                    writes = writes & (tt < tl.load(p_len + n, mask=n < N, other=0))
+                # Held rows keep what phase 1 stored.
+                writes = (n < N) & (tt < sequence_lengths(p_len, n, n < N, T, HAS_LENGTHS))
                 tl.store(p_carry + n * s_hn + o_j, tl.sum(b_b * b_dzr[None, :], 1),
                          mask=o_j < tl.where(writes, H, 0))
         t += 1

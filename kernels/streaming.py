@@ -16,10 +16,10 @@ import triton
 import triton.language as tl
 
 from .blocks import (activate, activation_grad, active, batch_tile, chunk_product, convert,
-                     direction_pointer, hidden_bias, time_index)
+                     direction_pointer, hidden_bias, sequence_lengths, time_index)
 
 
-@triton.jit(do_not_specialize=["T", "HB"])
+@triton.jit(do_not_specialize=["T", "N", "HB", "HAS_LENGTHS"])
 def rnn_forward_streaming_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
     p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
@@ -31,11 +31,10 @@ def rnn_forward_streaming_kernel(
     s_ot, s_on,          # out (T, N, D*H)
     s_sd, s_ss, s_sn,    # state (D, 2, N, H); slot 1 holds h0 on entry
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS,
 ):
     i_d, o_n, m_n = batch_tile(N, BN)
-    if HAS_LENGTHS:
-        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
+    b_len = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
     p_b = direction_pointer(p_b, p_b_r, i_d)
     p_proj = direction_pointer(p_proj, p_proj_r, i_d)
     p_state = p_state + i_d * s_sd
@@ -43,8 +42,7 @@ def rnn_forward_streaming_kernel(
         tt = time_index(t, T, i_d, False)
         p_prev = p_state + ((t + 1) % 2) * s_ss
         p_next = p_state + (t % 2) * s_ss
-        if HAS_LENGTHS:
-            m_act = active(tt, b_len)
+        m_act = active(tt, b_len)
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
             m_nj = m_n[:, None] & (o_j < H)[None, :]
@@ -54,17 +52,17 @@ def rnn_forward_streaming_kernel(
             b_z += chunk_product(p_prev, s_sn, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                   ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             b_h = activate(b_z, ACT)
-            if HAS_LENGTHS:  # rows outside their sequence hold the previous state
-                b_prev = tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj,
-                                 other=0.0)
-                b_h = tl.where(m_act, b_h, b_prev)
+            # Rows outside their sequence hold the previous state (read only for them).
+            b_prev = tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj & ~m_act,
+                             other=0.0)
+            b_h = tl.where(m_act, b_h, b_prev)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_h, mask=m_nj)
             tl.store(p_out + tt * s_ot + o_n[:, None] * s_on + i_d * H + o_j[None, :],
                      convert(b_h, p_out.dtype.element_ty), mask=m_nj)
         tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "N", "HAS_LENGTHS"])
 def rnn_backward_streaming_kernel(
     p_dout, p_out,
     p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
@@ -74,19 +72,17 @@ def rnn_backward_streaming_kernel(
     s_bk, s_bj,          # B
     s_sd, s_ss, s_sn,    # state (D, 2, N, H), zero on entry; slot (T - 1) % 2 holds dh0 on exit
     ACT: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, HAS_LENGTHS,
 ):
     i_d, o_n, m_n = batch_tile(N, BN)
-    if HAS_LENGTHS:
-        b_len = tl.load(p_len + o_n, mask=m_n, other=0)
+    b_len = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
     p_b = direction_pointer(p_b, p_b_r, i_d)
     p_state = p_state + i_d * s_sd
     for t in range(T):
         tt = time_index(t, T, i_d, True)
         p_prev = p_state + ((t + 1) % 2) * s_ss
         p_next = p_state + (t % 2) * s_ss
-        if HAS_LENGTHS:
-            m_act = active(tt, b_len)
+        m_act = active(tt, b_len)
         # Phase 1: dz_t for every feature, written where phase 2 can read all of it.
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
@@ -96,21 +92,17 @@ def rnn_backward_streaming_kernel(
             b_g += tl.load(p_prev + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj, other=0.0)
             b_y = tl.load(p_out + o_x, mask=m_nj, other=0.0).to(ACC)
             b_dz = activation_grad(b_g, b_y, ACT)
-            if HAS_LENGTHS:
-                # A held step passes its gradient through unchanged: its carried gradient is
-                # final here, and phase 2 writes only the rows inside their sequence.
-                b_dz = tl.where(m_act, b_dz, 0.0)
-                tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_g,
-                         mask=m_nj & ~m_act)
+            # A held step passes its gradient through unchanged: its carried gradient is
+            # final here, and phase 2 writes only the rows inside their sequence.
+            b_dz = tl.where(m_act, b_dz, 0.0)
+            tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_g, mask=m_nj & ~m_act)
             tl.store(p_dz + o_x, convert(b_dz, p_dz.dtype.element_ty), mask=m_nj)
         tl.debug_barrier()
         # Phase 2: the gradient carried into the previous step, c = dz_t W_hh.
         p_dz_t = p_dz + tt * s_t + i_d * H
         for j0 in range(0, H, BJ):
             o_j = j0 + tl.arange(0, BJ).to(tl.int64)
-            m_nj = m_n[:, None] & (o_j < H)[None, :]
-            if HAS_LENGTHS:
-                m_nj = m_nj & m_act
+            m_nj = m_n[:, None] & (o_j < H)[None, :] & m_act
             b_c = chunk_product(p_dz_t, s_n, p_b, o_n, m_n, j0, H, H, s_bk, s_bj,
                                  ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ, BJ)
             tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_c, mask=m_nj)
