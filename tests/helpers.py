@@ -30,6 +30,24 @@ GRAD_TOLERANCE = {
 }
 
 
+def all_pairs(*factors) -> list:
+    """Cases (one value of each factor) in which every value of every factor meets every value
+    of every other factor at least once: the pairwise cover of the full product, chosen
+    greedily from it in order (deterministic), so a grid of option factors costs about the
+    product of its two largest factors instead of the product of all of them."""
+    def pairs(case):
+        return {(i, a, j, b) for (i, a), (j, b) in itertools.combinations(enumerate(case), 2)}
+
+    product = list(itertools.product(*[range(len(f)) for f in factors]))
+    uncovered = set().union(*(pairs(c) for c in product))
+    chosen = []
+    while uncovered:
+        best = max(product, key=lambda c: len(pairs(c) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return [tuple(f[k] for f, k in zip(factors, case)) for case in chosen]
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     assert actual.shape == expected.shape, (actual.shape, expected.shape)

@@ -5,7 +5,7 @@ from torch import nn
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, TOLERANCE, rel_err
+from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, rel_err
 
 
 def _pair(*args, dtype=torch.float64, **kwargs):
@@ -31,12 +31,17 @@ def _out_and_grads(cell, x, h):
 CASES = [(n, i, h) for n in (1, 5, 17) for i, h in ((3, 1), (4, 17), (7, 130))]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
-                         ids=lambda d: str(d).split(".")[1])
-@pytest.mark.parametrize("N,I,H", CASES, ids=[f"N{n}-I{i}-H{h}" for n, i, h in CASES])
-@pytest.mark.parametrize("act,bias", [("tanh", True), ("relu", True), ("tanh", False)],
-                         ids=["tanh", "relu", "tanh-nobias"])
-def test_matches_nn_rnn_cell(N, I, H, dtype, act, bias):
+# Every shape in every dtype; each activation and bias option with every shape and every
+# dtype (all pairs, tests/helpers.py: 36 cases instead of the full product's 108).
+CELL_GRID = all_pairs(CASES, [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                      [("tanh", True), ("relu", True), ("tanh", False)])
+
+
+@pytest.mark.parametrize("shape,dtype,act_bias", CELL_GRID, ids=[
+    f"N{n}-I{i}-H{h}-{str(d).split('.')[1]}-{a}{'' if b else '-nobias'}"
+    for (n, i, h), d, (a, b) in CELL_GRID])
+def test_matches_nn_rnn_cell(shape, dtype, act_bias):
+    (N, I, H), (act, bias) = shape, act_bias
     ours, ref = _pair(I, H, bias, act, dtype=dtype)
     x = torch.randn(N, I, dtype=torch.float64)
     h = torch.randn(N, H, dtype=torch.float64) * 0.5

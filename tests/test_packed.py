@@ -1,7 +1,5 @@
 """PackedSequence through triton_rnn.RNN against torch.nn.RNN: forward and backward, in our
 kernels (per-sequence lengths), over the option grid."""
-import itertools
-
 import pytest
 import torch
 from torch import nn
@@ -10,7 +8,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 import triton_rnn
 from conftest import DEVICE
 from triton_rnn.kernels.dispatch import choose
-from helpers import GRAD_TOLERANCE, TOLERANCE, cpu_training_pair, make_pair, rel_err
+from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, cpu_training_pair, make_pair,
+                     rel_err)
 
 LENGTHS = {"all-equal": [5, 5, 5], "all-different": [5, 3, 1, 4],
            "length-1": [1, 1], "one-sequence": [4],
@@ -51,14 +50,16 @@ def _compare(ours, ref, lengths, dtype, tol, grad_tol, enforce_sorted=False, I=3
         assert rel_err(grads[name], ref_grads[name]) < grad_tol, name
 
 
-OPTIONS = list(itertools.product(("tanh", "relu"), (1, 2), (False, True), (True, False)))
+# Every pair of values of the options and the lengths patterns meets in some case (all pairs,
+# tests/helpers.py): 10 cases instead of the full product's 80.
+GRID = all_pairs(("tanh", "relu"), (1, 2), (False, True), (True, False), list(LENGTHS))
 
 
-@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-@pytest.mark.parametrize("opt", OPTIONS, ids=[
-    f"{a}-L{nl}-{'bi' if bi else 'uni'}-{'sorted' if s else 'unsorted'}" for a, nl, bi, s in OPTIONS])
-def test_packed_float64_option_grid(opt, lengths):
-    act, layers, bidir, enforce_sorted = opt
+@pytest.mark.parametrize("act,layers,bidir,enforce_sorted,pattern", GRID, ids=[
+    f"{a}-L{nl}-{'bi' if bi else 'uni'}-{'sorted' if s else 'unsorted'}-{p}"
+    for a, nl, bi, s, p in GRID])
+def test_packed_float64_option_grid(act, layers, bidir, enforce_sorted, pattern):
+    lengths = LENGTHS[pattern]
     ours, ref = make_pair(3, 6, layers, act, bidirectional=bidir, dtype=torch.float64)
     _compare(ours, ref, lengths, torch.float64, 1e-9, 1e-9, enforce_sorted)
 
@@ -69,12 +70,13 @@ def test_packed_float64_option_grid(opt, lengths):
 def test_packed_dtypes_and_variants(dtype, variant, H, request):
     """Every kernel variant (resident, split and streamed W_hh), elementwise and tl.dot batch
     tiles; split and streaming forced at H = 40 (conftest.py's small_variant). The split
-    variant takes 5 sequences, not 17: its programs repeat the per-row work of their slice."""
+    variant takes 5 sequences, not 17: its programs repeat the per-row work of their slice,
+    and its product is the same at every batch size (one batch of lengths does)."""
     if variant != "resident":
         request.getfixturevalue("small_variant")(variant)
     assert choose(H, 17, dtype).variant == variant
-    long = [5, 1, 4, 2, 3] if variant == "split" else list(range(1, 18))
-    for lengths in ([4, 2, 3], long):  # one layer: the kernels see what a second one sees
+    batches = [[5, 1, 4, 2, 3]] if variant == "split" else [[4, 2, 3], list(range(1, 18))]
+    for lengths in batches:  # one layer: the kernels see what a second one sees
         ours, ref = make_pair(3, H, 1, bidirectional=True, dtype=dtype)
         _compare(ours, ref, lengths, dtype, TOLERANCE[dtype], 2 * GRAD_TOLERANCE[dtype])
 
