@@ -75,8 +75,9 @@ def cpu_training_pair(*args, **kwargs):
 
 
 # Every option combination of the module: nonlinearity, bias, layers, bidirectional, batch_first.
-OPTIONS = list(itertools.product(("tanh", "relu"), (True, False), (1, 2), (False, True),
-                                 (False, True)))
+# The module's options (activation, bias, layers, both directions, batch_first) as an
+# all-pairs cover (all_pairs above): every pair of their values meets in some case.
+OPTIONS = all_pairs(("tanh", "relu"), (True, False), (1, 2), (False, True), (False, True))
 
 
 def option_id(opt) -> str:

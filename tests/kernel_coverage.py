@@ -109,7 +109,8 @@ def load(directory: str) -> dict:
     for file in sorted(Path(directory).glob("*.jsonl")):
         for line in file.read_text().splitlines():
             test, *key = json.loads(line)
-            found[tuple(key)].add(test.split("[")[0] if test else "?")
+            # the test function: no parameters, no xdist group (name@group)
+            found[tuple(key)].add(test.split("[")[0].split("@")[0] if test else "?")
     return {key: sorted(tests) for key, tests in found.items()}
 
 

@@ -59,8 +59,10 @@ ACT_DTYPES = [(act, dtype) for act in ("tanh", "relu")
 # Every size with every (act, dtype), except float64 at the dispatched H = 100 and 128: there
 # float64 is the split variant (W_hh split from H = 65), which the forced H = 40 cases run at
 # batch 5 and 17 for a fraction of the interpreter's time.
+# The split variant's relu at batch 5 only: relu' does not depend on the batch size.
 CASES = [(size, act_dtype) for size in SIZES for act_dtype in ACT_DTYPES
-         if not (act_dtype[1] == torch.float64 and size[3] == "dispatched" and size[2] > 64)]
+         if not (act_dtype[1] == torch.float64 and size[3] == "dispatched" and size[2] > 64)
+         and not (act_dtype[0] == "relu" and size[3] == "split" and size[1] > 16)]
 
 
 @pytest.mark.parametrize("T,N,H,variant,act,dtype", [(*s, *a) for s, a in CASES],
