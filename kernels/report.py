@@ -1,6 +1,7 @@
 """Kernel resource report and compile gate; needs no GPU.
 
-    python -m triton_rnn.kernels.report [--arch 90|80|all] [--json] [--jobs N]
+    python -m triton_rnn.kernels.report [--arch 90|80|all] [--json] [--jobs N] [--dump DIR]
+                                        [--no-model]
 
 Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
 dtype x hidden size x batch (forward and backward kernels, padded and packed, and the cell),
@@ -22,10 +23,16 @@ converted each step" / "copied to shared memory each step" (the loop changes its
 stages it through shared memory every iteration), "L2: streamed" (loaded from global memory
 inside a loop). A resident or split row whose W_hh is not on-chip, or whose W_hh the trace
 cannot find, is a fault.
+
+The model columns (sm_90 rows): one time step as cost_model.py models it from the row's SASS
+with an H100's constants, a model and not a measurement (cost_model.HEADER, printed above the
+table). --no-model skips it (CI's full gates do: the disassembly it reads costs more CPU than
+many compilations); tests/test_cost_model.py runs it for a configuration of every variant.
 """
 import argparse
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -41,7 +48,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from . import launch, occupancy
+from . import cost_model, launch, occupancy
 from .dispatch import choose, choose_cell
 from .launch import interpreting
 
@@ -317,6 +324,18 @@ class Row:
     capacity: int
     w_hh: str         # where W_hh lives during the loop, read from the TTGIR (w_hh_placement)
     error: str = ""
+    # One time step as cost_model.py models it from the SASS (a model, not a measurement):
+    # issue cycles per SM; per-warp MMA, FFMA, MUFU and BAR.SYNC counts; L2 bytes read by the
+    # grid; dependent global round trips; modeled µs. sm_90 rows only (H100 constants); zero
+    # elsewhere and where the build failed.
+    issue_cycles: float = 0.0
+    mma: float = 0.0
+    ffma: float = 0.0
+    mufu: float = 0.0
+    bar_sync: float = 0.0
+    l2_bytes: float = 0.0
+    round_trips: float = 0.0
+    model_us: float = 0.0
 
     @property
     def faults(self) -> list:
@@ -403,7 +422,7 @@ def _cuobjdump() -> str:
 
 
 def compile_resources(kernel, args, kwargs, arch: int):
-    """(registers, stack bytes, shared bytes, PTX, TTGIR) of `kernel` compiled for sm_<arch> as
+    """(registers, stack bytes, shared bytes, PTX, TTGIR, cubin) of `kernel` compiled for sm_<arch> as
     a launch with these arguments would compile it: the JIT's own binding and specialisation
     (integer arguments equal to 1 become constants, multiples of 16 and aligned pointers are
     marked so), so the report measures exactly the code that runs. Raises on a compile
@@ -442,8 +461,34 @@ def _compile(src, target, options):
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
         stack = int(re.search(r"STACK:(\d+)", usage).group(1))
         _compiled[key] = (regs, stack, compiled.metadata.shared, compiled.asm["ptx"],
-                          compiled.asm["ttgir"])
+                          compiled.asm["ttgir"], compiled.asm["cubin"])
     return _compiled[key]
+
+
+def _sass_cache_dir() -> str:
+    base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"),
+                                                              ".triton", "cache")
+    return os.path.join(base, "triton_rnn_sass")
+
+
+def disassemble(cubin: bytes) -> str:
+    """cuobjdump -sass of a cubin, kept on disk beside Triton's cache by the cubin's hash:
+    a disassembly costs ~0.6 s of CPU (more than many compilations it follows), and the
+    report's rows and the tests read the same kernels again and again."""
+    path = os.path.join(_sass_cache_dir(), hashlib.sha256(cubin).hexdigest() + ".sass")
+    if os.path.exists(path):
+        with open(path) as f:
+            return f.read()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
+        f.write(sass)
+    os.replace(f.name, path)  # whole or absent, with several workers at once
+    return sass
 
 
 def ordering_faults(ptx: str) -> list:
@@ -507,7 +552,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     try:
         launched = _launch_arguments(pass_, dtype, H, N, packed, allow_tf32, directions,
                                      None if pass_ == "cell" else cfg)
-        regs, stack, shared, ptx, ttgir = compile_resources(*launched, arch)
+        regs, stack, shared, ptx, ttgir, cubin = compile_resources(*launched, arch)
         error = ""
         w_hh = w_hh_placement(ttgir, w_hh_pointer(launched[0]),
                               compiled_arguments(*launched, arch))
@@ -515,6 +560,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
             ordering = ordering_faults(ptx)
     except Exception as exc:  # a failure is a finding, not a crash
         regs = stack = shared = 0
+        ptx = ttgir = cubin = ""
         error = f"build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if cfg.use_dot and min(cfg.BN, cfg.BH) < 16:
         # Some Triton versions accept this for some dtypes (falling back to FMA), others reject
@@ -523,6 +569,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     per_sm = programs_per_sm(arch, regs, shared, cfg.num_warps) if not error else 0
     capacity = per_sm * ARCHS[arch]["sms"]
     config = cfg.describe()
+    S, rows, launches = 1, 1, 1
     if cfg.variant == "split" and not error:
         S = triton.cdiv(H, cfg.R)
         plan = launch.split_plan(S, N, directions, capacity)
@@ -533,12 +580,59 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         else:
             G, rows, per_launch = plan
             programs = S * G * per_launch
-            config += f" S={S} G={G} rows/group={rows} launches={directions // per_launch}"
+            launches = directions // per_launch
+            config += f" S={S} G={G} rows/group={rows} launches={launches}"
             w_hh += f", {S} slices"
-    error = "; ".join(filter(None, [error] + [f"PTX: {f}" for f in ordering]))
     batch_kind = "-" if pass_ == "cell" else "packed" if packed else "padded"
-    return Row(arch, pass_, batch_kind, dtype_name, H, N, config, regs, stack, shared,
-               per_sm, programs, capacity, w_hh, error)
+    row = Row(arch, pass_, batch_kind, dtype_name, H, N, config, regs, stack, shared,
+              per_sm, programs, capacity, w_hh)
+    # The model's constants are an H100's: sm_90 rows only (sm_80 rows leave it at zero).
+    modeled = _with_model and arch == 90
+    sass = disassemble(cubin) if cubin and (modeled or _dump_dir) else ""
+    if not error and modeled:
+        try:
+            _model(row, cfg, sass, dtype, directions, S, rows, launches)
+        except Exception as exc:  # a model that cannot read the code is a finding too
+            error = f"cost model: {type(exc).__name__}: {exc}"
+    if _dump_dir and sass:
+        _dump(row, ttgir, ptx, sass)
+    row.error = "; ".join(filter(None, [error] + [f"PTX: {f}" for f in ordering]))
+    return row
+
+
+def _model(row: Row, cfg, sass: str, dtype: torch.dtype, D: int, S: int, rows: int,
+           launches: int) -> None:
+    """Fill the row's cost-model columns (cost_model.py) for one step of the layer: each of
+    `launches` launches runs its directions' whole sequence, one after another."""
+    pass_ = "cell" if cfg.variant == "cell" else row.pass_
+    counts = cost_model.step_counts(sass, cost_model.loop_trips(cfg.variant, row.H, cfg.BH,
+                                                                 rows),
+                                    whole_kernel=cfg.variant == "cell")
+    l2_bytes, trips = cost_model.step_traffic(
+        cfg.variant, pass_, row.H, row.N, D // launches, dtype.itemsize,
+        launch.acc_dtype(dtype).itemsize, cfg.BN, cfg.BH, S, rows)
+    cycles = cost_model.issue_cycles(counts.instructions, cfg.num_warps, row.programs,
+                                     ARCHS[row.arch]["sms"])
+    row.issue_cycles, row.l2_bytes = cycles * launches, l2_bytes * launches
+    row.mma, row.ffma, row.mufu, row.bar_sync = counts.mma, counts.ffma, counts.mufu, \
+        counts.bar_sync
+    row.round_trips = trips * launches
+    row.model_us = cost_model.model_us(cycles, l2_bytes, trips) * launches
+
+
+_dump_dir = None  # --dump DIR: each row's TTGIR, PTX and SASS are written there
+_with_model = True  # --no-model: skip the cost model and the disassembly it reads
+
+
+def dump_name(row: Row) -> str:
+    return (f"sm{row.arch}-{row.pass_}-{row.batch_kind.replace('-', 'cell')}-{row.dtype}"
+            f"-H{row.H}-N{row.N}")
+
+
+def _dump(row: Row, ttgir: str, ptx: str, sass: str) -> None:
+    for ext, text in (("ttgir", ttgir), ("ptx", ptx), ("sass", sass)):
+        with open(os.path.join(_dump_dir, f"{dump_name(row)}.{ext}"), "w") as f:
+            f.write(text)
 
 
 def table(archs, shapes=None, directions: int = 1, jobs: int = 1) -> list:
@@ -577,12 +671,21 @@ def _parse_shapes(text: str) -> list:
     return shapes
 
 
+def _model_cells(r: Row) -> tuple:
+    if not r.model_us:
+        return ("-",) * 5
+    return (f"{r.model_us:.2f}", f"{r.issue_cycles:.0f}", f"{r.l2_bytes / 1024:.1f}",
+            f"{r.round_trips:g}", f"{r.mma:.0f}/{r.ffma:.0f}/{r.mufu:.0f}/{r.bar_sync:.0f}")
+
+
 def _print(rows) -> None:
     head = ("arch", "pass", "batch", "dtype", "H", "N", "configuration", "regs", "spill B",
-            "smem B", "prog/SM", "programs/capacity", "W_hh", "faults")
+            "smem B", "prog/SM", "programs/capacity", "W_hh", "model µs/step",
+            "issue cyc/SM", "L2 KB", "trips", "mma/ffma/mufu/bar per warp", "faults")
     lines = [head] + [(f"sm_{r.arch}", r.pass_, r.batch_kind, r.dtype, r.H, r.N, r.config,
                        r.registers, r.spilled_bytes, r.shared_bytes, r.programs_per_sm,
-                       f"{r.programs}/{r.capacity}", r.w_hh, "; ".join(r.faults) or "-")
+                       f"{r.programs}/{r.capacity}", r.w_hh, *_model_cells(r),
+                       "; ".join(r.faults) or "-")
                       for r in rows]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     for line in lines:
@@ -599,6 +702,12 @@ def main(argv=None) -> int:
                         help="recurrences of one or two directions (their strides differ)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="compile in this many processes (e.g. one per core)")
+    parser.add_argument("--dump", metavar="DIR", default=None,
+                        help="write each row's TTGIR, PTX and SASS into DIR, named by the row")
+    parser.add_argument("--no-model", action="store_true",
+                        help="skip the cost model (its disassembly costs ~0.7 s of CPU per "
+                             "kernel; no fault but a model that cannot read the code "
+                             "depends on it)")
     args = parser.parse_args(argv)
     if interpreting():
         # Under the interpreter the kernels are not compilable JIT functions: run afresh.
@@ -606,6 +715,11 @@ def main(argv=None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         return subprocess.run([sys.executable, "-m", __spec__.name, *argv], env=env).returncode
     archs = sorted(ARCHS, reverse=True) if args.arch == "all" else [int(args.arch)]
+    global _dump_dir, _with_model
+    _with_model = not args.no_model
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
+        _dump_dir = args.dump
     rows = table(archs, args.shapes, args.directions, args.jobs)
     if args.json:
         print(json.dumps([dict(asdict(r), faults=r.faults) for r in rows], indent=1))
@@ -613,6 +727,7 @@ def main(argv=None) -> int:
         print("Variant rule: kernels/dispatch.py. 'spill B' is the compiled stack frame; "
               "'programs/capacity' is the launch's programs against co-resident capacity "
               "(only variants whose programs exchange state need all of them co-resident).")
+        print(cost_model.HEADER)
         _print(rows)
     bad = [r for r in rows if r.faults]
     if bad:

@@ -1,0 +1,275 @@
+"""A cost model of one time step, read from a kernel's compiled SASS: a model, not a measurement.
+
+    µs per step = max(issue cycles / clock, L2 bytes / L2 bandwidth) + round trips x L2 latency
+
+with fixed H100 constants (below). The compile gate (report.py) prints it beside every
+configuration; the first GPU run (perf/gpu_check.py) is what calibrates it.
+
+- Issue cycles per SM: warp instructions of the time loop's body, each inner loop multiplied by
+  its trip count for the row's shape, times warps per program and programs per SM (the launch's
+  programs over the SMs, at least one), over 4 schedulers.
+- MMA (tensor-core), FFMA (fused multiply-adds on CUDA cores, any width), MUFU and BAR.SYNC:
+  warp instructions per warp and step, counted the same way.
+- L2 bytes read per step by the whole grid, and the step's dependent global round trips (a
+  load whose result the step waits for; a barrier between programs counts 2.5): from each
+  variant's design as written down in `step_traffic` (the SASS does not say what a load waits
+  for), so a reviewer can check them against the kernels.
+
+Which code is "the step": the SASS's control-flow graph (basic blocks, edges from branches and
+fall-through), natural loops from its back edges (an edge to a block that dominates its
+source) and the blocks that reach the loop's latch without passing its header. The time loop
+is the outermost loop with the most instructions (a kernel's failure path after it is smaller);
+the RNNCell kernel has no time loop, and its whole kernel is one step. Loops inside the step:
+one that polls with an acquire load (the barrier's wait: LDG.E.STRONG.GPU, then CCTL.IVALL;
+the exchanged state's .cg loads are strong loads without the invalidation) runs once (no
+waiting counted beyond the 2.5); every other loop at nesting level d inside the step gets the
+variant's trip count for level d (`loop_trips`), whatever the compiler made of it (a loop it
+split in two gets the count twice).
+"""
+import re
+from dataclasses import dataclass
+
+import triton
+
+# H100 SXM constants the model uses (fixed in advance; the first GPU run calibrates them).
+CLOCK_GHZ = 1.75
+L2_LATENCY_CYCLES = 700
+L2_BYTES_PER_S = 5.5e12
+SCHEDULERS_PER_SM = 4
+BARRIER_ROUND_TRIPS = 2.5
+HEADER = (f"Model from compiled code (each row's SASS), not a measurement, with H100 "
+          f"constants: µs/step = max(issue "
+          f"cycles / {CLOCK_GHZ} GHz, L2 bytes / {L2_BYTES_PER_S / 1e12:g} TB/s) + round trips "
+          f"x {L2_LATENCY_CYCLES} cycles; issue cycles per SM = warp instructions per step x "
+          f"warps x programs per SM / {SCHEDULERS_PER_SM}.")
+
+_LINE = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_MMA = re.compile(r"^(HMMA|HGMMA|DMMA|IMMA|BMMA|QGMMA|IGMMA)")
+_FMA = re.compile(r"^(FFMA|DFMA|HFMA2)")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    address: int
+    opcode: str
+    predicated: bool
+    target: int = None  # a branch's destination address
+
+
+def parse_sass(sass: str) -> list:
+    """The instructions of the (one) function in cuobjdump -sass output, in address order."""
+    found = []
+    for line in sass.splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        address, predicate, opcode, operands = match.groups()
+        target = None
+        if opcode.startswith("BRA"):
+            hexes = re.findall(r"0x([0-9a-f]+)", operands)
+            target = int(hexes[-1], 16) if hexes else None
+        found.append(Instruction(int(address, 16), opcode, predicate is not None, target))
+    return found
+
+
+@dataclass
+class Loop:
+    header: int       # index of the header block
+    blocks: set       # indices of the blocks in the loop (header included)
+    parent: "Loop" = None
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.parent is None else 1 + self.parent.depth
+
+
+class Graph:
+    """Basic blocks, edges and natural loops of a function's instructions."""
+
+    def __init__(self, instructions: list):
+        self.instructions = instructions
+        index = {ins.address: i for i, ins in enumerate(instructions)}
+        leaders = {0}
+        for i, ins in enumerate(instructions):
+            if ins.opcode.startswith(("BRA", "EXIT", "RET")):
+                leaders.add(i + 1)
+            if ins.target is not None and ins.target in index:
+                leaders.add(index[ins.target])
+        starts = sorted(s for s in leaders if s < len(instructions))
+        self.ranges = [(s, e) for s, e in zip(starts, starts[1:] + [len(instructions)])]
+        block_of = {s: b for b, (s, _) in enumerate(self.ranges)}
+        self.successors = []
+        for b, (s, e) in enumerate(self.ranges):
+            last = instructions[e - 1]
+            succ = set()
+            if last.target is not None and last.target in index:
+                succ.add(block_of[index[last.target]])
+            # a predicated EXIT or branch may fall through; an unconditional one does not
+            ends = last.opcode.startswith(("EXIT", "RET", "BRA")) and not last.predicated
+            if not ends and b + 1 < len(self.ranges):
+                succ.add(b + 1)
+            self.successors.append(succ)
+        self.reachable = self._reach({0}, self.successors)
+        self.loops = self._loops()
+
+    @staticmethod
+    def _reach(seeds, edges) -> set:
+        seen, todo = set(seeds), list(seeds)
+        while todo:
+            for nxt in edges[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def _dominators(self, predecessors) -> dict:
+        """For each reachable block, the blocks every path from the entry to it passes."""
+        reachable = sorted(self.reachable)
+        dom = {b: set(reachable) for b in reachable}
+        dom[0] = {0}
+        changed = True
+        while changed:
+            changed = False
+            for b in reachable[1:]:
+                preds = [dom[p] for p in predecessors[b] if p in self.reachable]
+                new = set.intersection(*preds) | {b} if preds else {b}
+                if new != dom[b]:
+                    dom[b], changed = new, True
+        return dom
+
+    def _loops(self) -> list:
+        predecessors = [set() for _ in self.ranges]
+        for b, succ in enumerate(self.successors):
+            for s in succ:
+                predecessors[s].add(b)
+        dominators = self._dominators(predecessors)
+        by_header = {}
+        for b in self.reachable:
+            for h in self.successors[b]:
+                if h in dominators[b]:  # a back edge: b is a latch of the loop headed by h
+                    body, todo = {h, b}, [b] if b != h else []
+                    while todo:
+                        for p in predecessors[todo.pop()]:
+                            if p not in body and p in self.reachable:
+                                body.add(p)
+                                todo.append(p)
+                    by_header.setdefault(h, set()).update(body)
+        loops = []  # one per body: headers whose loops have the same blocks are one loop
+        for h, body in sorted(by_header.items()):
+            if all(body != other.blocks for other in loops):
+                loops.append(Loop(h, body))
+        for loop in loops:  # the parent: the smallest larger loop holding this one
+            holders = [o for o in loops if len(o.blocks) > len(loop.blocks)
+                       and loop.blocks <= o.blocks]
+            loop.parent = min(holders, key=lambda o: len(o.blocks), default=None)
+        return loops
+
+    def size(self, blocks) -> int:
+        return sum(e - s for b, (s, e) in enumerate(self.ranges) if b in blocks)
+
+    def block_instructions(self, b) -> list:
+        s, e = self.ranges[b]
+        return self.instructions[s:e]
+
+
+def is_poll_loop(graph: Graph, loop: Loop) -> bool:
+    """A loop that waits on a barrier counter: an acquire load in its body, which compiles to
+    a strong GPU-scope load and an L1 invalidation (CCTL.IVALL). The exchanged state's .cg
+    loads are strong GPU-scope loads too, without the invalidation."""
+    return any(ins.opcode.startswith("CCTL.IVALL")
+               for b in loop.blocks for ins in graph.block_instructions(b))
+
+
+@dataclass
+class StepCounts:
+    instructions: float  # warp instructions per warp and step
+    mma: float
+    ffma: float
+    mufu: float
+    bar_sync: float
+
+
+def step_counts(sass: str, trips, whole_kernel: bool = False) -> StepCounts:
+    """Per-warp counts of one step: the time loop's body (or the whole kernel), each block
+    weighted by the trip counts of the loops inside the step that hold it. trips[d]: the trip
+    count of a loop at nesting level d inside the step (level 0 for the loops directly in it);
+    levels beyond the list run once."""
+    graph = Graph(parse_sass(sass))
+    if whole_kernel:
+        step, inner = graph.reachable, [lp for lp in graph.loops if lp.header in graph.reachable]
+        base = -1
+    else:
+        outer = [lp for lp in graph.loops if lp.parent is None]
+        if not outer:
+            raise ValueError("no loop in the SASS: no time loop to model")
+        time_loop = max(outer, key=lambda lp: graph.size(lp.blocks))
+        step, base = time_loop.blocks, time_loop.depth
+        inner = [lp for lp in graph.loops if lp is not time_loop and lp.blocks <= step]
+    counts = StepCounts(0.0, 0.0, 0.0, 0.0, 0.0)
+    for b in step:
+        weight = 1
+        for loop in inner:
+            if b in loop.blocks and not is_poll_loop(graph, loop):
+                level = loop.depth - base - 1
+                weight *= trips[level] if 0 <= level < len(trips) else 1
+        for ins in graph.block_instructions(b):
+            counts.instructions += weight
+            counts.mma += weight * bool(_MMA.match(ins.opcode))
+            counts.ffma += weight * bool(_FMA.match(ins.opcode))
+            counts.mufu += weight * ins.opcode.startswith("MUFU")
+            counts.bar_sync += weight * ins.opcode.startswith("BAR.SYNC")
+    return counts
+
+
+def loop_trips(variant: str, H: int, BH: int, rows: int) -> list:
+    """Trip counts of the loops inside one step, by nesting level, as the kernels are written:
+    split, its group's batch rows (one after another); streaming, the BJ-wide chunks of the
+    output features and, inside the product, of the reduction; the cell, the chunks of its two
+    products (I = H in the report); resident, no inner loop."""
+    chunks = triton.cdiv(H, BH)
+    return {"split": [rows], "streaming": [chunks, chunks], "cell": [chunks]}.get(variant, [])
+
+
+def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, acc: int, BN: int,
+                 BH: int, S: int = 1, rows: int = 1) -> tuple:
+    """(L2 bytes read by the whole grid, dependent global round trips) of one step, from the
+    kernels' design (elem: the layer's element bytes; acc: the state's).
+    resident: forward reads P_t (P_{t+1} is prefetched: nothing waited for); backward reads
+      dY_t and y_t at the top of the step and waits for them (1).
+    split: every program reads its group's whole state (S x the state); forward per row waits
+      for the state, then for P_t loaded after the reduction (2 per row); backward per row waits
+      for dY_t, y_t and its carry (phase 1), then for dz_t (phase 2): 2 per row; each step ends
+      at the barrier (2.5).
+    streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
+      state; per chunk it waits for the first chunk of the product's operands (the pipelined
+      rest is in flight): forward 1 per chunk, backward 2 (phase 1's loads, then the product).
+    cell: per program and chunk of each product, the chunk of the weights and the rows of x
+      and h, each chunk waited for (no pipelining: num_stages 1)."""
+    chunks = triton.cdiv(H, BH)
+    state = D * N * H * elem
+    if variant == "resident":
+        return (state, 0) if pass_ == "forward" else (2 * state, 1)
+    if variant == "split":
+        own = state if pass_ == "forward" else 2 * state + D * N * H * acc
+        return own + S * state, 2 * rows + BARRIER_ROUND_TRIPS
+    programs = triton.cdiv(N, BN) * D
+    if variant == "streaming":
+        per_program = H * H * elem + chunks * BN * H * acc + BN * H * elem
+        if pass_ == "backward":
+            per_program += BN * H * (elem + acc)
+        return programs * per_program, chunks * (1 if pass_ == "forward" else 2)
+    # the cell: both products, I = H
+    programs = triton.cdiv(N, BN) * chunks
+    return programs * 2 * (H * BH * elem + BN * H * elem), 2 * chunks
+
+
+def model_us(issue_cycles: float, l2_bytes: float, round_trips: float) -> float:
+    compute = issue_cycles / (CLOCK_GHZ * 1e3)
+    memory = l2_bytes / L2_BYTES_PER_S * 1e6
+    return max(compute, memory) + round_trips * L2_LATENCY_CYCLES / (CLOCK_GHZ * 1e3)
+
+
+def issue_cycles(instructions: float, num_warps: int, programs: int, sms: int) -> float:
+    """Issue cycles per SM for one step: every SM issues the warps of its programs (the
+    launch's programs spread over the SMs, at least one each)."""
+    return instructions * num_warps * max(1, triton.cdiv(programs, sms)) / SCHEDULERS_PER_SM

@@ -1,0 +1,123 @@
+"""The cost model's reading of compiled code (kernels/cost_model.py): handwritten SASS with known
+loops and trip counts, and a real configuration against a count by hand. A model, not a
+measurement: what is checked here is the counting and the formula, not GPU time."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from triton_rnn.kernels import cost_model, report
+
+
+def _sass(lines: str) -> str:
+    """cuobjdump -sass layout: address comment, instruction, encoding comment."""
+    out = []
+    for line in lines.strip().splitlines():
+        address, instruction = line.split(None, 1)
+        out.append(f"        /*{address}*/                   {instruction.strip()} ;"
+                   f"                 /* 0x000000000000000000 */")
+    return "\n".join(["\tcode for sm_90a", "\t\tFunction : k"] + out)
+
+
+# A time loop (0x20-0xb0) holding a row loop (0x30-0x50) and a barrier's poll loop
+# (0x60-0x80, an acquire: strong load then L1 invalidation); after it a smaller loop (0xc0,
+# outside the step, as a kernel's failure path) and an unreachable self-branch.
+STEP = _sass("""
+0000 S2R R0, SR_TID.X
+0010 @!P0 EXIT
+0020 MOV R1, RZ
+0030 FFMA R2, R3, R4, R2
+0040 HMMA.16816.F32.TF32 R4, R8, R12, R4
+0050 @P1 BRA 0x30
+0060 LDG.E.STRONG.GPU R5, desc[UR4][R6.64]
+0070 CCTL.IVALL
+0080 @!P2 BRA 0x60
+0090 MUFU.TANH R7, R7
+00a0 BAR.SYNC.DEFER_BLOCKING 0x0
+00b0 @P3 BRA 0x20
+00c0 FFMA R2, R3, R4, R2
+00d0 @P4 BRA 0xc0
+00e0 EXIT
+00f0 BRA 0xf0
+""")
+
+
+def test_a_step_counts_its_inner_loops_by_their_trips_and_the_poll_once():
+    """Rows 5: MOV, 5 x (FFMA, HMMA, BRA), the poll once (3), MUFU, BAR, BRA = 22."""
+    counts = cost_model.step_counts(STEP, [5])
+    assert (counts.instructions, counts.ffma, counts.mma, counts.mufu, counts.bar_sync) == (
+        22, 5, 5, 1, 1)
+    assert cost_model.step_counts(STEP, [1]).instructions == 22 - 4 * 3
+
+
+# An outer loop (0x10-0x50) around an inner one (0x20-0x30).
+NESTED = _sass("""
+0000 S2R R0, SR_TID.X
+0010 MOV R1, RZ
+0020 FFMA R2, R3, R4, R2
+0030 @P1 BRA 0x20
+0040 DFMA R2, R4, R4, R2
+0050 @P2 BRA 0x10
+0060 EXIT
+""")
+
+
+def test_nested_loops_multiply_and_a_kernel_without_time_loop_counts_whole():
+    """Whole kernel, trips [3, 4]: S2R + 3 x (MOV + 4 x (FFMA, BRA) + DFMA + BRA) + EXIT =
+    35, FFMA and DFMA 3 x 4 + 3; the outer loop is level 0 (3), the inner level 1 (4)."""
+    counts = cost_model.step_counts(NESTED, [3, 4], whole_kernel=True)
+    assert (counts.instructions, counts.ffma) == (35, 3 * 4 + 3)
+    # as a time loop: the outer loop is the step, the inner one level 0
+    assert cost_model.step_counts(NESTED, [4]).instructions == 1 + 4 * 2 + 2
+
+
+def test_a_sass_without_loops_has_no_step():
+    with pytest.raises(ValueError, match="no time loop"):
+        cost_model.step_counts(_sass("0000 MOV R1, RZ\n0010 EXIT"), [])
+
+
+def test_the_formula_and_its_constants():
+    """1 µs each: 1750 issue cycles at 1.75 GHz; 5.5 MB at 5.5 TB/s; 2.5 round trips (a
+    barrier) of 700 cycles."""
+    assert cost_model.model_us(1750, 0, 0) == pytest.approx(1.0)
+    assert cost_model.model_us(0, 5.5e6, 0) == pytest.approx(1.0)
+    assert cost_model.model_us(1750, 5.5e6, cost_model.BARRIER_ROUND_TRIPS) == \
+        pytest.approx(1.0 + 1.0)
+    assert cost_model.issue_cycles(100, 16, 264, 132) == 100 * 16 * 2 / 4
+
+
+# A configuration of every variant and product form on sm_90: split (and the cell's tl.dot),
+# resident W-first tl.dot, resident elementwise, streaming.
+MODELED_SHAPES = "tf32:1024:16,tf32:128:16,fp32:64:5,tf32:4096:16"
+
+
+def test_split_forward_counts_match_a_hand_count(tmp_path):
+    """tf32 H = 1024, batch 16, split forward on sm_90, through the report (--json, --dump,
+    with rows of the other variants, each of which the model must read):
+    R = 16 rows of W_hh per program (64 slices), BK = 1024, 16 warps; an H100 holds two groups
+    of the 64 slices, so 8 batch rows per group. Each of the 512 threads multiplies
+    16 x 1024 / 512 = 32 elements of the tile for each batch row, so a row is at least 32 FFMA
+    per warp; the row loop is all that grows with the rows, so the counts of 8 rows minus
+    those of 1 are 7 times one row's. Round trips: 2 per row and the barrier's 2.5."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-m", "triton_rnn.kernels.report", "--arch", "90",
+                           "--json", "--shapes", MODELED_SHAPES, "--dump", str(tmp_path)],
+                          env=env, capture_output=True, text=True)
+    rows = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert all(r["model_us"] > 0 and r["issue_cycles"] > 0 and r["l2_bytes"] > 0 for r in rows)
+    assert len(rows) == 5 * 4  # every row modeled: the model reads every variant's code
+    forward = next(r for r in rows if r["pass_"] == "forward" and r["batch_kind"] == "padded"
+                   and r["H"] == 1024)
+    assert "G=2 rows/group=8" in forward["config"] and forward["round_trips"] == 2 * 8 + 2.5
+    name = report.dump_name(report.Row(**{k: v for k, v in forward.items() if k != "faults"}))
+    sass = (tmp_path / f"{name}.sass").read_text()
+    assert (tmp_path / f"{name}.ttgir").exists() and (tmp_path / f"{name}.ptx").exists()
+    one, eight = (cost_model.step_counts(sass, [rows]) for rows in (1, 8))
+    assert eight.ffma == forward["ffma"]
+    per_row = (eight.instructions - one.instructions) / 7
+    assert per_row == int(per_row) and per_row > 0
+    assert (eight.ffma - one.ffma) / 7 >= 32
+    assert one.ffma >= 32 and one.bar_sync >= 2  # the arrival's and the wait's CTA barriers
