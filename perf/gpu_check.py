@@ -13,7 +13,9 @@ first (perf/latency.py --budget-minutes); every step still writes its log.
 2. the bytes saved for backward against cuDNN (memory.log);
 3. the latency sweep (perf/latency.py, default sweep unless options narrow it);
 4. perf/routing_table.py on those results (updates triton_rnn/cudnn_faster.json);
-5. summary.md beside them. Commit the folder it prints and the routing table.
+5. perf/model_vs_measured.py: the measured µs per step beside the cost model's (model.md;
+   it needs no GPU, so what the time left does not allow can run later on any machine);
+6. summary.md beside them. Commit the folder it prints and the routing table.
 The kernel resource report needs no GPU: CI runs it in full with Triton 3.6 (what our GPU
 machine runs), and tests/test_compile.py runs a subset with the newest.
 """
@@ -85,6 +87,11 @@ def main(argv) -> int:
     if (out / "results.json").exists():  # route shape classes where cuDNN won
         codes["routing"] = _run([sys.executable, "perf/routing_table.py",
                                  str(out / "results.json")], out / "routing.log", env)
+        # the cost model beside the measurements: how far it is off (model.md). It compiles
+        # but needs no GPU: if the time left runs out, run it later on any machine.
+        codes["model"] = _run([sys.executable, "perf/model_vs_measured.py",
+                               str(out / "results.json")], out / "model.log", env,
+                              seconds_left(margin_s=5))
     lines = [f"# GPU validation: {gpu}, {date}", "",
              f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
              f"cuDNN {torch.backends.cudnn.version()}", ""]

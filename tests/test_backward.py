@@ -6,11 +6,11 @@ from torch import nn
 import triton_rnn
 from conftest import DEVICE
 from triton_rnn.kernels.dispatch import choose
-from helpers import (GRAD_TOLERANCE, OPTIONS, cpu_training_pair, make_pair,
+from helpers import (GRAD_TOLERANCE, OPTIONS, TOLERANCE, cpu_training_pair, make_pair,
                      option_grid_case, option_id, rel_err)
 
 
-def _grads(model, x, h0, seed=1):
+def _outputs_and_grads(model, x, h0, seed=1):
     """Output, h_n and the gradients of a random linear functional of both."""
     x = x.detach().requires_grad_()
     h0 = h0.detach().requires_grad_()
@@ -19,7 +19,12 @@ def _grads(model, x, h0, seed=1):
     w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
     w_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(h_n)
     ((out * w_out).sum() + (h_n * w_h).sum()).backward()
-    return {"input": x.grad, "h0": h0.grad, **{n: p.grad for n, p in model.named_parameters()}}
+    return out.detach(), h_n.detach(), {
+        "input": x.grad, "h0": h0.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+
+def _grads(model, x, h0, seed=1):
+    return _outputs_and_grads(model, x, h0, seed)[2]
 
 
 def _compare(ours, ref, x, h0, dtype, tol):
@@ -69,8 +74,8 @@ CASES = [(size, act_dtype) for size in SIZES for act_dtype in ACT_DTYPES
                          ids=[f"T{t}-N{n}-H{h}-{v}-{a}-{str(d).split('.')[1]}"
                               for (t, n, h, v), (a, d) in CASES])
 def test_sizes_and_dtypes(T, N, H, variant, act, dtype, request):
-    """Against float64 nn.RNN: within the dtype's tolerance, or no worse than 1.5x nn.RNN's own
-    error in the same dtype. act' comes from the saved outputs (as in cuDNN), so in 16-bit a
+    """Outputs within the forward's tolerance of float64 nn.RNN; gradients within the dtype's
+    tolerance, or no worse than 1.5x nn.RNN's own error in the same dtype. act' comes from the saved outputs (as in cuDNN), so in 16-bit a
     saturated tanh (1 - y² with y rounded near ±1) costs precision whoever computes it; inputs
     are scaled to keep tanh mostly out of saturation."""
     if variant != "dispatched":
@@ -87,8 +92,11 @@ def test_sizes_and_dtypes(T, N, H, variant, act, dtype, request):
     ours, ref = make_pair(4, H, 1, act, bidirectional=True, dtype=dtype)
     x = torch.randn(T, N, 4, dtype=torch.float64) * 0.5
     h0 = torch.randn(2, N, H, dtype=torch.float64) * 0.5
-    got = _grads(ours, x.to(DEVICE, dtype), h0.to(DEVICE, dtype))
-    expected = _grads(ref, x, h0)
+    out, h_n, got = _outputs_and_grads(ours, x.to(DEVICE, dtype), h0.to(DEVICE, dtype))
+    ref_out, ref_h, expected = _outputs_and_grads(ref, x, h0)
+    # The forward of every case too: test_forward.py's sizes are the ones this test lacks.
+    assert out.dtype == dtype and h_n.dtype == dtype
+    assert rel_err(out, ref_out) < TOLERANCE[dtype] and rel_err(h_n, ref_h) < TOLERANCE[dtype]
     same_dtype = nn.RNN(4, H, 1, act, bidirectional=True).to(DEVICE, dtype)
     same_dtype.load_state_dict(ours.state_dict())
     baseline = _grads(same_dtype, x.to(DEVICE, dtype), h0.to(DEVICE, dtype))

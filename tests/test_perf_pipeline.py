@@ -169,3 +169,32 @@ def test_gpu_check_steps_are_time_boxed(tmp_path):
     assert gpu_check._run([sys.executable, "-c", step], log, timeout_s=2) == 124
     assert log.read_text().split() == ["started", "stopped", "by", "gpu_check", "after", "2",
                                        "s"]
+
+
+def test_model_is_printed_beside_what_was_measured(tmp_path):
+    """perf/model_vs_measured.py on a results.json: every one-layer triton_rnn row gets the
+    report's model for its shape (training: forward plus backward, more than inference) and
+    the ratio of the stand-in measurement to it; other implementations and stacks are left
+    out."""
+    import subprocess
+    row = dict(dtype="tf32", batch=16, hidden=1024, seq=8, layers=1, directions=1,
+               impl="triton_rnn", us_per_step=20.0)
+    results = dict(environment=FAKE_ENV, rows=[
+        dict(row, mode="inference"), dict(row, mode="training", us_per_step=50.0),
+        dict(row, mode="inference", impl="nn.RNN"), dict(row, mode="inference", layers=2)])
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    script = Path(__file__).resolve().parent.parent / "perf" / "model_vs_measured.py"
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in (tmp_path / "model.md").read_text().splitlines()
+             if line.startswith("| tf32")]
+    assert len(lines) == 2 and "Stand-in GPU" in (tmp_path / "model.md").read_text()
+    modeled = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        measured, model, ratio = float(cells[6]), float(cells[7]), float(cells[8])
+        assert model > 0 and ratio == pytest.approx(measured / model, abs=0.01)
+        modeled[cells[5]] = model
+    assert modeled["training"] > modeled["inference"]
