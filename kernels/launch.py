@@ -184,7 +184,7 @@ def lengths_argument(lengths, device) -> torch.Tensor:
     if lengths is not None:
         return lengths
     if device not in _no_lengths:
-        _no_lengths[device] = torch.zeros(1, dtype=torch.int32, device=device)
+        _no_lengths[device] = torch.empty(1, dtype=torch.int32, device=device)
     return _no_lengths[device]
 
 
