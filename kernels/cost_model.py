@@ -23,8 +23,11 @@ the RNNCell kernel has no time loop, and its whole kernel is one step. Loops ins
 one that polls with an acquire load (the barrier's wait: LDG.E.STRONG.GPU, then CCTL.IVALL;
 the exchanged state's .cg loads are strong loads without the invalidation) runs once (no
 waiting counted beyond the 2.5); every other loop at nesting level d inside the step gets the
-variant's trip count for level d (`loop_trips`), whatever the compiler made of it (a loop it
-split in two gets the count twice).
+variant's trip count for level d (`loop_trips`), whatever the compiler made of it. So a loop
+ptxas unrolled (a main loop over u rows at a time, then a remainder) is counted as if each
+part ran every trip: the split backward's first row loop at tf32 H = 1024 is unrolled 4x, and
+its step counts about 1.8x the instructions it runs. Both sides of a branch inside the step
+count once per step.
 """
 import re
 from dataclasses import dataclass
@@ -45,14 +48,14 @@ HEADER = (f"Model from compiled code (each row's SASS), not a measurement, with 
 
 _LINE = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _MMA = re.compile(r"^(HMMA|HGMMA|DMMA|IMMA|BMMA|QGMMA|IGMMA)")
-_FMA = re.compile(r"^(FFMA|DFMA|HFMA2)")
+_FMA = re.compile(r"^(FFMA|DFMA|HFMA2(?!\.MMA))")  # HFMA2.MMA is also ptxas's constant move
 
 
 @dataclass(frozen=True)
 class Instruction:
     address: int
     opcode: str
-    predicated: bool
+    predicated: bool    # may not execute (a guard, or a branch on a predicate operand)
     target: int = None  # a branch's destination address
 
 
@@ -64,11 +67,14 @@ def parse_sass(sass: str) -> list:
         if not match:
             continue
         address, predicate, opcode, operands = match.groups()
-        target = None
+        target, conditional = None, predicate is not None
         if opcode.startswith("BRA"):
             hexes = re.findall(r"0x([0-9a-f]+)", operands)
             target = int(hexes[-1], 16) if hexes else None
-        found.append(Instruction(int(address, 16), opcode, predicate is not None, target))
+            # BRA P5, addr / BRA.U !UP0, addr / BRA.DIV: conditional without a guard
+            conditional = conditional or bool(re.match(r"\s*!?U?P[0-6]\b", operands)) or \
+                any(kind in opcode for kind in (".DIV", ".CONV"))
+        found.append(Instruction(int(address, 16), opcode, conditional, target))
     return found
 
 
@@ -241,7 +247,7 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       for dY_t, y_t and its carry (phase 1), then for dz_t (phase 2): 2 per row; each step ends
       at the barrier (2.5).
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
-      state; per chunk it waits for the first chunk of the product's operands (the pipelined
+      product's other operand (the state forward, dz_t backward); per chunk it waits for the first chunk of the product's operands (the pipelined
       rest is in flight): forward 1 per chunk, backward 2 (phase 1's loads, then the product).
     cell: per program and chunk of each product, the chunk of the weights and the rows of x
       and h, each chunk waited for (no pipelining: num_stages 1)."""
@@ -254,7 +260,9 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
         return own + S * state, 2 * rows + BARRIER_ROUND_TRIPS
     programs = triton.cdiv(N, BN) * D
     if variant == "streaming":
-        per_program = H * H * elem + chunks * BN * H * acc + BN * H * elem
+        # the product's rows: the fp32 (fp64) state forward, dz_t (the layer's dtype) backward
+        rows_read = acc if pass_ == "forward" else elem
+        per_program = H * H * elem + chunks * BN * H * rows_read + BN * H * elem
         if pass_ == "backward":
             per_program += BN * H * (elem + acc)
         return programs * per_program, chunks * (1 if pass_ == "forward" else 2)

@@ -473,7 +473,7 @@ def _sass_cache_dir() -> str:
 
 def disassemble(cubin: bytes) -> str:
     """cuobjdump -sass of a cubin, kept on disk beside Triton's cache by the cubin's hash:
-    a disassembly costs ~0.6 s of CPU (more than many compilations it follows), and the
+    a disassembly costs ~0.7 s of CPU (more than many compilations it follows), and the
     report's rows and the tests read the same kernels again and again."""
     path = os.path.join(_sass_cache_dir(), hashlib.sha256(cubin).hexdigest() + ".sass")
     if os.path.exists(path):

@@ -5,7 +5,8 @@ from the compiled code (kernels/cost_model.py) is off on this GPU.
 
 Rows: the sweep's one-layer triton_rnn rows (routing off), inference against the model's
 forward step, training against forward plus backward. The measured time per step is the whole
-call over its steps (the input projection included, which the model leaves out). The model is
+call over its steps: the input projection's GEMM included (and in training the weight and
+input gradients' GEMMs), which the model of the recurrence leaves out. The model is
 the sm_90 report's (an H100's constants): on another GPU it is still printed, and the header
 says which GPU measured. perf/gpu_check.py runs this after the sweep; it compiles (no GPU
 needed for that) and needs Triton's compiler, not its interpreter.

@@ -121,3 +121,23 @@ def test_split_forward_counts_match_a_hand_count(tmp_path):
     assert per_row == int(per_row) and per_row > 0
     assert (eight.ffma - one.ffma) / 7 >= 32
     assert one.ffma >= 32 and one.bar_sync >= 2  # the arrival's and the wait's CTA barriers
+
+
+# A loop whose latch branches on a predicate operand without a guard (BRA P5, BRA.U !UP0):
+# conditional, so what follows it is reachable. HFMA2.MMA of zeros is ptxas's constant move.
+OPERAND_BRANCHES = _sass("""
+0000 S2R R0, SR_TID.X
+0010 MOV R1, RZ
+0020 FFMA R2, R3, R4, R2
+0030 BRA P5, 0x20
+0040 HFMA2.MMA R6, -RZ, RZ, 0, 0
+0050 BRA.U !UP0, 0x10
+0060 EXIT
+""")
+
+
+def test_branches_on_a_predicate_operand_are_conditional():
+    """The time loop 0x10-0x50 with the inner loop 0x20-0x30 (trips 3): MOV + 3 x (FFMA, BRA)
+    + HFMA2.MMA + BRA = 9; the HFMA2.MMA is no FMA."""
+    counts = cost_model.step_counts(OPERAND_BRANCHES, [3])
+    assert (counts.instructions, counts.ffma) == (9, 3)
