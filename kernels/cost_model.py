@@ -211,11 +211,12 @@ def step_counts(sass: str, trips, whole_kernel: bool = False) -> StepCounts:
         time_loop = max(outer, key=lambda lp: graph.size(lp.blocks))
         step, base = time_loop.blocks, time_loop.depth
         inner = [lp for lp in graph.loops if lp is not time_loop and lp.blocks <= step]
+    inner = [lp for lp in inner if not is_poll_loop(graph, lp)]  # a poll loop runs once
     counts = StepCounts(0.0, 0.0, 0.0, 0.0, 0.0)
     for b in step:
         weight = 1
         for loop in inner:
-            if b in loop.blocks and not is_poll_loop(graph, loop):
+            if b in loop.blocks:
                 level = loop.depth - base - 1
                 weight *= trips[level] if 0 <= level < len(trips) else 1
         for ins in graph.block_instructions(b):

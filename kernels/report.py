@@ -453,16 +453,21 @@ def _compile(src, target, options):
     key = (src.hash(), target.arch, repr(sorted(options.__dict__.items())))
     if key not in _compiled:
         compiled = triton.compile(src, target=target, options=options.__dict__)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(compiled.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True,
-                                   text=True, check=True).stdout
+        usage = _cuobjdump_of(compiled.asm["cubin"], "-res-usage")
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
         stack = int(re.search(r"STACK:(\d+)", usage).group(1))
         _compiled[key] = (regs, stack, compiled.metadata.shared, compiled.asm["ptx"],
                           compiled.asm["ttgir"], compiled.asm["cubin"])
     return _compiled[key]
+
+
+def _cuobjdump_of(cubin: bytes, flag: str) -> str:
+    """What `cuobjdump <flag>` prints for a cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([_cuobjdump(), flag, f.name], capture_output=True, text=True,
+                              check=True).stdout
 
 
 def _sass_cache_dir() -> str:
@@ -479,11 +484,7 @@ def disassemble(cubin: bytes) -> str:
     if os.path.exists(path):
         with open(path) as f:
             return f.read()
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout
+    sass = _cuobjdump_of(cubin, "-sass")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
         f.write(sass)
