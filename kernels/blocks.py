@@ -79,6 +79,20 @@ def round_tf32(x):
 
 
 @triton.jit
+def tf32_dot_operand(x):
+    """float32 -> TF32 for a tensor-core tl.dot operand and nothing else: round_tf32 under
+    the interpreter; compiled, PTX's cvt.rna.tf32.f32 (the same rounding, ties away from zero,
+    in one instruction where round_tf32 takes four per element). Its result is meant for a TF32
+    MMA, which reads only the top 19 bits, so it must never be used as a float32 value."""
+    if INTERPRETED:
+        return round_tf32(x)
+    else:
+        return tl.inline_asm_elementwise("cvt.rna.tf32.f32 $0, $1;", "=r,f", [x],
+                                         dtype=tl.int32, is_pure=True,
+                                         pack=1).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def convert(x, DTYPE: tl.constexpr):
     """x.to(DTYPE), rounded to nearest even as the GPU rounds. Under the interpreter a float32
     -> bfloat16 conversion is rounded first in integer arithmetic (NaN kept), so that its

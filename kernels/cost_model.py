@@ -228,13 +228,15 @@ def step_counts(sass: str, trips, whole_kernel: bool = False) -> StepCounts:
     return counts
 
 
-def loop_trips(variant: str, H: int, BH: int, rows: int) -> list:
+def loop_trips(variant: str, H: int, BH: int, rows: int, BN: int = 1) -> list:
     """Trip counts of the loops inside one step, by nesting level, as the kernels are written:
-    split, its group's batch rows (one after another); streaming, the BJ-wide chunks of the
-    output features and, inside the product, of the reduction; the cell, the chunks of its two
-    products (I = H in the report); resident, no inner loop."""
+    split, its group's batch rows in tiles of BN (one row at a time on CUDA cores, BN = 1);
+    streaming, the BJ-wide chunks of the output features and, inside the product, of the
+    reduction; the cell, the chunks of its two products (I = H in the report); resident, no
+    inner loop."""
     chunks = triton.cdiv(H, BH)
-    return {"split": [rows], "streaming": [chunks, chunks], "cell": [chunks]}.get(variant, [])
+    return {"split": [triton.cdiv(rows, BN)], "streaming": [chunks, chunks],
+            "cell": [chunks]}.get(variant, [])
 
 
 def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, acc: int, BN: int,
@@ -243,10 +245,13 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     kernels' design (elem: the layer's element bytes; acc: the state's).
     resident: forward reads P_t (P_{t+1} is prefetched: nothing waited for); backward reads
       dY_t and y_t at the top of the step and waits for them (1).
-    split: every program reads its group's whole state (S x the state); forward per row waits
-      for the state, then for P_t loaded after the reduction (2 per row); backward per row waits
-      for dY_t, y_t and its carry (phase 1), then for dz_t (phase 2): 2 per row; each step ends
-      at the barrier (2.5).
+    split: every program reads its group's whole state (S x the state). One row at a time
+      (BN = 1): forward per row waits for the state, then for P_t loaded after the reduction
+      (2 per row); backward per row waits for dY_t, y_t and its carry (phase 1), then for dz_t
+      (phase 2): 2 per row. On tensor cores, per row tile of BN: forward waits for the state
+      alone (P_t issued before it, the first tile's before the barrier: 1 per tile), backward
+      for its carry (phase 1; dY_t and y_t the same way), then for dz_t (phase 2): 2 per tile.
+      Each step ends at the barrier (2.5).
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
       product's other operand (the state forward, dz_t backward); per chunk it waits for the first chunk of the product's operands (the pipelined
       rest is in flight): forward 1 per chunk, backward 2 (phase 1's loads, then the product).
@@ -258,7 +263,8 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
         return (state, 0) if pass_ == "forward" else (2 * state, 1)
     if variant == "split":
         own = state if pass_ == "forward" else 2 * state + D * N * H * acc
-        return own + S * state, 2 * rows + BARRIER_ROUND_TRIPS
+        per_tile = 1 if BN > 1 and pass_ == "forward" else 2
+        return own + S * state, per_tile * triton.cdiv(rows, BN) + BARRIER_ROUND_TRIPS
     programs = triton.cdiv(N, BN) * D
     if variant == "streaming":
         # the product's rows: the fp32 (fp64) state forward, dz_t (the layer's dtype) backward

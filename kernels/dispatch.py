@@ -12,10 +12,12 @@ The rule, in order (the resource report prints it beside every configuration):
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "split" (split.py: W_hh divided by rows across co-resident programs that exchange the state
    through L2 every step) while BH is at most SPLIT_MAX_BH; else "streaming" (W_hh re-read
-   from L2 in BJ-wide chunks every step). Split uses the elementwise product (tf32 `tl.dot`
-   slices ask more shared memory than an SM has), R = SPLIT_TILE // BH rows per program
-   (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in the
-   accumulator dtype in registers. The launcher sizes the batch groups
+   from L2 in BJ-wide chunks every step). Split, 16-bit and TF32 (any batch): tensor cores,
+   every row of a group in one pass per step (split_dot.py, `choose_split_dot`). Split, IEEE
+   fp32 and fp64: the elementwise product one batch row at a time (split.py), R =
+   SPLIT_TILE // BH rows per program (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program
+   holding its (R, BH) tile in the accumulator dtype in registers. The launcher sizes the
+   batch groups
    and checks the grid against the device's co-resident capacity (launch.py); a layer whose
    S slices do not fit even one group per launch falls back to streaming.
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
@@ -43,6 +45,7 @@ import torch
 import triton
 
 DOT_MIN_BATCH = 16
+TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
 WGMMA_MIN_BH = 64  # a warpgroup MMA's M (64 per warpgroup): smaller tiles compile to mma.sync
 IEEE_DOT_MAX_BH = 32
 STREAM_CHUNK = 32
@@ -69,6 +72,18 @@ SPLIT_WARPS = 16
 # 40-48 B of 64-bit addresses on the stack in the packed sm_80 fp32/tf32 H = 512-1024 kernels.
 SPLIT_MAX_REGISTERS = 128
 
+# The tensor-core split (split_dot.py), sized by estimated registers per thread: its rows of
+# B (R x BH) and one chunk of the state tile (BH x BN / KC) as tl.dot operands, 32-bit each for
+# TF32 and two 16-bit values per register, at most SPLIT_DOT_OPERAND_REGISTERS of ptxas's 255
+# (what fit without spills in compile probes for sm_90 and sm_80: tf32 H = 1024 R = 32 BN = 16
+# and bf16 H = 2048 R = 32 BN = 16 at 192, 224 registers used; tf32 H = 2048 R = 16 BN = 16
+# needs the state in chunks). The compile gate checks every configuration the rule gives.
+SPLIT_DOT_OPERAND_REGISTERS = 160
+# The same for row tiles over 16 rows, unchunked (bf16 BH = 512, BN = 64 at 192 spilled
+# 56-80 B on Triton 3.9; tf32 BH = 256, BN = 64 at 160 spilled 56-176 B on Triton 3.6).
+SPLIT_DOT_WIDE_REGISTERS = 128
+SPLIT_DOT_MAX_BN = 64
+
 
 @dataclass(frozen=True)
 class Config:
@@ -80,10 +95,11 @@ class Config:
     num_stages: int = 3  # software pipelining of the innermost loop (rule 3)
     R: int = 0           # split: rows of W_hh per program
     w_first: bool = False  # resident tl.dot: W_hh the first operand, transposed state tiles
+    k_chunks: int = 1      # split on tensor cores: the state tile's chunks per step (KC)
 
     def describe(self) -> str:
         block = {"resident": f"BH={self.BH}", "split": f"R={self.R} BH={self.BH}"}.get(
-            self.variant, f"BJ={self.BH}")
+            self.variant, f"BJ={self.BH}") + (f" KC={self.k_chunks}" if self.k_chunks > 1 else "")
         kind = "dot" if self.use_dot else "elementwise"
         return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
                 f" stages={self.num_stages}" + (" W-first" if self.w_first else ""))
@@ -117,13 +133,26 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     if split and BH <= SPLIT_MAX_BH[elem]:
-        return choose_split(BH, dtype)
+        return choose_split(BH, dtype, batch=batch, allow_tf32=allow_tf32)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 
-def choose_split(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
-    """The split configuration for padded hidden size BH; `rows` (a power of two) overrides
-    R, the rows of W_hh per program (tests use it to reach every slice count)."""
+def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool, BH: int = 0) -> bool:
+    """16-bit and TF32 split layers run split_dot.py; IEEE fp32 and fp64 run split.py, and so
+    does TF32 at BH = 2048 before Triton 3.9 (Triton 3.6's code for it spills 96-248 B
+    whatever the warps, rows or state chunks; 3.9's fits)."""
+    if dtype == torch.float32 and allow_tf32 and BH >= 2048:
+        return TRITON_VERSION >= (3, 9)
+    return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
+
+
+def choose_split(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1,
+                 allow_tf32: bool = True) -> Config:
+    """The split configuration for padded hidden size BH and a batch of `batch` rows; `rows`
+    (a power of two) overrides R, the rows of W_hh per program (tests use it to reach every
+    slice count)."""
+    if split_on_tensor_cores(dtype, allow_tf32, BH):
+        return choose_split_dot(BH, dtype, rows, batch)
     acc_bytes = max(dtype.itemsize, 4)
     R = rows or max(SPLIT_MIN_ROWS[acc_bytes], min(SPLIT_MAX_ROWS, SPLIT_TILE[acc_bytes] // BH))
     # One warp per 1024 32-bit registers of the tile (per 512 in fp64, whose products and sums
@@ -133,6 +162,34 @@ def choose_split(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
     per_warp = 512 if acc_bytes == 8 else 1024
     num_warps = min(SPLIT_WARPS, max(4, tile_regs // per_warp))
     return Config("split", False, 1, BH, num_warps, num_stages=1, R=R)
+
+
+def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1) -> Config:
+    """The tensor-core split: 8 warps from BH = 1024 (4 below), each holding a BH/num_warps
+    part of the reduction dimension; R = 32 rows per program in 16-bit (fewer programs then
+    read the exchanged state: S = BH/R), 16 in TF32 (R = 32 spilled 56-120 B on Triton 3.6 at
+    BH = 512 and 1024).
+    Row tiles: BN = 16 for a batch of at most 16 rows (a smaller batch is padded to the 16 that
+    tl.dot needs; padded rows are masked, never read), with the fewest state chunks KC (1, 2,
+    4) whose operands fit SPLIT_DOT_OPERAND_REGISTERS; for a larger batch the largest BN up to
+    SPLIT_DOT_MAX_BN whose operands fit SPLIT_DOT_WIDE_REGISTERS unchunked (chunks did not
+    save registers at BN >= 32: tf32 BH = 1024, BN = 64 spilled 600 B with KC = 4), else 16.
+    Two tiles per (dtype, BH) and no more, so that the compile gate's batches of 16 and 256
+    compile every configuration this rule gives."""
+    elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
+    num_warps = 8 if BH >= 1024 else 4
+    threads = 32 * num_warps
+    R = rows or (32 if elem == 2 else 16)
+
+    def registers(BN, KC=1):
+        return (R * BH + BH * BN // KC) * elem // 4 // threads
+    if batch > DOT_MIN_BATCH:
+        for BN in (SPLIT_DOT_MAX_BN, SPLIT_DOT_MAX_BN // 2):
+            if registers(BN) <= SPLIT_DOT_WIDE_REGISTERS:
+                return Config("split", True, BN, BH, num_warps, num_stages=1, R=R)
+    KC = next((kc for kc in (1, 2) if registers(DOT_MIN_BATCH, kc)
+               <= SPLIT_DOT_OPERAND_REGISTERS), 4)
+    return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
 
 
 def choose_cell(batch: int, dtype: torch.dtype) -> Config:

@@ -17,6 +17,7 @@ from .cell import rnn_cell_forward_kernel
 from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
+from .split_dot import rnn_backward_split_dot_kernel, rnn_forward_split_dot_kernel
 from .streaming import rnn_backward_streaming_kernel, rnn_forward_streaming_kernel
 
 _TL_DTYPE = {torch.float64: tl.float64, torch.float32: tl.float32,
@@ -53,8 +54,12 @@ def _empty(*args, like=None, **kwargs) -> torch.Tensor:
     return t.fill_(float("nan")) if poison_outputs else t
 
 
-def kernel_for(pass_: str, variant: str):
-    """The recurrence's @triton.jit kernel for "forward"/"backward" and a dispatch variant."""
+def kernel_for(pass_: str, variant: str, use_dot: bool = False):
+    """The recurrence's @triton.jit kernel for "forward"/"backward" and a dispatch variant
+    (split: on tensor cores with use_dot)."""
+    if variant == "split" and use_dot:
+        return {"forward": rnn_forward_split_dot_kernel,
+                "backward": rnn_backward_split_dot_kernel}[pass_]
     return {("forward", "resident"): rnn_forward_resident_kernel,
             ("forward", "streaming"): rnn_forward_streaming_kernel,
             ("forward", "split"): rnn_forward_split_kernel,
@@ -68,19 +73,24 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     """Constexpr arguments and launch options of a launch. `flags`: the kernel's own flags
     (HAS_LENGTHS for the recurrences, a run-time 0/1 so that padded and packed batches share
     one compiled kernel; the constexprs HAS_H, HAS_BIAS for the cell)."""
-    if cfg.variant == "split":
-        return dict(
-            ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)],
-            PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags,
-            MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
-            maxnreg=SPLIT_MAX_REGISTERS,
-            # An oversize grid then fails at launch instead of waiting at its first barrier.
-            launch_cooperative_grid=True)
     dot_dtype = _TL_DTYPE[dtype]
     if interpreting() and dtype == torch.bfloat16:
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
         dot_dtype = tl.float32
+    if cfg.variant == "split":
+        # On tensor cores the row tile, the warps' parts of K and the state's chunks; ptxas
+        # may then use every register a thread can have at one program per SM.
+        dot = dict(BN=cfg.BN, KW=cfg.num_warps, KC=cfg.k_chunks, DOT_DTYPE=dot_dtype) \
+            if cfg.use_dot else {}
+        return dict(
+            ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)],
+            PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags, **dot,
+            MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
+            maxnreg=min(255, 65536 // (32 * cfg.num_warps)) if cfg.use_dot
+            else SPLIT_MAX_REGISTERS,
+            # An oversize grid then fails at launch instead of waiting at its first barrier.
+            launch_cooperative_grid=True)
     block = {"BH": cfg.BH, "W_FIRST": cfg.w_first} if cfg.variant == "resident" else {
         "BJ": cfg.BH}
     return dict(
@@ -158,7 +168,8 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
     cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch())
     options = compile_options(cfg, dtype, relu, allow_tf32,
                               HAS_LENGTHS=int(lengths is not None))
-    return cfg, kernel_for(pass_, cfg.variant), (triton.cdiv(N, cfg.BN), D), options
+    return cfg, kernel_for(pass_, cfg.variant, cfg.use_dot), (triton.cdiv(N, cfg.BN), D), \
+        options
 
 
 def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
@@ -172,6 +183,15 @@ def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
     groups = min(N, capacity // (S * per_launch), max_groups or N)
     rows = triton.cdiv(N, max(1, groups))
     return triton.cdiv(N, rows), rows, per_launch
+
+
+def split_max_groups(cfg: Config, N: int):
+    """At most as many batch groups as a tensor-core split has row tiles of BN (more groups
+    would each pad a tile of their own), and INTERPRETER_MAX_GROUPS under the interpreter."""
+    limits = [triton.cdiv(N, cfg.BN)] if cfg.use_dot else []
+    if interpreting():
+        limits.append(INTERPRETER_MAX_GROUPS)
+    return min(limits) if limits else None
 
 
 _no_lengths = {}  # device -> an int32 tensor a padded batch passes for the lengths, never read
@@ -228,8 +248,7 @@ def _launch_split(pass_, kernel, cfg, options, tensors, sizes, strides, D) -> bo
                                device)
     capacity = min(capacity, _refused.get(key, capacity))
     while True:
-        plan = split_plan(S, N, D, capacity,
-                          INTERPRETER_MAX_GROUPS if interpreting() else None)
+        plan = split_plan(S, N, D, capacity, split_max_groups(cfg, N))
         if plan is None:
             return False
         G, rows, per_launch = plan

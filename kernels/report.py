@@ -359,6 +359,7 @@ class Row:
 _KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
                  "rnn_forward_split_kernel", "rnn_backward_resident_kernel",
                  "rnn_backward_streaming_kernel", "rnn_backward_split_kernel",
+                 "rnn_forward_split_dot_kernel", "rnn_backward_split_dot_kernel",
                  "rnn_cell_forward_kernel")
 
 
@@ -573,7 +574,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     S, rows, launches = 1, 1, 1
     if cfg.variant == "split" and not error:
         S = triton.cdiv(H, cfg.R)
-        plan = launch.split_plan(S, N, directions, capacity)
+        plan = launch.split_plan(S, N, directions, capacity, launch.split_max_groups(cfg, N))
         if plan is None:  # what the launcher runs instead
             row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False)
             row.w_hh += f" (split needs {S} programs, {capacity} fit)"
@@ -607,7 +608,7 @@ def _model(row: Row, cfg, sass: str, dtype: torch.dtype, D: int, S: int, rows: i
     `launches` launches runs its directions' whole sequence, one after another."""
     pass_ = "cell" if cfg.variant == "cell" else row.pass_
     counts = cost_model.step_counts(sass, cost_model.loop_trips(cfg.variant, row.H, cfg.BH,
-                                                                 rows),
+                                                                 rows, cfg.BN),
                                     whole_kernel=cfg.variant == "cell")
     l2_bytes, trips = cost_model.step_traffic(
         cfg.variant, pass_, row.H, row.N, D // launches, dtype.itemsize,

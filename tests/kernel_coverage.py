@@ -20,6 +20,8 @@ import triton_rnn.kernels.launch as launch
 # launch.py's kernel names -> (pass, variant), from the launcher's own table (kernel_for).
 KERNELS = {launch.kernel_for(p, v).fn.__name__: (p, v) for p in ("forward", "backward")
            for v in ("resident", "split", "streaming")}
+KERNELS.update({launch.kernel_for(p, "split", True).fn.__name__: (p, "split")
+                for p in ("forward", "backward")})
 KERNELS[launch.rnn_cell_forward_kernel.fn.__name__] = ("cell", "cell")
 FIELDS = ("pass", "variant", "dtype", "batch", "directions", "batch class")
 _current = {"test": None}
@@ -40,7 +42,9 @@ def _dtype_class(dtype, precision: str) -> str:
 def cell(kernel_name: str, arg_names, args, kwargs) -> tuple:
     pass_, variant = KERNELS[kernel_name]
     named = dict(zip(arg_names, args))
-    product = "dot" if kwargs.get("USE_DOT", False) else "elementwise"
+    # the tensor-core split has no USE_DOT flag: its row tile BN says it
+    product = "dot" if kwargs.get("USE_DOT", "BN" in kwargs and variant == "split") \
+        else "elementwise"
     weights = named["p_whh" if pass_ == "cell" else "p_b"]
     if pass_ == "cell":
         packed, directions = "-", "-"

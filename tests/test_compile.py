@@ -85,8 +85,7 @@ def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions, 
 def test_shapes_cover_every_variant():
     from triton_rnn.kernels.report import DTYPES
     kinds = {(c.variant, c.use_dot) for c in (choose(h, n, *DTYPES[d]) for d, h, n in SHAPES)}
-    assert kinds == {(v, d) for v in ("resident", "streaming") for d in (True, False)} | {
-        ("split", False)}
+    assert kinds == {(v, d) for v in ("resident", "split", "streaming") for d in (True, False)}
 
 
 @shared_report
@@ -121,8 +120,9 @@ def drop_bars_before_release(ptx):
 
 
 found = {}
-for pass_ in ("forward", "backward"):
-    launched = report._launch_arguments(pass_, torch.float32, 512, 4, False, True)
+for pass_, tf32 in [(p, tf32) for p in ("forward", "backward") for tf32 in (True, False)]:
+    # TF32 runs the tensor-core split (split_dot.py), IEEE fp32 one row at a time (split.py)
+    launched = report._launch_arguments(pass_, torch.float32, 512, 4, False, tf32)
     ptx = report.compile_resources(*launched, arch)[3]
     mutated = {
         "as compiled": ptx,
@@ -133,15 +133,17 @@ for pass_ in ("forward", "backward"):
         "no CTA barrier at all": "\n".join(l for l in ptx.splitlines()
                                            if not re.search(r"\b(bar|barrier)\.sync", l)),
     }
-    found[pass_] = {name: report.ordering_faults(text) for name, text in mutated.items()}
+    found[f"{pass_} {'tf32' if tf32 else 'fp32'}"] = {
+        name: report.ordering_faults(text) for name, text in mutated.items()}
 print(json.dumps(found))
 """
 
 
 @pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
 def test_ptx_ordering_check_catches_what_threads_cannot(arch):
-    """The split kernels' PTX has the barrier's release arrival, acquire wait, L2-coherent
-    exchange loads and CTA barriers where they belong; removing any one of them is reported."""
+    """Both split kernels' PTX (tensor cores and one row at a time, forward and backward) has
+    the barrier's release arrival, acquire wait, L2-coherent exchange loads and CTA barriers
+    where they belong; removing any one of them is reported."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, "-c", _PTX_CHECK, str(arch)], env=env,
                           capture_output=True, text=True)
@@ -150,6 +152,7 @@ def test_ptx_ordering_check_catches_what_threads_cannot(arch):
         assert faults.pop("as compiled") == [], pass_
         for name, found in faults.items():
             assert found, f"{pass_}: {name} not caught"
+    assert len(json.loads(proc.stdout)) == 4
 
 
 # --- The W_hh column: where W_hh lives during the loop, read from the compiled TTGIR ---------

@@ -19,6 +19,7 @@ import triton.runtime.interpreter as interp
 import triton_rnn.kernels.concurrent_interpreter as ci
 import triton_rnn.kernels.launch as launch
 import triton_rnn.kernels.split as split
+import triton_rnn.kernels.split_dot as split_dot
 from triton_rnn.kernels.barrier import arrive_and_wait, wait_for
 from triton_rnn.kernels.dispatch import choose_split
 from triton_rnn.kernels.failures import SplitBarrierTimeout
@@ -220,18 +221,23 @@ def _arrive_unless_first_program(p_cnt, target, MAX_POLLS: tl.constexpr):
     return wait_for(p_cnt, target, MAX_POLLS)
 
 
-SPLIT_T, SPLIT_N, SPLIT_H = 4, 2, 20  # R = 8: 3 slices, one batch row per group
+SPLIT_T, SPLIT_H = 4, 20  # R = 8: 3 slices
 SENTINEL = -7.0  # what the outputs hold before the launch: neither NaN nor a result
+# The two split kernels: one batch row at a time (split.py, fp64, 2 rows: one per group) and
+# on tensor cores (split_dot.py, TF32, 17 rows: groups of 9 and 8 rows, one tile of 16 each).
+FORMS = {"rows": (torch.float64, 2), "tiles": (torch.float32, 17)}
 
 
-def _split_case():
-    """(proj, h0, w_hh, out, dout) in float64, out from the float64 reference."""
+def _split_case(form):
+    """(proj, h0, w_hh, out, dout), out from the float64 reference."""
+    dtype, N = FORMS[form]
     g = torch.Generator().manual_seed(0)
-    proj = torch.randn(SPLIT_T, SPLIT_N, SPLIT_H, dtype=torch.float64, generator=g)
-    h0 = torch.randn(1, SPLIT_N, SPLIT_H, dtype=torch.float64, generator=g)
+    proj = torch.randn(SPLIT_T, N, SPLIT_H, dtype=torch.float64, generator=g)
+    h0 = torch.randn(1, N, SPLIT_H, dtype=torch.float64, generator=g)
     w_hh = torch.randn(1, SPLIT_H, SPLIT_H, dtype=torch.float64, generator=g) / SPLIT_H ** 0.5
-    dout = torch.randn(SPLIT_T, SPLIT_N, SPLIT_H, dtype=torch.float64, generator=g)
-    return proj, h0, w_hh, _reference_forward(proj, h0, w_hh), dout
+    dout = torch.randn(SPLIT_T, N, SPLIT_H, dtype=torch.float64, generator=g)
+    case = [x.to(dtype) for x in (proj, h0, w_hh)]
+    return (*case, _reference_forward(*[x.double() for x in case]).to(dtype), dout.to(dtype))
 
 
 def _reference_forward(proj, h0, w_hh):
@@ -245,8 +251,9 @@ def _reference_forward(proj, h0, w_hh):
 
 def _reference_backward(proj, h0, w_hh, dout):
     """(dz, dh0) by autograd through the float64 reference."""
-    proj, h0 = proj.clone().requires_grad_(), h0.clone().requires_grad_()
-    return torch.autograd.grad(_reference_forward(proj, h0, w_hh), (proj, h0), dout)
+    proj, h0 = proj.double().requires_grad_(), h0.double().requires_grad_()
+    return torch.autograd.grad(_reference_forward(proj, h0, w_hh.double()), (proj, h0),
+                               dout.double())
 
 
 @pytest.fixture
@@ -268,79 +275,105 @@ def split_launches(monkeypatch):
     return launches
 
 
-def _run_split(pass_, case):
+def _run_split(pass_, case, form):
     proj, h0, w_hh, out, dout = case
-    config = choose_split(32, torch.float64, rows=8)
+    dtype, N = FORMS[form]
+    config = choose_split(32, dtype, rows=8, batch=16, allow_tf32=True)
+    assert config.use_dot == (form == "tiles") and config.BN == (16 if config.use_dot else 1)
     if pass_ == "forward":
         return launch.recurrence_forward(proj, h0, w_hh, None, False, True, config=config)
     return launch.recurrence_backward(dout, out, w_hh, None, False, True, config=config)
 
 
+def _expected(pass_, case, form):
+    """What a correct barrier gives: for fp64 the reference's values (to 1e-12), for TF32 the
+    same kernel's own values (exactly: the interpreter runs it deterministically), which are
+    first checked against the reference to TF32's tolerance. Forward: out; backward: dz, dh0."""
+    proj, h0, w_hh, out, dout = case
+    reference = (out,) if pass_ == "forward" else _reference_backward(proj, h0, w_hh, dout)
+    if form == "rows":
+        return [r.to(torch.float64) for r in reference]
+    own = _run_split(pass_, case, form)
+    own = [own] if pass_ == "forward" else list(own)
+    for got, ref in zip(own, reference):
+        assert ((got.double() - ref.double()).norm() / ref.double().norm()) < 3e-3
+    return [x.double() for x in own]
+
+
+def _close(actual, expected, form):
+    tol = 1e-12 if form == "rows" else 0.0
+    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_split_kernel_with_small_bound_is_correct(split_launches, pass_):
+def test_split_kernel_with_small_bound_is_correct(split_launches, pass_, form):
     """The control for the next test: 300 polls are plenty for a correct barrier, so a
     timeout there comes from the fault."""
-    case = _split_case()
-    proj, h0, w_hh, out, dout = case
-    result = _run_split(pass_, case)
+    case = _split_case(form)
+    expected = _expected(pass_, case, form)
+    split_launches.clear()
+    result = _run_split(pass_, case, form)
     assert len(split_launches) == 1 and split_launches[0][0][0] == 3  # 3 slices ran
-    if pass_ == "forward":
-        torch.testing.assert_close(result, out, rtol=1e-12, atol=1e-12)
-    else:
-        for actual, expected in zip(result, _reference_backward(proj, h0, w_hh, dout)):
-            torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    for actual, exp in zip([result] if pass_ == "forward" else result, expected):
+        _close(actual, exp, form)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_split_kernel_missing_arrival_raises_and_poisons(monkeypatch, split_launches, pass_):
+def test_split_kernel_missing_arrival_raises_and_poisons(monkeypatch, split_launches, pass_,
+                                                         form):
     """Program (0, 0, 0) never arrives: its group's waits run out at the first step, the
     launcher raises SplitBarrierTimeout, and that group's results are NaN from the first step
     it could not compute on (nothing silently wrong), while its first step and the other
     groups are exact."""
+    case = _split_case(form)
+    expected = _expected(pass_, case, form)
+    split_launches.clear()
     monkeypatch.setattr(split, "arrive_and_wait", _arrive_unless_first_program)
-    case = _split_case()
-    proj, h0, w_hh, out, dout = case
+    monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
     start = time.monotonic()
     with pytest.raises(SplitBarrierTimeout):
-        _run_split(pass_, case)
+        _run_split(pass_, case, form)
     assert time.monotonic() - start < 20.0
     (grid, named), = split_launches
     assert named["p_sync"][0] == 1
     rows = named["ROWS"]  # group 0 (the faulty one) holds batch rows 0 .. rows-1
     assert grid[1] > 1, "one group only: nothing to show the other groups are unaffected"
     if pass_ == "forward":
-        got, expected = named["p_out"], out
+        got = named["p_out"]
         first = 0  # the step computed before the first wait
     else:
-        got, expected = named["p_dz"], _reference_backward(proj, h0, w_hh, dout)[0]
+        got = named["p_dz"]
         first = SPLIT_T - 1  # the backward visits time backwards
         dh0 = named["p_dh0"]
         assert torch.isnan(dh0[:, :rows]).all(), dh0
-        torch.testing.assert_close(dh0[:, rows:],
-                                   _reference_backward(proj, h0, w_hh, dout)[1][:, rows:],
-                                   rtol=1e-12, atol=1e-12)
+        _close(dh0[:, rows:], expected[1][:, rows:], form)
     later = [t for t in range(SPLIT_T) if t != first]
-    torch.testing.assert_close(got[first, :rows], expected[first, :rows], rtol=1e-12,
-                               atol=1e-12)
+    _close(got[first, :rows], expected[0][first, :rows], form)
     assert torch.isnan(got[later, :rows]).all(), got
-    torch.testing.assert_close(got[:, rows:], expected[:, rows:], rtol=1e-12, atol=1e-12)
+    _close(got[:, rows:], expected[0][:, rows:], form)
 
 
-def test_split_kernel_program_that_starts_after_the_others_gave_up(monkeypatch, split_launches):
+@pytest.mark.parametrize("form", FORMS)
+def test_split_kernel_program_that_starts_after_the_others_gave_up(monkeypatch, split_launches,
+                                                                    form):
     """A program the GPU did not make resident with the others: program (0, 0, 0) starts only
     after the rest of its group gave up waiting for it at the first step. It still computes
     the first two steps from complete states (its first wait is met by the others' early
     arrivals), then gives up itself. Every element is exact or NaN, the first step is exact,
     and the launcher raises SplitBarrierTimeout."""
+    case = _split_case(form)
+    (expected,) = _expected("forward", case, form)
+    split_launches.clear()
     recording_launch = ci.launch
     monkeypatch.setattr(ci, "launch", lambda *a, **k: recording_launch(*a, late={(0, 0, 0)},
                                                                         **k))
-    case = _split_case()
     with pytest.raises(SplitBarrierTimeout):
-        _run_split("forward", case)
+        _run_split("forward", case, form)
     (grid, named), = split_launches
-    got, expected = named["p_out"], case[3]
-    exact = (got - expected).abs() <= 1e-12
+    got = named["p_out"].double()
+    exact = (got - expected).abs() <= (1e-12 if form == "rows" else 0.0)
     assert (exact | torch.isnan(got)).all(), got
     assert exact[0].all()  # the first step, every slice
     rows = named["ROWS"]

@@ -88,19 +88,23 @@ def test_the_formula_and_its_constants():
     assert cost_model.issue_cycles(100, 16, 264, 132) == 100 * 16 * 2 / 4
 
 
-# A configuration of every variant and product form on sm_90: split (and the cell's tl.dot),
-# resident W-first tl.dot, resident elementwise, streaming.
-MODELED_SHAPES = "tf32:1024:16,tf32:128:16,fp32:64:5,tf32:4096:16"
+# A configuration of every variant and product form on sm_90: split one row at a time (IEEE
+# fp32) and on tensor cores (tf32, and the cell's tl.dot), resident W-first tl.dot, resident
+# elementwise, streaming.
+MODELED_SHAPES = "fp32:1024:16,tf32:1024:16,tf32:128:16,fp32:64:5,tf32:4096:16"
 
 
 def test_split_forward_counts_match_a_hand_count(tmp_path):
-    """tf32 H = 1024, batch 16, split forward on sm_90, through the report (--json, --dump,
-    with rows of the other variants, each of which the model must read):
+    """IEEE fp32 H = 1024, batch 16, split forward on sm_90 (split.py), through the report
+    (--json, --dump, with rows of the other variants, each of which the model must read):
     R = 16 rows of W_hh per program (64 slices), BK = 1024, 16 warps; an H100 holds two groups
     of the 64 slices, so 8 batch rows per group. Each of the 512 threads multiplies
     16 x 1024 / 512 = 32 elements of the tile for each batch row, so a row is at least 32 FFMA
     per warp; the row loop is all that grows with the rows, so the counts of 8 rows minus
-    those of 1 are 7 times one row's. Round trips: 2 per row and the barrier's 2.5."""
+    those of 1 are 7 times one row's. Round trips: 2 per row and the barrier's 2.5.
+    tf32 on tensor cores (split_dot.py): R = 16, 8 warps, each warp's part of K is 128 wide:
+    16 k-steps of mma.sync m16n8k8 for each of the BN / 8 = 2 column tiles, 32 HMMA per warp;
+    one row tile, so 1 round trip (the state) and the barrier's."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, "-m", "triton_rnn.kernels.report", "--arch", "90",
                            "--json", "--shapes", MODELED_SHAPES, "--dump", str(tmp_path)],
@@ -108,9 +112,13 @@ def test_split_forward_counts_match_a_hand_count(tmp_path):
     rows = json.loads(proc.stdout)
     assert proc.returncode == 0, proc.stderr
     assert all(r["model_us"] > 0 and r["issue_cycles"] > 0 and r["l2_bytes"] > 0 for r in rows)
-    assert len(rows) == 5 * 4  # every row modeled: the model reads every variant's code
+    assert len(rows) == 5 * 5  # every row modeled: the model reads every variant's code
     forward = next(r for r in rows if r["pass_"] == "forward" and r["batch_kind"] == "padded"
-                   and r["H"] == 1024)
+                   and r["H"] == 1024 and r["dtype"] == "fp32")
+    tiles = next(r for r in rows if r["pass_"] == "forward" and r["batch_kind"] == "padded"
+                 and r["H"] == 1024 and r["dtype"] == "tf32")
+    assert tiles["config"].startswith("split/dot BN=16 R=16") and "warps=8" in tiles["config"]
+    assert tiles["mma"] == 32 and tiles["round_trips"] == 1 + 2.5
     assert "G=2 rows/group=8" in forward["config"] and forward["round_trips"] == 2 * 8 + 2.5
     name = report.dump_name(report.Row(**{k: v for k, v in forward.items() if k != "faults"}))
     sass = (tmp_path / f"{name}.sass").read_text()

@@ -195,6 +195,7 @@ def test_model_is_printed_beside_what_was_measured(tmp_path):
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
         measured, model, ratio = float(cells[6]), float(cells[7]), float(cells[8])
-        assert model > 0 and ratio == pytest.approx(measured / model, abs=0.01)
+        # the ratio is of the unrounded model: within the rounding of the printed model
+        assert model > 0 and ratio == pytest.approx(measured / model, rel=0.01)
         modeled[cells[5]] = model
     assert modeled["training"] > modeled["inference"]

@@ -1,0 +1,288 @@
+"""Split variant on tensor cores: every batch row of a group in one pass per step.
+
+The same division of work, exchange and barrier as split.py (read its docstring first): grid
+(slices S, batch groups G, directions), program (s, g, d) owns rows j = s*R .. s*R+R-1 of
+the product matrix B (W_hh forward, W_hhᵀ backward, by strides) for the whole sequence, and
+the group's programs exchange the state through L2 and meet at barrier.py's barrier every step.
+What differs is the product. split.py multiplies its (R, BH) tile with one batch row at a
+time on CUDA cores; here a step takes the group's rows BN at a time (one tile when the group
+has at most BN rows) as a tensor-core product
+
+    z (R, BN) = Σ_w  B[:, w-th K part] (R, BKW)  @  state[w-th K part, rows] (BKW, BN)
+
+written as one batched (3-D) tl.dot over KW = num_warps parts of the reduction dimension: Triton
+places its batch dimension on the warps, so each warp holds its (R, BKW) part of B in registers
+for the whole sequence (the loop is a `while`, which keeps tl.dot's first operand out of shared
+memory), multiplies it with its part of the state tile (staged through shared memory each step)
+by mma.sync, and the sum over the KW parts is one cross-warp reduction. KC > 1 takes each part's
+state in KC chunks, one after another, so that fewer of its registers are live at once (tf32
+H = 2048 spills without).
+
+The reduction's result is replicated on every warp; `_spread` moves it to a layout whose
+threads hold different elements before the bias, the activation and the stores, so that each
+output element's activation is computed by one thread (two where the tile has fewer elements
+than the program has threads).
+
+Exposed latencies: P_t of the first row tile (backward: dY_t and y_t) is loaded before the
+previous step's barrier wait, so only the state (dz_t) load is waited for after it.
+
+Numerics are split.py's (blocks.py): the exchanged state is rounded as the product's operand
+(state_operand), B once before the loop (weight_operand); under the interpreter a 16-bit
+product runs in fp32 on the same 16-bit values (DOT_DTYPE), whose products are exact.
+"""
+import triton
+import triton.language as tl
+
+from .barrier import arrive_and_wait
+from .blocks import (activate, activation_grad, convert, direction_pointer, sequence_lengths,
+                     state_operand, tf32_dot_operand, time_index, weight_operand)
+from .split import _poison
+
+
+@triton.jit
+def _b_chunk(p_b, s_bk, s_bj, o_j, H, c, PRECISION: tl.constexpr, KW: tl.constexpr,
+             BKW: tl.constexpr, KC: tl.constexpr):
+    """Chunk c of the program's rows of B as a (KW, R, BKW/KC) tile: element (w, r, i) is
+    B[o_j[r], w*BKW + c*BKW/KC + i], zero outside H, rounded for the product."""
+    o_k = tl.arange(0, KW)[:, None] * BKW + c * (BKW // KC) + tl.arange(0, BKW // KC)[None, :]
+    b_b = tl.load(p_b + o_j[None, :, None] * s_bj + o_k[:, None, :] * s_bk,
+                  mask=(o_j < H)[None, :, None] & (o_k < H)[:, None, :], other=0.0)
+    return weight_operand(b_b, tl.float32, True, PRECISION)
+
+
+@triton.jit
+def _rows_of_b(p_b, s_bk, s_bj, o_j, H, PRECISION: tl.constexpr, KW: tl.constexpr,
+               BKW: tl.constexpr, KC: tl.constexpr):
+    """The program's rows of B in its KC chunks (unused chunks repeat the first)."""
+    b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 0, PRECISION, KW, BKW, KC)
+    b_b1 = b_b0
+    b_b2 = b_b0
+    b_b3 = b_b0
+    if KC >= 2:
+        b_b1 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 1, PRECISION, KW, BKW, KC)
+    if KC == 4:
+        b_b2 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 2, PRECISION, KW, BKW, KC)
+        b_b3 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 3, PRECISION, KW, BKW, KC)
+    return b_b0, b_b1, b_b2, b_b3
+
+
+@triton.jit
+def _spread(b_z, R: tl.constexpr, BN: tl.constexpr):
+    """b_z unchanged, in a layout that spreads its elements over the threads: a gather with the
+    identity index takes the index's (blocked) layout, where Triton would otherwise run
+    everything after the reduction in the reduction's layout, replicated on every warp."""
+    return tl.gather(b_z, tl.broadcast_to(tl.arange(0, R)[:, None], (R, BN)), 0)
+
+
+@triton.jit
+def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, H, W_DTYPE: tl.constexpr,
+             DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
+             KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr):
+    """(R, BN) fp32: Σ_k B[j, k] s[n, k] for the program's rows j and the state s of the BN
+    rows from n_first (s[n, k] at p_rows + n*s_row + k; m_n masks them), read from L2 (.cg)
+    after the barrier."""
+    o_k = tl.arange(0, KW)[:, None] * BKW + tl.arange(0, BKW // KC)[None, :]
+    p_s = p_rows + (n_first + tl.arange(0, BN).to(tl.int64))[None, None, :] * s_row
+    b_z = tl.zeros((KW, R, BN), tl.float32)
+    for c in tl.static_range(KC):
+        o_kc = o_k + c * (BKW // KC)
+        b_s = tl.load(p_s + o_kc[:, :, None], mask=(o_kc < H)[:, :, None] & m_n[None, None, :],
+                      other=0.0, cache_modifier=".cg")
+        if PRECISION == "tf32":  # as state_operand rounds it, in one instruction
+            b_s = tf32_dot_operand(b_s)
+        else:
+            b_s = state_operand(b_s, W_DTYPE, PRECISION).to(DOT_DTYPE)
+        if c == 0:
+            b_b = b_b0
+        elif c == 1:
+            b_b = b_b1
+        elif c == 2:
+            b_b = b_b2
+        else:
+            b_b = b_b3
+        b_z = tl.dot(b_b.to(DOT_DTYPE), b_s, b_z, input_precision=PRECISION,
+                     out_dtype=tl.float32)
+    return _spread(tl.sum(b_z, 0), R, BN)
+
+
+@triton.jit
+def _tile(n0, i0, ROWS, N, BN: tl.constexpr):
+    """Rows n0+i0 .. n0+i0+BN-1 of a group of ROWS rows from n0: int64 offsets, and the mask
+    of those inside both the group and the batch."""
+    o_i = i0 + tl.arange(0, BN)
+    o_n = n0 + o_i.to(tl.int64)
+    return o_n, (o_i < ROWS) & (o_n < N)
+
+
+@triton.jit
+def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra):
+    """The (R, BN) tile x[n, j] of this program's features (x[n, j] at p_x + n*s_n + j),
+    where m_extra (a scalar or a mask of rows) holds. (A where: the interpreter rejects a
+    mask anded with a scalar comparison.)"""
+    return tl.load(p_x + o_n[None, :] * s_n + o_j[:, None],
+                   mask=tl.where(m_extra, m_j[:, None] & m_n[None, :], False), other=0.0)
+
+
+@triton.jit(do_not_specialize=["T", "N", "HB", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
+def rnn_forward_split_dot_kernel(
+    p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
+    p_h0,
+    p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
+    p_bias, p_bias_r,    # each direction's b_hh (H,), read where HB > 0
+    p_out, p_len, p_sync,
+    T, N, H, HB,
+    ROWS,                # batch rows per group
+    i_d0, G,             # this launch's first direction; batch groups
+    s_pt, s_pn,          # P: time and batch strides
+    s_t, s_n,            # out (T, N, D*H)
+    s_hd, s_hn,          # h0 (D, N, H)
+    s_bk, s_bj,          # B
+    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
+    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
+    BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    i_g = tl.program_id(1)
+    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
+    S = tl.num_programs(0)
+    BKW: tl.constexpr = BK // KW
+    o_j = tl.program_id(0) * R + tl.arange(0, R)  # this program's features (< 2^13: int32)
+    m_j = o_j < H
+    b_b0, b_b1, b_b2, b_b3 = _rows_of_b(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_j,
+                                        H, PRECISION, KW, BKW, KC)
+    b_hb = tl.load(direction_pointer(p_bias, p_bias_r, i_d) + o_j, mask=o_j < HB,
+                   other=0.0).to(ACC)[:, None]
+    p_cnt = p_sync + 1 + i_d * G + i_g
+    n0 = i_g.to(tl.int64) * ROWS
+    p_h0 = p_h0 + i_d * s_hd
+    p_out = p_out + i_d * H  # this direction's features
+    p_proj = direction_pointer(p_proj, p_proj_r, i_d)
+    o_n, m_n = _tile(n0, 0, ROWS, N, BN)
+    b_p0 = _features(p_proj + time_index(0, T, i_d, False) * s_pt, o_n, s_pn, o_j, m_n, m_j,
+                     True)  # P_t of the first row tile, loaded one step ahead
+    t = T * 0
+    ok = t == 0
+    while (t < T) & ok:
+        tt = time_index(t, T, i_d, False)
+        # h_{t-1}: h0 at the first step, else what every slice wrote last step (rows s_prev
+        # apart), read from L2 (.cg) where the other programs' stores are visible after the wait.
+        p_prev = tl.where(t == 0, p_h0, p_out + time_index(t - 1, T, i_d, False) * s_t)
+        s_prev = tl.where(t == 0, s_hn, s_n)
+        i0 = ROWS * 0  # a while loop: in a for loop Triton re-reads B from shared memory
+        while i0 < ROWS:
+            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+            # Loads that do not wait for the product are issued before it: P_t of a later
+            # tile, and the previous state of rows outside their sequence (which hold it).
+            b_p = _features(p_proj + tt * s_pt, o_n, s_pn, o_j, m_n, m_j, i0 > 0)
+            held = (tt >= sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
+            b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held)
+            b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H,
+                           p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN)
+            b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
+            b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
+            tl.store(p_out + tt * s_t + o_n[None, :] * s_n + o_j[:, None],
+                     convert(b_new, p_out.dtype.element_ty), mask=m_j[:, None] & m_n[None, :])
+            i0 += BN
+        if t < T - 1:  # the last step's state is read by no program
+            o_n, m_n = _tile(n0, 0, ROWS, N, BN)
+            b_p0 = _features(p_proj + time_index(t + 1, T, i_d, False) * s_pt, o_n, s_pn, o_j,
+                             m_n, m_j, True)
+            ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
+        t += 1
+    if ok == 0:
+        tl.store(p_sync, 1)
+        _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
+
+
+@triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
+def rnn_backward_split_dot_kernel(
+    p_dout, p_out,
+    p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
+    p_dz, p_dh0, p_carry, p_len, p_sync,
+    T, N, H,
+    ROWS,                # batch rows per group
+    i_d0, G,             # this launch's first direction; batch groups
+    s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
+    s_bk, s_bj,          # B
+    s_hd, s_hn,          # dh0 and carry (D, N, H)
+    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
+    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
+    BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """split.py's backward (its phases, carry buffer and barrier), a row tile at a time."""
+    i_g = tl.program_id(1)
+    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
+    S = tl.num_programs(0)
+    BKW: tl.constexpr = BK // KW
+    o_j = tl.program_id(0) * R + tl.arange(0, R)
+    m_j = o_j < H
+    b_b0, b_b1, b_b2, b_b3 = _rows_of_b(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_j,
+                                        H, PRECISION, KW, BKW, KC)
+    p_cnt = p_sync + 1 + i_d * G + i_g
+    n0 = i_g.to(tl.int64) * ROWS
+    p_carry = p_carry + i_d * s_hd
+    p_dh0 = p_dh0 + i_d * s_hd
+    o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
+    for i0 in range(0, ROWS, BN):  # the gradient carried into the last step is zero
+        o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+        tl.store(p_carry + o_n[None, :] * s_hn + o_j[:, None], tl.zeros((R, BN), ACC),
+                 mask=m_j[:, None] & m_n[None, :])
+    o_n, m_n = _tile(n0, 0, ROWS, N, BN)
+    o_step = time_index(0, T, i_d, True) * s_t + o_x
+    b_g0 = _features(p_dout + o_step, o_n, s_n, o_j, m_n, m_j, True)  # one step ahead
+    b_y0 = _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j, True)
+    t = T * 0
+    ok = t == 0
+    while (t < T) & ok:
+        tt = time_index(t, T, i_d, True)
+        o_step = tt * s_t + o_x
+        # carry is written and read by this program alone, but its layouts may replicate
+        # values across warps and store from one of them: all of its stores first, then loads.
+        tl.debug_barrier()
+        # Phase 1: this program's features of dz_t, from the gradient it carried itself.
+        for i0 in range(0, ROWS, BN):
+            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+            b_g = tl.where(i0 == 0, b_g0, _features(p_dout + o_step, o_n, s_n, o_j, m_n, m_j,
+                                                    i0 > 0)).to(ACC)
+            b_y = tl.where(i0 == 0, b_y0, _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j,
+                                                    i0 > 0)).to(ACC)
+            p_c = p_carry + o_n[None, :] * s_hn + o_j[:, None]
+            m_c = m_j[:, None] & m_n[None, :]
+            b_g += tl.load(p_c, mask=m_c, other=0.0)
+            b_dz = activation_grad(b_g, b_y, ACT)
+            # A held step passes its gradient through unchanged.
+            active = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
+            b_dz = tl.where(active, b_dz, 0.0)
+            tl.store(p_c, b_g, mask=m_c & ~active)
+            tl.store(p_dz + o_step + o_n[None, :] * s_n + o_j[:, None],
+                     convert(b_dz, p_dz.dtype.element_ty), mask=m_c)
+        o_n, m_n = _tile(n0, 0, ROWS, N, BN)
+        o_next = time_index(t + 1, T, i_d, True) * s_t + o_x
+        b_g0 = _features(p_dout + o_next, o_n, s_n, o_j, m_n, m_j, t + 1 < T)
+        b_y0 = _features(p_out + o_next, o_n, s_n, o_j, m_n, m_j, t + 1 < T)
+        ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
+        # Phase 2: the gradient carried into the previous step, c = W_hhᵀ dz_t, for this
+        # program's features, from every slice's dz_t (read from L2 after the wait; not at all
+        # after a failed one). A while loop, not under an `if`: Triton would re-read B from
+        # shared memory in a for loop, and copy it there every step inside an if.
+        i0 = tl.where(ok, 0, ROWS)
+        while i0 < ROWS:
+            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+            b_c = _product(b_b0, b_b1, b_b2, b_b3, p_dz + tt * s_t + o_x, s_n, n0 + i0, m_n,
+                           H, p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R, KW, BKW, KC,
+                           BN)
+            # Held rows keep what phase 1 stored.
+            writes = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
+            tl.store(p_carry + o_n[None, :] * s_hn + o_j[:, None], b_c.to(ACC),
+                     mask=m_j[:, None] & m_n[None, :] & writes)
+            i0 += BN
+        t += 1
+    tl.debug_barrier()  # carry's last stores, then its loads
+    for i0 in range(0, ROWS, BN):
+        o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+        p_c = o_n[None, :] * s_hn + o_j[:, None]
+        m_c = m_j[:, None] & m_n[None, :]
+        b_c = tl.where(ok, tl.load(p_carry + p_c, mask=m_c, other=0.0), float("nan"))
+        tl.store(p_dh0 + p_c, convert(b_c, p_dh0.dtype.element_ty), mask=m_c)
+    if ok == 0:
+        tl.store(p_sync, 1)
+        _poison(p_dz + i_d * H, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, True, R)
