@@ -54,6 +54,14 @@ def _empty(*args, like=None, **kwargs) -> torch.Tensor:
     return t.fill_(float("nan")) if poison_outputs else t
 
 
+# Every kernel this module launches, by its name here (tools swap them for stand-ins).
+KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
+                "rnn_forward_split_kernel", "rnn_forward_split_dot_kernel",
+                "rnn_backward_resident_kernel", "rnn_backward_streaming_kernel",
+                "rnn_backward_split_kernel", "rnn_backward_split_dot_kernel",
+                "rnn_cell_forward_kernel")
+
+
 def kernel_for(pass_: str, variant: str, use_dot: bool = False):
     """The recurrence's @triton.jit kernel for "forward"/"backward" and a dispatch variant
     (split: on tensor cores with use_dot)."""

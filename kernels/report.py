@@ -356,11 +356,7 @@ class Row:
 
 
 # The launchers' kernels, by their names in launch.py.
-_KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
-                 "rnn_forward_split_kernel", "rnn_backward_resident_kernel",
-                 "rnn_backward_streaming_kernel", "rnn_backward_split_kernel",
-                 "rnn_forward_split_dot_kernel", "rnn_backward_split_dot_kernel",
-                 "rnn_cell_forward_kernel")
+_KERNEL_NAMES = launch.KERNEL_NAMES
 
 
 @contextlib.contextmanager

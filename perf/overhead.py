@@ -40,10 +40,7 @@ from triton_rnn.kernels import launch  # noqa: E402
 SHAPES = [(128, 32, b, layers, bidir) for b in (1, 16) for layers in (1, 2)
           for bidir in (False, True)]
 CLOCK = time.perf_counter if HAS_GPU else time.thread_time
-KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
-                "rnn_forward_split_kernel", "rnn_backward_resident_kernel",
-                "rnn_backward_streaming_kernel", "rnn_backward_split_kernel",
-                "rnn_cell_forward_kernel")
+KERNEL_NAMES = launch.KERNEL_NAMES
 
 
 class StandInKernel:
