@@ -64,11 +64,13 @@ def _inputs(T, N, H, dtype, seed=0):
 
 def _configs(H, N, dtype):
     """Every variant the launcher can be forced to run at this size: the dispatcher's resident
-    choice, split (three slices and more) and streaming."""
+    choice, split (three slices and more; on tensor cores, and "split-rows": one row at a
+    time, split.py, what TF32 runs at H = 2048 before Triton 3.9) and streaming."""
     BH = max(16, 1 << (H - 1).bit_length())
     use_dot = N >= 16
     return {"resident": choose(H, N, dtype, True),
-            "split": choose_split(BH, dtype, rows=16),
+            "split": choose_split(BH, dtype, rows=16, batch=N),
+            "split-rows": Config("split", False, 1, BH, 4, num_stages=1, R=16),
             "streaming": Config("streaming", use_dot, 16 if use_dot else 1, STREAM_CHUNK, 4, 2)}
 
 
@@ -82,7 +84,7 @@ def _run(cfg, proj, h0, w_hh, dout, out=None):
 
 # ----- TF32: round to nearest, ties away, in every path -------------------------------------
 
-@pytest.mark.parametrize("variant", ["resident", "split", "streaming"])
+@pytest.mark.parametrize("variant", ["resident", "split", "split-rows", "streaming"])
 @pytest.mark.parametrize("N", [3, 16], ids=["elementwise", "dot"])
 def test_tf32_operands_rounded_to_nearest(variant, N):
     """float32 with TF32 allowed: each path's forward output and backward dz, dh0 equal the
@@ -90,7 +92,7 @@ def test_tf32_operands_rounded_to_nearest(variant, N):
     the truncated-operand and the unrounded (IEEE) recurrences."""
     T, H = 5, 40
     cfg = _configs(H, N, torch.float32)[variant]
-    assert cfg.variant == variant
+    assert cfg.variant == variant.split("-")[0]
     proj, h0, w_hh, dout = _inputs(T, N, H, torch.float32)
     out, dz, dh0 = _run(cfg, proj, h0, w_hh, dout)
     errors = {}
@@ -184,7 +186,7 @@ def test_variants_give_the_same_results(dtype_name, N):
     proj, h0, w_hh, dout = _inputs(T, N, H, dtype, seed=2)
     cfgs = _configs(H, N, dtype)
     base = _run(cfgs["resident"], proj, h0, w_hh, dout)
-    for name in ("split", "streaming"):
+    for name in ("split", "streaming") + (("split-rows",) if dtype_name == "tf32" else ()):
         got = _run(cfgs[name], proj, h0, w_hh, dout, base[0])
         errors = [rel_err(a, b) for a, b in zip(got, base)]
         assert max(errors) < AGREE[dtype_name], (name, errors)

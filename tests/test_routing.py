@@ -17,7 +17,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import triton_rnn
 from conftest import CUDA, DEVICE
 from helpers import one_percent_off
-from triton_rnn import measure, ops, routing
+from triton_rnn import measure, ops, routing, step_models
+from triton_rnn.kernels.dispatch import choose
 from triton_rnn.route_cache import RouteCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
@@ -57,15 +58,70 @@ def test_lookup_buckets_shapes_like_the_table(tmp_path):
     assert routing.shape_class(torch.float32, True, 300, 9, True)[0] == "tf32"
 
 
-def test_static_rule_sends_the_streaming_variant_to_nn_rnn_and_keeps_the_rest():
+def test_static_rule_sends_the_streaming_variant_to_nn_rnn(monkeypatch):
     assert isinstance(routing._classes(), dict)  # the shipped table loads
-    # float64: resident to H = 64, split to 1024, streaming beyond.
-    assert routing.static_choice("cpu", "fp64", 60, 4, False) == "kernels"
+    # whatever the models say: float64 streams beyond 1024, the rest beyond 2048
+    monkeypatch.setattr(step_models, "kernels_win", lambda *a, **k: True)
     assert routing.static_choice("cpu", "fp64", 1000, 4, True) == "kernels"
     assert routing.static_choice("cpu", "fp64", 1100, 4, True) == "torch"
     assert routing.static_choice("cpu", "tf32", 2048, 64, False) == "kernels"
     assert routing.static_choice("cpu", "tf32", 2049, 64, False) == "torch"
     assert routing.static_choice("cpu", "bf16", 4096, 1, True) == "torch"
+
+
+@pytest.mark.parametrize("faster,expected", [(5.0, "kernels"), (1.51, "kernels"),
+                                             (1.49, "torch"), (None, "torch")],
+                         ids=["5x", "1.51x", "1.49x", "no-model"])
+def test_static_rule_follows_the_models_by_a_margin_of_1_5(monkeypatch, faster, expected):
+    """tf32 H = 512, batch 16, inference: cuDNN's standard algorithm, modeled
+    512² x 4 B / 5.5 TB/s + 5 µs = 5.19 µs per step. A stand-in table of our model decides: our
+    kernels only where it says our step is at least 1.5x faster; nn.RNN without a model."""
+    cudnn = step_models.cudnn_us("tf32", 512, 16, False)
+    assert cudnn == pytest.approx(512 * 512 * 4 / 5.5e12 * 1e6 + 5.0)
+    config = choose(512, 16, torch.float32, True, arch=90).describe()  # what the row models
+    rows = {} if faster is None else {("tf32", 512, 16): {"forward": cudnn / faster,
+                                                          "backward": 1.0,
+                                                          "forward_config": config}}
+    monkeypatch.setattr(step_models, "_table", lambda: rows)
+    assert routing.static_choice("cpu", "tf32", 512, 16, False) == expected
+    assert routing.static_choice("cpu", "tf32", 512, 9, False) == expected  # its bucket
+
+
+def test_cudnn_model_follows_pytorchs_choice_of_algorithm():
+    """get_algo's order (aten/src/ATen/native/cudnn/RNN.cpp): packed -> standard; small H
+    (not float64) -> persistent small-H; fp16, one layer, one direction, H <= 1024 and a
+    multiple of 128, batch % 8 == 0 and <= 128 (< 96 from H = 896) -> persistent-static."""
+    algo = step_models.cudnn_algorithm
+    assert algo("tf32", 384, 16) == "small-h" and algo("tf32", 385, 16) == "standard"
+    assert algo("tf32", 256, 16, backward=True) == "small-h"
+    assert algo("tf32", 300, 16, backward=True) == "standard"
+    assert algo("fp64", 64, 16) == "standard" and algo("tf32", 64, 16, packed=True) == "standard"
+    assert algo("fp16", 1024, 64) == "persistent-static"
+    assert algo("fp16", 1024, 96) == "standard" and algo("fp16", 768, 96) == "persistent-static"
+    assert algo("bf16", 1024, 64) == "standard" and algo("fp16", 1024, 60) == "standard"
+    assert algo("fp16", 1024, 64, layers=2) == "standard"
+    assert algo("fp16", 1024, 64, directions=2) == "standard"
+    assert algo("fp16", 1024, 64, input_size=100) == "standard"
+    assert step_models.cudnn_us("tf32", 128, 16, True) == pytest.approx(1.4)
+    assert step_models.cudnn_us("fp16", 1024, 64, False) == pytest.approx(2.0)
+
+
+def test_shipped_step_model_covers_what_the_kernels_run(monkeypatch):
+    """The shipped table (perf/step_model_table.py) has a positive forward and backward model
+    for every dtype, hidden size 16-2048 (1024 in float64) and batch 1-256, and a batch past
+    it scales the largest batch's step. A row that models another configuration than this
+    Triton's dispatcher picks is no model."""
+    table = step_models._table()
+    for dtype in ("tf32", "fp32", "bf16", "fp16", "fp64"):
+        for hidden in [1 << i for i in range(4, 11 if dtype == "fp64" else 12)]:
+            for batch in [1 << i for i in range(9)]:
+                row = table[(dtype, hidden, batch)]
+                assert row["forward"] > 0 and row["backward"] > 0, row
+    assert step_models.ours_us("bf16", 1024, 512, False) == pytest.approx(
+        2 * table[("bf16", 1024, 256)]["forward"])
+    row = dict(table[("bf16", 1024, 16)], forward_config="split/elementwise BN=1 R=16")
+    monkeypatch.setattr(step_models, "_table", lambda: {("bf16", 1024, 16): row})
+    assert step_models.ours_us("bf16", 1024, 16, False) is None
 
 
 # ----- the policy switch ----------------------------------------------------------------------

@@ -3,6 +3,7 @@ under the concurrent interpreter (one thread per program, kernels/concurrent_int
 
 Slice counts S = ceil(H / R) are reached by forcing R, the rows of W_hh per program, through
 the dispatcher; the launcher then sizes the batch groups from the (interpreter's) capacity."""
+import dataclasses
 import warnings
 
 import pytest
@@ -29,7 +30,8 @@ def split_rows(monkeypatch):
     def force(rows):
         monkeypatch.setattr(launch, "choose", lambda H, N, dtype, allow_tf32=True, split=True,
                             arch=None:
-                            choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows)
+                            choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows, N,
+                                         allow_tf32)
                             if split else choose(H, N, dtype, allow_tf32, split, arch))
     return force
 
@@ -86,7 +88,8 @@ def test_launcher_matches_reference_in_every_dtype(dtype, tol):
     h0 = torch.randn(D, N, H).to(dtype)
     w_hh = (torch.randn(D, H, H) / H ** 0.5).to(dtype)
     lengths = torch.tensor([5, 2, 4], dtype=torch.int32)
-    cfg = choose_split(64, dtype, rows=16)
+    cfg = choose_split(64, dtype, rows=16, batch=N, allow_tf32=False)
+    assert cfg.use_dot == (dtype != torch.float32)  # IEEE fp32: one row at a time
     out = launch.recurrence_forward(proj, h0, w_hh, lengths, False, False, config=cfg)
     expected = reference_forward(proj.double(), h0.double(), w_hh.double(), lengths, False)
     assert rel_err(out, expected) < tol
@@ -95,6 +98,42 @@ def test_launcher_matches_reference_in_every_dtype(dtype, tol):
     exp_dz, exp_dh0 = reference_backward(dout.double(), out.double(), w_hh.double(), lengths,
                                          False)
     assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-3), (torch.bfloat16, 3e-2)],
+                         ids=["tf32", "bf16"])
+@pytest.mark.parametrize("N", [1, 40], ids=["batch-1", "two-tiles-per-group"])
+def test_tensor_core_split_row_tiles(dtype, tol, N):
+    """The tensor-core split (split_dot.py) with tiles of 16 rows: a batch of 1 (one tile, 15
+    rows masked) and one of 40 in two groups of 20 rows, each taken as two tiles (16, then 4):
+    forward and backward, both directions, packed lengths, against the float64 reference on
+    the same rounded inputs (TF32 products for float32)."""
+    T, H, D = 4, 40, 2
+    torch.manual_seed(2)
+    proj = torch.randn(T, N, D * H).to(dtype)
+    h0 = torch.randn(D, N, H).to(dtype)
+    w_hh = (torch.randn(D, H, H) / H ** 0.5).to(dtype)
+    lengths = torch.randint(1, T + 1, (N,), dtype=torch.int32)
+    cfg = dataclasses.replace(choose_split(64, dtype, rows=16, batch=N), BN=16)
+    assert cfg.use_dot
+    out = launch.recurrence_forward(proj, h0, w_hh, lengths, False, True, config=cfg)
+    expected = reference_forward(proj.double(), h0.double(), w_hh.double(), lengths, False)
+    assert rel_err(out, expected) < tol
+    dout = torch.randn(T, N, D * H).to(dtype)
+    dz, dh0 = launch.recurrence_backward(dout, out, w_hh, lengths, False, True, config=cfg)
+    exp_dz, exp_dh0 = reference_backward(dout.double(), out.double(), w_hh.double(), lengths,
+                                         False)
+    assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
+
+
+def test_tensor_core_split_refuses_ieee_float32():
+    """A tensor-core split configuration forced on IEEE float32 is an error, never a TF32
+    result where IEEE was asked for."""
+    cfg = choose_split(64, torch.float32, rows=16, batch=16, allow_tf32=True)
+    proj, h0 = torch.zeros(2, 3, 40), torch.zeros(1, 3, 40)
+    with pytest.raises(ValueError, match="TF32 only"):
+        launch.recurrence_forward(proj, h0, torch.zeros(1, 40, 40), None, False, False,
+                                  config=cfg)
 
 
 @pytest.mark.parametrize("capacity,launches", [(8, 1), (5, 2), (2, "fallback")],

@@ -20,7 +20,9 @@ was measured faster on this GPU:
 - The static rule, for classes never measured: nn.RNN where the shipped table of recorded GPU
   results (cudnn_faster.json, built by perf/routing_table.py) says it was faster, else nn.RNN
   for layers our dispatcher would run on the streaming variant (W_hh re-read from L2 every
-  step, far slower than cuDNN), else our kernels.
+  step, far slower than cuDNN), else our kernels only where the model of our step beats the
+  model of cuDNN's by 1.5x (step_models.py: models from compiled code and from PyTorch's
+  choice of cuDNN algorithm, not measurements), else nn.RNN.
 - Under `torch.use_deterministic_algorithms(True)` training always runs our kernels, whose
   backward is bitwise deterministic.
 CPU tensors are not routed under "auto": they run our kernels' CPU path as before.
@@ -40,7 +42,7 @@ import torch
 import triton
 from torch.nn.utils.rnn import PackedSequence
 
-from . import measure
+from . import measure, step_models
 from .route_cache import RouteCache
 from .version import __version__
 
@@ -143,7 +145,8 @@ def _classes(path: Path = TABLE) -> dict:
             for arch, classes in table.get("cudnn_faster", {}).items()}
 
 
-def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bool) -> str:
+def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bool,
+                  packed: bool = False, directions: int = 1, layers: int = 1) -> str:
     """"torch" or "kernels" for a class never measured (see the module docstring)."""
     from .kernels.dispatch import choose
     if device.startswith("cuda") and batch is not None:
@@ -152,8 +155,11 @@ def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bo
         if (dtype, bucket(hidden), bucket(batch),
                 "training" if training else "inference") in listed:
             return "torch"
-    variant = choose(hidden, batch or 1, *DTYPES[dtype]).variant
-    return "torch" if variant == "streaming" else "kernels"
+    if choose(hidden, batch or 1, *DTYPES[dtype]).variant == "streaming":
+        return "torch"
+    wins = step_models.kernels_win(dtype, hidden, batch or 1, training, packed=packed,
+                                   directions=directions, layers=layers)
+    return "kernels" if wins else "torch"
 
 
 # ----- the decision -------------------------------------------------------------------------
@@ -216,7 +222,7 @@ def _measured_choice(module, input, hx, call, tuning) -> bool:
     if tuning is not None and tuning["force"] and name not in tuning["measured"]:
         entry = None
     if entry is None and (_capturing(device) or not _measurable(input)):
-        return static_choice(device, dtype, hidden, batch, training) == "torch"
+        return static_choice(device, dtype, hidden, batch, training, *call[5:]) == "torch"
     if entry is None:
         with _measuring:  # one measurement at a time: concurrent ones would time each other
             entry = cache.get(name)
@@ -253,14 +259,16 @@ def _decisions_while_tracing(device, dtype, hidden, training, packed, directions
     if not device.startswith(MEASURED_DEVICES) or (
             training and torch.are_deterministic_algorithms_enabled()):
         return (), False
-    default = static_choice(device, dtype, hidden, None, training) == "torch"
+    default = static_choice(device, dtype, hidden, None, training, packed, directions,
+                            layers) == "torch"
     cache = _cache(device)
     exceptions = []
     for bucket_top in (1 << i for i in range(MAX_BATCH_BITS + 1)):
         entry = cache.get(class_name(dtype, hidden, bucket_top, training, packed, directions,
                                      layers))
         decision = (entry["backend"] if entry is not None else
-                    static_choice(device, dtype, hidden, bucket_top, training)) == "torch"
+                    static_choice(device, dtype, hidden, bucket_top, training, packed,
+                                  directions, layers)) == "torch"
         if decision != default:
             exceptions.append((bucket_top, decision))
     return tuple(exceptions), default
