@@ -9,7 +9,10 @@ unless TRITON_RNN_CACHE_DIR is set) and nn.RNN; checks every measured output aga
 saves raw numbers with the GPU's name and versions under perf/results/<gpu>_<date>/, prints
 and saves a speedup table (Markdown) and draws the plots.
 Without a GPU: says so, checks the kernels once through Triton's interpreter against nn.RNN,
-and redraws the plots of the most recent recorded GPU results. It never times the CPU.
+prints and draws the main slice as the models see it (perf/model_plots.py: our compile-time
+cost model for sm_90 beside a model of cuDNN; models, not measurements) and redraws the plots
+of the most recent recorded GPU results. It never times the CPU. Measured plots carry the
+models as dotted lines.
 """
 import os
 import sys
@@ -186,6 +189,9 @@ def main(argv=None) -> int:
         rows = results["rows"] + results["packed_rows"]
         return 0 if not results["failures"] and all(r["matches"] for r in rows) else 1
     ok = interpreter_check()
+    import model_plots
+    for path in model_plots.write():
+        print(f"  wrote {path}")
     redraw_latest()
     return 0 if ok else 1
 

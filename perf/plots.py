@@ -173,6 +173,7 @@ def draw(results: dict, out_dir: Path) -> list:
                 color = COLORS.get(impl, "tab:gray")
                 ax.plot(xs, ms, style, marker="o", color=color, label=f"{impl} {mode}")
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
+                _draw_model(ax, impl, mode, dtype, vary, xs, {**defaults, **fixed}, color)
             ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="latency (ms)",
                    title=dtype)
             ax.grid(True, which="both", alpha=0.3)
@@ -216,6 +217,23 @@ def draw(results: dict, out_dir: Path) -> list:
     if results.get("packed_rows"):
         paths.append(_draw_packed(plt, results, out_dir, label))
     return paths
+
+
+def _draw_model(ax, impl, mode, dtype, vary, xs, shape, color) -> None:
+    """The models' latency (perf/model_plots.py: sm_90, a model, not a measurement) as a
+    dotted line beside a measured one-layer, one-direction series, so that the first GPU run
+    shows how far the model was off."""
+    if impl not in ("triton_rnn", "nn.RNN") or shape["layers"] != 1 or shape["directions"] != 1:
+        return
+    import model_plots
+    which = 0 if impl == "triton_rnn" else 1
+    ys = []
+    for x in xs:
+        point = {**shape, vary: x}
+        ms = model_plots.ms_per_sequence(dtype, point["hidden"], point["batch"], point["seq"],
+                                         mode == "training")[which]
+        ys.append(float("nan") if ms is None else ms)
+    ax.plot(xs, ys, ":", color=color, alpha=0.7, label=f"{impl} {mode}, model (sm_90)")
 
 
 def _draw_packed(plt, results, out_dir: Path, label: str) -> Path:

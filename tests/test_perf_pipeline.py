@@ -199,3 +199,48 @@ def test_model_is_printed_beside_what_was_measured(tmp_path):
         assert model > 0 and ratio == pytest.approx(measured / model, rel=0.01)
         modeled[cells[5]] = model
     assert modeled["training"] > modeled["inference"]
+
+
+def test_main_slice_as_the_models_see_it(tmp_path):
+    """perf/model_plots.py (latency.py's view without a GPU): for each dtype, hidden size,
+    batch and mode, our model from the shipped table and cuDNN's, saved with the constants and
+    the table's Triton version, titled as a model; tf32 H = 1024, batch 16: the split on tensor
+    cores, cuDNN's standard algorithm (1024² x 4 B / 5.5 TB/s + 5 µs)."""
+    import model_plots
+    from triton_rnn import step_models
+    paths = model_plots.write(tmp_path)
+    assert {p.name for p in paths} == {"model.json", "model.md", "model_vs_hidden.png",
+                                       "model_vs_batch.png"}
+    saved = json.loads((tmp_path / "model.json").read_text())
+    assert saved["title"] == "model from compiled code (sm_90), not a measurement"
+    assert saved["triton"] and saved["margin"] == 1.5
+    row = next(r for r in saved["rows"] if (r["dtype"], r["hidden"], r["batch"], r["mode"])
+               == ("tf32", 1024, 16, "inference"))
+    assert row["variant"] == "split/dot"
+    assert row["ours"] == step_models._table()[("tf32", 1024, 16)]["forward"]
+    assert row["cudnn"] == pytest.approx(1024 * 1024 * 4 / 5.5e12 * 1e6 + 5.0)
+    training = next(r for r in saved["rows"] if (r["dtype"], r["hidden"], r["batch"],
+                                                 r["mode"]) == ("tf32", 1024, 16, "training"))
+    assert training["ours"] > row["ours"] and training["cudnn"] > row["cudnn"]
+    assert "not a measurement" in (tmp_path / "model.md").read_text()
+
+
+def test_measured_plots_carry_the_models_dotted():
+    """A one-layer, one-direction measured series gets the models' latency for the same
+    points (µs per step x T), ours for triton_rnn and cuDNN's for nn.RNN; none for "auto"."""
+    import model_plots
+
+    class Axes:
+        def __init__(self):
+            self.lines = []
+
+        def plot(self, xs, ys, style, **kwargs):
+            self.lines.append((list(xs), ys, style, kwargs["label"]))
+    ax = Axes()
+    shape = dict(batch=16, hidden=1024, seq=128, layers=1, directions=1)
+    for impl in ("triton_rnn", "nn.RNN", "auto"):
+        plots._draw_model(ax, impl, "training", "bf16", "batch", [1, 16], shape, "k")
+    (xs, ours, style, label), (_, cudnn, _, _) = ax.lines
+    assert style == ":" and xs == [1, 16] and "model" in label
+    assert ours[1] == pytest.approx(model_plots.ms_per_sequence("bf16", 1024, 16, 128, True)[0])
+    assert cudnn[0] == pytest.approx(model_plots.ms_per_sequence("bf16", 1024, 1, 128, True)[1])
