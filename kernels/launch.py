@@ -86,9 +86,11 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
         dot_dtype = tl.float32
     if cfg.variant == "split":
-        if cfg.use_dot and dtype == torch.float32 and not allow_tf32:
-            raise ValueError("the tensor-core split takes float32 as TF32 only: IEEE float32 "
-                             "runs split.py (dispatch.choose_split with allow_tf32=False)")
+        if cfg.use_dot and (dtype == torch.float64 or dtype == torch.float32 and not
+                            allow_tf32):
+            raise ValueError("the tensor-core split takes 16-bit and TF32 layers only: IEEE "
+                             "float32 and float64 run split.py (dispatch.choose_split with "
+                             "the layer's dtype and allow_tf32)")
         # On tensor cores the row tile, the warps' parts of K and the state's chunks; ptxas
         # may then use every register a thread can have at one program per SM.
         dot = dict(BN=cfg.BN, KW=cfg.num_warps, KC=cfg.k_chunks, DOT_DTYPE=dot_dtype) \

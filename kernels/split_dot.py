@@ -24,7 +24,9 @@ output element's activation is computed by one thread (two where the tile has fe
 than the program has threads).
 
 Exposed latencies: P_t of the first row tile (backward: dY_t and y_t) is loaded before the
-previous step's barrier wait, so only the state (dz_t) load is waited for after it.
+previous step's barrier wait. After the wait, a row tile waits for the state (dz_t) load; the
+loads issued beside it (P_t of a later tile, a held row's previous state) and the backward's
+carry, read in phase 1, are the other loads of a step.
 
 Numerics are split.py's (blocks.py): the exchanged state is rounded as the product's operand
 (state_operand), B once before the loop (weight_operand); under the interpreter a 16-bit
@@ -115,12 +117,13 @@ def _tile(n0, i0, ROWS, N, BN: tl.constexpr):
 
 
 @triton.jit
-def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra):
+def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra, EXCHANGED: tl.constexpr = False):
     """The (R, BN) tile x[n, j] of this program's features (x[n, j] at p_x + n*s_n + j),
-    where m_extra (a scalar or a mask of rows) holds. (A where: the interpreter rejects a
-    mask anded with a scalar comparison.)"""
+    where m_extra (a scalar or a mask of rows) holds; from L2 (.cg) where x is an exchange
+    buffer. (A where: the interpreter rejects a mask anded with a scalar comparison.)"""
     return tl.load(p_x + o_n[None, :] * s_n + o_j[:, None],
-                   mask=tl.where(m_extra, m_j[:, None] & m_n[None, :], False), other=0.0)
+                   mask=tl.where(m_extra, m_j[:, None] & m_n[None, :], False), other=0.0,
+                   cache_modifier=".cg" if EXCHANGED else "")
 
 
 @triton.jit(do_not_specialize=["T", "N", "HB", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
@@ -158,7 +161,7 @@ def rnn_forward_split_dot_kernel(
     p_proj = direction_pointer(p_proj, p_proj_r, i_d)
     o_n, m_n = _tile(n0, 0, ROWS, N, BN)
     b_p0 = _features(p_proj + time_index(0, T, i_d, False) * s_pt, o_n, s_pn, o_j, m_n, m_j,
-                     True)  # P_t of the first row tile, loaded one step ahead
+                     T > 0)  # P_t of the first row tile, loaded one step ahead
     t = T * 0
     ok = t == 0
     while (t < T) & ok:
@@ -174,7 +177,7 @@ def rnn_forward_split_dot_kernel(
             # tile, and the previous state of rows outside their sequence (which hold it).
             b_p = _features(p_proj + tt * s_pt, o_n, s_pn, o_j, m_n, m_j, i0 > 0)
             held = (tt >= sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-            b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held)
+            b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
             b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H,
                            p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN)
             b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
@@ -228,8 +231,8 @@ def rnn_backward_split_dot_kernel(
                  mask=m_j[:, None] & m_n[None, :])
     o_n, m_n = _tile(n0, 0, ROWS, N, BN)
     o_step = time_index(0, T, i_d, True) * s_t + o_x
-    b_g0 = _features(p_dout + o_step, o_n, s_n, o_j, m_n, m_j, True)  # one step ahead
-    b_y0 = _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j, True)
+    b_g0 = _features(p_dout + o_step, o_n, s_n, o_j, m_n, m_j, T > 0)  # one step ahead
+    b_y0 = _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j, T > 0)
     t = T * 0
     ok = t == 0
     while (t < T) & ok:

@@ -126,14 +126,28 @@ def test_tensor_core_split_row_tiles(dtype, tol, N):
     assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
 
 
+def test_tensor_core_split_with_no_steps():
+    """T = 0 through the launcher (the module refuses it; the kernels must not read a step
+    before their loop): no output steps, and dh0 is the zero gradient carried into no step."""
+    cfg = choose_split(64, torch.bfloat16, rows=16, batch=3)
+    proj, h0 = torch.zeros(0, 3, 40, dtype=torch.bfloat16), torch.ones(1, 3, 40).bfloat16()
+    w_hh = torch.ones(1, 40, 40, dtype=torch.bfloat16)
+    out = launch.recurrence_forward(proj, h0, w_hh, None, False, False, config=cfg)
+    assert out.shape == (0, 3, 40)
+    dz, dh0 = launch.recurrence_backward(torch.zeros_like(out), out, w_hh, None, False, False,
+                                         config=cfg)
+    assert dz.shape == (0, 3, 40) and torch.equal(dh0, torch.zeros_like(dh0))
+
+
 def test_tensor_core_split_refuses_ieee_float32():
-    """A tensor-core split configuration forced on IEEE float32 is an error, never a TF32
-    result where IEEE was asked for."""
+    """A tensor-core split configuration forced on IEEE float32 or float64 is an error, never
+    a TF32 (fp32-accumulated) result where IEEE (float64) was asked for."""
     cfg = choose_split(64, torch.float32, rows=16, batch=16, allow_tf32=True)
-    proj, h0 = torch.zeros(2, 3, 40), torch.zeros(1, 3, 40)
-    with pytest.raises(ValueError, match="TF32 only"):
-        launch.recurrence_forward(proj, h0, torch.zeros(1, 40, 40), None, False, False,
-                                  config=cfg)
+    for dtype in (torch.float32, torch.float64):
+        proj, h0 = torch.zeros(2, 3, 40, dtype=dtype), torch.zeros(1, 3, 40, dtype=dtype)
+        with pytest.raises(ValueError, match="16-bit and TF32 layers only"):
+            launch.recurrence_forward(proj, h0, torch.zeros(1, 40, 40, dtype=dtype), None,
+                                      False, False, config=cfg)
 
 
 @pytest.mark.parametrize("capacity,launches", [(8, 1), (5, 2), (2, "fallback")],

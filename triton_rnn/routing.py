@@ -100,10 +100,7 @@ def _valid(policy, where: str) -> str:
 
 # ----- shape classes and the static rule ----------------------------------------------------
 
-# Shape-class dtype names (perf/bench.py's too) -> (torch dtype, TF32 allowed).
-DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
-          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
-          "fp64": (torch.float64, False)}
+DTYPES = step_models.DTYPES  # shape-class dtype names -> (torch dtype, TF32 allowed)
 _NAMES = {(dtype, tf32): name for name, (dtype, tf32) in DTYPES.items()}
 
 

@@ -23,7 +23,10 @@ import functools
 import json
 from pathlib import Path
 
+import torch
+
 from .kernels.cost_model import L2_BYTES_PER_S
+from .kernels.dispatch import choose
 
 CUDNN_SMALL_H_US = 0.7
 CUDNN_PERSISTENT_US = 2.0
@@ -31,6 +34,10 @@ CUDNN_STANDARD_OVERHEAD_US = 5.0
 MODEL_MARGIN = 1.5
 TABLE = Path(__file__).with_name("step_model.json")
 ELEMENT_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+# Shape-class dtype names (routing's, perf/bench.py's) -> (torch dtype, TF32 allowed).
+DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
+          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
+          "fp64": (torch.float64, False)}
 
 
 def cudnn_algorithm(dtype: str, hidden: int, batch: int, backward: bool = False,
@@ -79,8 +86,6 @@ def ours_us(dtype: str, hidden: int, batch: int, training: bool):
     and batch's buckets, or None where the table has no row for them, or its row models
     another configuration than this Triton's dispatcher picks (the table's Triton may compile
     a variant that this one does not: TF32 at H = 2048 before Triton 3.9)."""
-    from .kernels.dispatch import choose
-    from .routing import DTYPES
     table = _table()
     hidden, batch = max(16, _bucket(hidden)), _bucket(batch)
     batches = [n for (d, h, n) in table if d == dtype and h == hidden]
