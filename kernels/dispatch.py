@@ -1,7 +1,8 @@
 """Which kernel variant and block configuration runs a given problem.
 
 The rule, in order (the resource report prints it beside every configuration):
-1. Batch tile: BN = 16 with tensor-core tl.dot when the batch has at least 16 rows; otherwise
+1. Batch tile (resident and streaming; the split variant has its own, in rule 2): BN = 16
+   with tensor-core tl.dot when the batch has at least 16 rows; otherwise
    BN = 1 with an elementwise multiply-and-sum, one program per sequence (tl.dot needs every
    dimension >= 16, and padding a batch of 1 to 16 wastes 15/16 of the work). Exception:
    float32 with TF32 disabled (IEEE) uses the elementwise product whenever BH > 32: its tl.dot
@@ -12,12 +13,13 @@ The rule, in order (the resource report prints it beside every configuration):
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "split" (split.py: W_hh divided by rows across co-resident programs that exchange the state
    through L2 every step) while BH is at most SPLIT_MAX_BH; else "streaming" (W_hh re-read
-   from L2 in BJ-wide chunks every step). Split, 16-bit and TF32 (any batch): tensor cores,
-   every row of a group in one pass per step (split_dot.py, `choose_split_dot`). Split, IEEE
-   fp32 and fp64: the elementwise product one batch row at a time (split.py), R =
-   SPLIT_TILE // BH rows per program (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program
-   holding its (R, BH) tile in the accumulator dtype in registers. The launcher sizes the
-   batch groups
+   from L2 in BJ-wide chunks every step). Split, 16-bit and TF32 (any batch; TF32 at
+   BH = 2048 from Triton 3.9): tensor cores, every row of a group in one pass per step, in row
+   tiles of 16 (split_dot.py, `choose_split_dot`). Split, IEEE fp32 and fp64: the
+   elementwise product one batch row at a time (split.py), R = SPLIT_TILE // BH rows per
+   program (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in
+   the accumulator dtype in registers. The launcher sizes the batch groups (on tensor cores
+   at most one per row tile of the batch)
    and checks the grid against the device's co-resident capacity (launch.py); a layer whose
    S slices do not fit even one group per launch falls back to streaming.
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
@@ -79,10 +81,6 @@ SPLIT_MAX_REGISTERS = 128
 # and bf16 H = 2048 R = 32 BN = 16 at 192, 224 registers used; tf32 H = 2048 R = 16 BN = 16
 # needs the state in chunks). The compile gate checks every configuration the rule gives.
 SPLIT_DOT_OPERAND_REGISTERS = 160
-# The same for row tiles over 16 rows, unchunked (bf16 BH = 512, BN = 64 at 192 spilled
-# 56-80 B on Triton 3.9; tf32 BH = 256, BN = 64 at 160 spilled 56-176 B on Triton 3.6).
-SPLIT_DOT_WIDE_REGISTERS = 128
-SPLIT_DOT_MAX_BN = 64
 
 
 @dataclass(frozen=True)
@@ -168,26 +166,19 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1)
     """The tensor-core split: 8 warps from BH = 1024 (4 below), each holding a BH/num_warps
     part of the reduction dimension; R = 32 rows per program in 16-bit (fewer programs then
     read the exchanged state: S = BH/R), 16 in TF32 (R = 32 spilled 56-120 B on Triton 3.6 at
-    BH = 512 and 1024).
-    Row tiles: BN = 16 for a batch of at most 16 rows (a smaller batch is padded to the 16 that
-    tl.dot needs; padded rows are masked, never read), with the fewest state chunks KC (1, 2,
-    4) whose operands fit SPLIT_DOT_OPERAND_REGISTERS; for a larger batch the largest BN up to
-    SPLIT_DOT_MAX_BN whose operands fit SPLIT_DOT_WIDE_REGISTERS unchunked (chunks did not
-    save registers at BN >= 32: tf32 BH = 1024, BN = 64 spilled 600 B with KC = 4), else 16.
-    Two tiles per (dtype, BH) and no more, so that the compile gate's batches of 16 and 256
-    compile every configuration this rule gives."""
+    BH = 512 and 1024). Row tiles of BN = 16 at every batch (a smaller batch is padded to the
+    16 that tl.dot needs; padded rows are masked, never read), with the fewest state chunks KC
+    (1, 2, 4) whose operands fit SPLIT_DOT_OPERAND_REGISTERS. A larger batch takes more batch
+    groups, as many as the device holds, then several tiles per group. Wider tiles (32, 64
+    rows) modeled no faster where groups can be added (bf16 BH = 1024, batch 64: 2.38 µs with
+    tiles of 32, two groups; tiles of 16, four groups, no slower), and each was one more kernel
+    to compile per dtype, BH and pass (a minute of CI's compile gate). `batch` is accepted for
+    the callers' sake and does not change the choice."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
     num_warps = 8 if BH >= 1024 else 4
     threads = 32 * num_warps
     R = rows or (32 if elem == 2 else 16)
-
-    def registers(BN, KC=1):
-        return (R * BH + BH * BN // KC) * elem // 4 // threads
-    if batch > DOT_MIN_BATCH:
-        for BN in (SPLIT_DOT_MAX_BN, SPLIT_DOT_MAX_BN // 2):
-            if registers(BN) <= SPLIT_DOT_WIDE_REGISTERS:
-                return Config("split", True, BN, BH, num_warps, num_stages=1, R=R)
-    KC = next((kc for kc in (1, 2) if registers(DOT_MIN_BATCH, kc)
+    KC = next((kc for kc in (1, 2) if (R * BH + BH * DOT_MIN_BATCH // kc) * elem // 4 // threads
                <= SPLIT_DOT_OPERAND_REGISTERS), 4)
     return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
 
