@@ -285,23 +285,20 @@ def _run_split(pass_, case, form):
     return launch.recurrence_backward(dout, out, w_hh, None, False, True, config=config)
 
 
+# A correct barrier gives the reference's values: to fp64 noise one row at a time, to TF32's
+# rounding on tensor cores (a stale or missing state is off by far more).
+TOLERANCE = {"rows": 1e-12, "tiles": 5e-3}
+
+
 def _expected(pass_, case, form):
-    """What a correct barrier gives: for fp64 the reference's values (to 1e-12), for TF32 the
-    same kernel's own values (exactly: the interpreter runs it deterministically), which are
-    first checked against the reference to TF32's tolerance. Forward: out; backward: dz, dh0."""
+    """The float64 reference: forward, out; backward, dz and dh0."""
     proj, h0, w_hh, out, dout = case
     reference = (out,) if pass_ == "forward" else _reference_backward(proj, h0, w_hh, dout)
-    if form == "rows":
-        return [r.to(torch.float64) for r in reference]
-    own = _run_split(pass_, case, form)
-    own = [own] if pass_ == "forward" else list(own)
-    for got, ref in zip(own, reference):
-        assert ((got.double() - ref.double()).norm() / ref.double().norm()) < 3e-3
-    return [x.double() for x in own]
+    return [r.double() for r in reference]
 
 
 def _close(actual, expected, form):
-    tol = 1e-12 if form == "rows" else 0.0
+    tol = TOLERANCE[form]
     torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol)
 
 
@@ -312,7 +309,6 @@ def test_split_kernel_with_small_bound_is_correct(split_launches, pass_, form):
     timeout there comes from the fault."""
     case = _split_case(form)
     expected = _expected(pass_, case, form)
-    split_launches.clear()
     result = _run_split(pass_, case, form)
     assert len(split_launches) == 1 and split_launches[0][0][0] == 3  # 3 slices ran
     for actual, exp in zip([result] if pass_ == "forward" else result, expected):
@@ -329,7 +325,6 @@ def test_split_kernel_missing_arrival_raises_and_poisons(monkeypatch, split_laun
     groups are exact."""
     case = _split_case(form)
     expected = _expected(pass_, case, form)
-    split_launches.clear()
     monkeypatch.setattr(split, "arrive_and_wait", _arrive_unless_first_program)
     monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
     start = time.monotonic()
@@ -365,7 +360,6 @@ def test_split_kernel_program_that_starts_after_the_others_gave_up(monkeypatch, 
     and the launcher raises SplitBarrierTimeout."""
     case = _split_case(form)
     (expected,) = _expected("forward", case, form)
-    split_launches.clear()
     recording_launch = ci.launch
     monkeypatch.setattr(ci, "launch", lambda *a, **k: recording_launch(*a, late={(0, 0, 0)},
                                                                         **k))
@@ -373,7 +367,7 @@ def test_split_kernel_program_that_starts_after_the_others_gave_up(monkeypatch, 
         _run_split("forward", case, form)
     (grid, named), = split_launches
     got = named["p_out"].double()
-    exact = (got - expected).abs() <= (1e-12 if form == "rows" else 0.0)
+    exact = (got - expected).abs() <= TOLERANCE[form] * (1 + expected.abs())
     assert (exact | torch.isnan(got)).all(), got
     assert exact[0].all()  # the first step, every slice
     rows = named["ROWS"]
