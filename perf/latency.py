@@ -22,8 +22,8 @@ import torch
 HAS_GPU = torch.cuda.is_available()
 if not HAS_GPU:
     print("No CUDA GPU found: nothing will be timed. Checking the kernels through Triton's "
-          "interpreter instead, then redrawing the most recent recorded GPU results.",
-          flush=True)
+          "interpreter instead, then showing the main slice as the models see it (not a "
+          "measurement) and redrawing the most recent recorded GPU results.", flush=True)
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton_rnn is imported
 
 import argparse  # noqa: E402
