@@ -131,7 +131,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     if split and BH <= SPLIT_MAX_BH[elem]:
-        return choose_split(BH, dtype, batch=batch, allow_tf32=allow_tf32)
+        return choose_split(BH, dtype, allow_tf32=allow_tf32)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 
@@ -144,13 +144,13 @@ def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool, BH: int = 0) -> 
     return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
 
 
-def choose_split(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1,
+def choose_split(BH: int, dtype: torch.dtype, rows: int = 0,
                  allow_tf32: bool = True) -> Config:
-    """The split configuration for padded hidden size BH and a batch of `batch` rows; `rows`
-    (a power of two) overrides R, the rows of W_hh per program (tests use it to reach every
-    slice count)."""
+    """The split configuration for padded hidden size BH (every batch size: the launcher sizes
+    the batch groups); `rows` (a power of two) overrides R, the rows of W_hh per program
+    (tests use it to reach every slice count)."""
     if split_on_tensor_cores(dtype, allow_tf32, BH):
-        return choose_split_dot(BH, dtype, rows, batch)
+        return choose_split_dot(BH, dtype, rows)
     acc_bytes = max(dtype.itemsize, 4)
     R = rows or max(SPLIT_MIN_ROWS[acc_bytes], min(SPLIT_MAX_ROWS, SPLIT_TILE[acc_bytes] // BH))
     # One warp per 1024 32-bit registers of the tile (per 512 in fp64, whose products and sums
@@ -162,7 +162,7 @@ def choose_split(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1,
     return Config("split", False, 1, BH, num_warps, num_stages=1, R=R)
 
 
-def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1) -> Config:
+def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
     """The tensor-core split: 8 warps from BH = 1024 (4 below), each holding a BH/num_warps
     part of the reduction dimension; R = 32 rows per program in 16-bit (fewer programs then
     read the exchanged state: S = BH/R), 16 in TF32 (R = 32 spilled 56-120 B on Triton 3.6 at
@@ -172,8 +172,7 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, batch: int = 1)
     groups, as many as the device holds, then several tiles per group. Wider tiles (32, 64
     rows) modeled no faster where groups can be added (bf16 BH = 1024, batch 64: 2.38 µs with
     tiles of 32, two groups; tiles of 16, four groups, no slower), and each was one more kernel
-    to compile per dtype, BH and pass (a minute of CI's compile gate). `batch` is accepted for
-    the callers' sake and does not change the choice."""
+    to compile per dtype, BH and pass (a minute of CI's compile gate)."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
     num_warps = 8 if BH >= 1024 else 4
     threads = 32 * num_warps

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
-from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell
+from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell, split_on_tensor_cores
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
 from .split_dot import rnn_backward_split_dot_kernel, rnn_forward_split_dot_kernel
@@ -86,8 +86,7 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
         dot_dtype = tl.float32
     if cfg.variant == "split":
-        if cfg.use_dot and (dtype == torch.float64 or dtype == torch.float32 and not
-                            allow_tf32):
+        if cfg.use_dot and not split_on_tensor_cores(dtype, allow_tf32):
             raise ValueError("the tensor-core split takes 16-bit and TF32 layers only: IEEE "
                              "float32 and float64 run split.py (dispatch.choose_split with "
                              "the layer's dtype and allow_tf32)")

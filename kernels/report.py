@@ -356,7 +356,6 @@ class Row:
 
 
 # The launchers' kernels, by their names in launch.py.
-_KERNEL_NAMES = launch.KERNEL_NAMES
 
 
 @contextlib.contextmanager
@@ -372,8 +371,9 @@ def _captured_launches():
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
 
-    saved = {name: getattr(launch, name) for name in _KERNEL_NAMES + ("_split_capacity",)}
-    for name in _KERNEL_NAMES:
+    saved = {name: getattr(launch, name)
+             for name in launch.KERNEL_NAMES + ("_split_capacity",)}
+    for name in launch.KERNEL_NAMES:
         setattr(launch, name, Recorder(saved[name]))
     # A split launch is planned here for a device without limits (one launch, both
     # directions); measure() plans it again for the target's capacity.

@@ -37,35 +37,48 @@ import triton.language as tl
 
 from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, convert, direction_pointer, sequence_lengths,
-                     state_operand, tf32_dot_operand, time_index, weight_operand)
+                     state_mask, state_offsets, state_operand, tf32_dot_operand, time_index,
+                     weight_operand)
 from .split import _poison
 
 
 @triton.jit
-def _b_chunk(p_b, s_bk, s_bj, o_j, H, c, PRECISION: tl.constexpr, KW: tl.constexpr,
-             BKW: tl.constexpr, KC: tl.constexpr):
+def _b_chunk(p_b, s_bk, s_bj, o_j, H, c, PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
+             KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr):
     """Chunk c of the program's rows of B as a (KW, R, BKW/KC) tile: element (w, r, i) is
-    B[o_j[r], w*BKW + c*BKW/KC + i], zero outside H, rounded for the product."""
+    B[o_j[r], w*BKW + c*BKW/KC + i], zero outside H, rounded for the product, in DOT_DTYPE."""
     o_k = tl.arange(0, KW)[:, None] * BKW + c * (BKW // KC) + tl.arange(0, BKW // KC)[None, :]
     b_b = tl.load(p_b + o_j[None, :, None] * s_bj + o_k[:, None, :] * s_bk,
                   mask=(o_j < H)[None, :, None] & (o_k < H)[:, None, :], other=0.0)
-    return weight_operand(b_b, tl.float32, True, PRECISION)
+    return weight_operand(b_b, tl.float32, True, PRECISION).to(DOT_DTYPE)
 
 
 @triton.jit
-def _rows_of_b(p_b, s_bk, s_bj, o_j, H, PRECISION: tl.constexpr, KW: tl.constexpr,
-               BKW: tl.constexpr, KC: tl.constexpr):
-    """The program's rows of B in its KC chunks (unused chunks repeat the first)."""
-    b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 0, PRECISION, KW, BKW, KC)
+def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION: tl.constexpr,
+             DOT_DTYPE: tl.constexpr, R: tl.constexpr, KW: tl.constexpr, BK: tl.constexpr,
+             KC: tl.constexpr, BN: tl.constexpr):
+    """What program (s, g, d) works on (split.py's _program, in row tiles): its direction; the
+    slice count S; its R output features o_j and their mask; its rows of B in KC chunks
+    (unused chunks repeat the first), on-chip for all T steps; its group's barrier counter;
+    its group's first batch row n0, and the rows and mask of the group's first row tile."""
+    i_g = tl.program_id(1)
+    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
+    BKW: tl.constexpr = BK // KW
+    o_j = tl.program_id(0) * R + tl.arange(0, R)  # this program's features (< 2^13: int32)
+    p_b = direction_pointer(p_b, p_b_r, i_d)
+    b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)
     b_b1 = b_b0
     b_b2 = b_b0
     b_b3 = b_b0
     if KC >= 2:
-        b_b1 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 1, PRECISION, KW, BKW, KC)
+        b_b1 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 1, PRECISION, DOT_DTYPE, KW, BKW, KC)
     if KC == 4:
-        b_b2 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 2, PRECISION, KW, BKW, KC)
-        b_b3 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 3, PRECISION, KW, BKW, KC)
-    return b_b0, b_b1, b_b2, b_b3
+        b_b2 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 2, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b3 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 3, PRECISION, DOT_DTYPE, KW, BKW, KC)
+    n0 = i_g.to(tl.int64) * ROWS
+    o_first, m_first = _tile(n0, 0, ROWS, N, BN)
+    return (i_d, tl.num_programs(0), o_j, o_j < H, b_b0, b_b1, b_b2, b_b3,
+            p_sync + 1 + i_d * G + i_g, n0, o_first, m_first)
 
 
 @triton.jit
@@ -102,8 +115,7 @@ def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, H, W_DTYPE: tl
             b_b = b_b2
         else:
             b_b = b_b3
-        b_z = tl.dot(b_b.to(DOT_DTYPE), b_s, b_z, input_precision=PRECISION,
-                     out_dtype=tl.float32)
+        b_z = tl.dot(b_b, b_s, b_z, input_precision=PRECISION, out_dtype=tl.float32)
     return _spread(tl.sum(b_z, 0), R, BN)
 
 
@@ -121,8 +133,8 @@ def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra, EXCHANGED: tl.constexpr = F
     """The (R, BN) tile x[n, j] of this program's features (x[n, j] at p_x + n*s_n + j),
     where m_extra (a scalar or a mask of rows) holds; from L2 (.cg) where x is an exchange
     buffer. (A where: the interpreter rejects a mask anded with a scalar comparison.)"""
-    return tl.load(p_x + o_n[None, :] * s_n + o_j[:, None],
-                   mask=tl.where(m_extra, m_j[:, None] & m_n[None, :], False), other=0.0,
+    return tl.load(p_x + state_offsets(o_n, s_n, o_j, True),
+                   mask=tl.where(m_extra, state_mask(m_n, m_j, True), False), other=0.0,
                    cache_modifier=".cg" if EXCHANGED else "")
 
 
@@ -144,24 +156,17 @@ def rnn_forward_split_dot_kernel(
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    i_g = tl.program_id(1)
-    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
-    S = tl.num_programs(0)
+    i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
+        KC, BN)
     BKW: tl.constexpr = BK // KW
-    o_j = tl.program_id(0) * R + tl.arange(0, R)  # this program's features (< 2^13: int32)
-    m_j = o_j < H
-    b_b0, b_b1, b_b2, b_b3 = _rows_of_b(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_j,
-                                        H, PRECISION, KW, BKW, KC)
     b_hb = tl.load(direction_pointer(p_bias, p_bias_r, i_d) + o_j, mask=o_j < HB,
                    other=0.0).to(ACC)[:, None]
-    p_cnt = p_sync + 1 + i_d * G + i_g
-    n0 = i_g.to(tl.int64) * ROWS
     p_h0 = p_h0 + i_d * s_hd
     p_out = p_out + i_d * H  # this direction's features
     p_proj = direction_pointer(p_proj, p_proj_r, i_d)
-    o_n, m_n = _tile(n0, 0, ROWS, N, BN)
-    b_p0 = _features(p_proj + time_index(0, T, i_d, False) * s_pt, o_n, s_pn, o_j, m_n, m_j,
-                     T > 0)  # P_t of the first row tile, loaded one step ahead
+    b_p0 = _features(p_proj + time_index(0, T, i_d, False) * s_pt, o_first, s_pn, o_j,
+                     m_first, m_j, T > 0)  # P_t of the first row tile, loaded one step ahead
     t = T * 0
     ok = t == 0
     while (t < T) & ok:
@@ -182,13 +187,12 @@ def rnn_forward_split_dot_kernel(
                            p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN)
             b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
             b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
-            tl.store(p_out + tt * s_t + o_n[None, :] * s_n + o_j[:, None],
-                     convert(b_new, p_out.dtype.element_ty), mask=m_j[:, None] & m_n[None, :])
+            tl.store(p_out + tt * s_t + state_offsets(o_n, s_n, o_j, True),
+                     convert(b_new, p_out.dtype.element_ty), mask=state_mask(m_n, m_j, True))
             i0 += BN
         if t < T - 1:  # the last step's state is read by no program
-            o_n, m_n = _tile(n0, 0, ROWS, N, BN)
-            b_p0 = _features(p_proj + time_index(t + 1, T, i_d, False) * s_pt, o_n, s_pn, o_j,
-                             m_n, m_j, True)
+            b_p0 = _features(p_proj + time_index(t + 1, T, i_d, False) * s_pt, o_first, s_pn,
+                             o_j, m_first, m_j, True)
             ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
         t += 1
     if ok == 0:
@@ -212,27 +216,20 @@ def rnn_backward_split_dot_kernel(
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """split.py's backward (its phases, carry buffer and barrier), a row tile at a time."""
-    i_g = tl.program_id(1)
-    i_d = (tl.program_id(2) + i_d0).to(tl.int64)
-    S = tl.num_programs(0)
+    i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
+        KC, BN)
     BKW: tl.constexpr = BK // KW
-    o_j = tl.program_id(0) * R + tl.arange(0, R)
-    m_j = o_j < H
-    b_b0, b_b1, b_b2, b_b3 = _rows_of_b(direction_pointer(p_b, p_b_r, i_d), s_bk, s_bj, o_j,
-                                        H, PRECISION, KW, BKW, KC)
-    p_cnt = p_sync + 1 + i_d * G + i_g
-    n0 = i_g.to(tl.int64) * ROWS
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
     for i0 in range(0, ROWS, BN):  # the gradient carried into the last step is zero
         o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-        tl.store(p_carry + o_n[None, :] * s_hn + o_j[:, None], tl.zeros((R, BN), ACC),
-                 mask=m_j[:, None] & m_n[None, :])
-    o_n, m_n = _tile(n0, 0, ROWS, N, BN)
+        tl.store(p_carry + state_offsets(o_n, s_hn, o_j, True), tl.zeros((R, BN), ACC),
+                 mask=state_mask(m_n, m_j, True))
     o_step = time_index(0, T, i_d, True) * s_t + o_x
-    b_g0 = _features(p_dout + o_step, o_n, s_n, o_j, m_n, m_j, T > 0)  # one step ahead
-    b_y0 = _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j, T > 0)
+    b_g0 = _features(p_dout + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)  # a step ahead
+    b_y0 = _features(p_out + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)
     t = T * 0
     ok = t == 0
     while (t < T) & ok:
@@ -248,20 +245,19 @@ def rnn_backward_split_dot_kernel(
                                                     i0 > 0)).to(ACC)
             b_y = tl.where(i0 == 0, b_y0, _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j,
                                                     i0 > 0)).to(ACC)
-            p_c = p_carry + o_n[None, :] * s_hn + o_j[:, None]
-            m_c = m_j[:, None] & m_n[None, :]
+            p_c = p_carry + state_offsets(o_n, s_hn, o_j, True)
+            m_c = state_mask(m_n, m_j, True)
             b_g += tl.load(p_c, mask=m_c, other=0.0)
             b_dz = activation_grad(b_g, b_y, ACT)
             # A held step passes its gradient through unchanged.
             active = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
             b_dz = tl.where(active, b_dz, 0.0)
             tl.store(p_c, b_g, mask=m_c & ~active)
-            tl.store(p_dz + o_step + o_n[None, :] * s_n + o_j[:, None],
+            tl.store(p_dz + o_step + state_offsets(o_n, s_n, o_j, True),
                      convert(b_dz, p_dz.dtype.element_ty), mask=m_c)
-        o_n, m_n = _tile(n0, 0, ROWS, N, BN)
         o_next = time_index(t + 1, T, i_d, True) * s_t + o_x
-        b_g0 = _features(p_dout + o_next, o_n, s_n, o_j, m_n, m_j, t + 1 < T)
-        b_y0 = _features(p_out + o_next, o_n, s_n, o_j, m_n, m_j, t + 1 < T)
+        b_g0 = _features(p_dout + o_next, o_first, s_n, o_j, m_first, m_j, t + 1 < T)
+        b_y0 = _features(p_out + o_next, o_first, s_n, o_j, m_first, m_j, t + 1 < T)
         ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
         # Phase 2: the gradient carried into the previous step, c = W_hhᵀ dz_t, for this
         # program's features, from every slice's dz_t (read from L2 after the wait; not at all
@@ -275,15 +271,15 @@ def rnn_backward_split_dot_kernel(
                            BN)
             # Held rows keep what phase 1 stored.
             writes = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-            tl.store(p_carry + o_n[None, :] * s_hn + o_j[:, None], b_c.to(ACC),
-                     mask=m_j[:, None] & m_n[None, :] & writes)
+            tl.store(p_carry + state_offsets(o_n, s_hn, o_j, True), b_c.to(ACC),
+                     mask=state_mask(m_n, m_j, True) & writes)
             i0 += BN
         t += 1
     tl.debug_barrier()  # carry's last stores, then its loads
     for i0 in range(0, ROWS, BN):
         o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-        p_c = o_n[None, :] * s_hn + o_j[:, None]
-        m_c = m_j[:, None] & m_n[None, :]
+        p_c = state_offsets(o_n, s_hn, o_j, True)
+        m_c = state_mask(m_n, m_j, True)
         b_c = tl.where(ok, tl.load(p_carry + p_c, mask=m_c, other=0.0), float("nan"))
         tl.store(p_dh0 + p_c, convert(b_c, p_dh0.dtype.element_ty), mask=m_c)
     if ok == 0:

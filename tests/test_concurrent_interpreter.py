@@ -278,7 +278,7 @@ def split_launches(monkeypatch):
 def _run_split(pass_, case, form):
     proj, h0, w_hh, out, dout = case
     dtype, N = FORMS[form]
-    config = choose_split(32, dtype, rows=8, batch=16, allow_tf32=True)
+    config = choose_split(32, dtype, rows=8, allow_tf32=True)
     assert config.use_dot == (form == "tiles") and config.BN == (16 if config.use_dot else 1)
     if pass_ == "forward":
         return launch.recurrence_forward(proj, h0, w_hh, None, False, True, config=config)

@@ -69,7 +69,7 @@ def _configs(H, N, dtype):
     BH = max(16, 1 << (H - 1).bit_length())
     use_dot = N >= 16
     return {"resident": choose(H, N, dtype, True),
-            "split": choose_split(BH, dtype, rows=16, batch=N),
+            "split": choose_split(BH, dtype, rows=16),
             "split-rows": Config("split", False, 1, BH, 4, num_stages=1, R=16),
             "streaming": Config("streaming", use_dot, 16 if use_dot else 1, STREAM_CHUNK, 4, 2)}
 

@@ -3,7 +3,6 @@ under the concurrent interpreter (one thread per program, kernels/concurrent_int
 
 Slice counts S = ceil(H / R) are reached by forcing R, the rows of W_hh per program, through
 the dispatcher; the launcher then sizes the batch groups from the (interpreter's) capacity."""
-import dataclasses
 import warnings
 
 import pytest
@@ -30,7 +29,7 @@ def split_rows(monkeypatch):
     def force(rows):
         monkeypatch.setattr(launch, "choose", lambda H, N, dtype, allow_tf32=True, split=True,
                             arch=None:
-                            choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows, N,
+                            choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows,
                                          allow_tf32)
                             if split else choose(H, N, dtype, allow_tf32, split, arch))
     return force
@@ -88,13 +87,20 @@ def test_launcher_matches_reference_in_every_dtype(dtype, tol):
     h0 = torch.randn(D, N, H).to(dtype)
     w_hh = (torch.randn(D, H, H) / H ** 0.5).to(dtype)
     lengths = torch.tensor([5, 2, 4], dtype=torch.int32)
-    cfg = choose_split(64, dtype, rows=16, batch=N, allow_tf32=False)
+    cfg = choose_split(64, dtype, rows=16, allow_tf32=False)
     assert cfg.use_dot == (dtype != torch.float32)  # IEEE fp32: one row at a time
-    out = launch.recurrence_forward(proj, h0, w_hh, lengths, False, False, config=cfg)
+    _check_against_reference(proj, h0, w_hh, lengths, cfg, False, tol)
+
+
+def _check_against_reference(proj, h0, w_hh, lengths, cfg, allow_tf32, tol):
+    """The launcher's forward, then its backward of a random dout, against the float64
+    reference on the same rounded inputs (tanh)."""
+    out = launch.recurrence_forward(proj, h0, w_hh, lengths, False, allow_tf32, config=cfg)
     expected = reference_forward(proj.double(), h0.double(), w_hh.double(), lengths, False)
     assert rel_err(out, expected) < tol
-    dout = torch.randn(T, N, D * H).to(dtype)
-    dz, dh0 = launch.recurrence_backward(dout, out, w_hh, lengths, False, False, config=cfg)
+    dout = torch.randn(out.shape).to(out.dtype)
+    dz, dh0 = launch.recurrence_backward(dout, out, w_hh, lengths, False, allow_tf32,
+                                         config=cfg)
     exp_dz, exp_dh0 = reference_backward(dout.double(), out.double(), w_hh.double(), lengths,
                                          False)
     assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
@@ -114,22 +120,15 @@ def test_tensor_core_split_row_tiles(dtype, tol, N, monkeypatch):
     h0 = torch.randn(D, N, H).to(dtype)
     w_hh = (torch.randn(D, H, H) / H ** 0.5).to(dtype)
     lengths = torch.randint(1, T + 1, (N,), dtype=torch.int32)
-    cfg = dataclasses.replace(choose_split(64, dtype, rows=16, batch=N), BN=16)
+    cfg = choose_split(64, dtype, rows=16)
     assert cfg.use_dot
-    out = launch.recurrence_forward(proj, h0, w_hh, lengths, False, True, config=cfg)
-    expected = reference_forward(proj.double(), h0.double(), w_hh.double(), lengths, False)
-    assert rel_err(out, expected) < tol
-    dout = torch.randn(T, N, D * H).to(dtype)
-    dz, dh0 = launch.recurrence_backward(dout, out, w_hh, lengths, False, True, config=cfg)
-    exp_dz, exp_dh0 = reference_backward(dout.double(), out.double(), w_hh.double(), lengths,
-                                         False)
-    assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
+    _check_against_reference(proj, h0, w_hh, lengths, cfg, True, tol)
 
 
 def test_tensor_core_split_with_no_steps():
     """T = 0 through the launcher (the module refuses it; the kernels must not read a step
     before their loop): no output steps, and dh0 is the zero gradient carried into no step."""
-    cfg = choose_split(64, torch.bfloat16, rows=16, batch=3)
+    cfg = choose_split(64, torch.bfloat16, rows=16)
     proj, h0 = torch.zeros(0, 3, 40, dtype=torch.bfloat16), torch.ones(1, 3, 40).bfloat16()
     w_hh = torch.ones(1, 40, 40, dtype=torch.bfloat16)
     out = launch.recurrence_forward(proj, h0, w_hh, None, False, False, config=cfg)
@@ -142,7 +141,7 @@ def test_tensor_core_split_with_no_steps():
 def test_tensor_core_split_refuses_ieee_float32():
     """A tensor-core split configuration forced on IEEE float32 or float64 is an error, never
     a TF32 (fp32-accumulated) result where IEEE (float64) was asked for."""
-    cfg = choose_split(64, torch.float32, rows=16, batch=16, allow_tf32=True)
+    cfg = choose_split(64, torch.float32, rows=16, allow_tf32=True)
     for dtype in (torch.float32, torch.float64):
         proj, h0 = torch.zeros(2, 3, 40, dtype=dtype), torch.zeros(1, 3, 40, dtype=dtype)
         with pytest.raises(ValueError, match="16-bit and TF32 layers only"):

@@ -111,9 +111,7 @@ def dtype_name(dtype: torch.dtype, allow_tf32: bool) -> str:
                       str(dtype).replace("torch.", ""))
 
 
-def bucket(n: int) -> int:
-    """A size's shape-class bucket: the power of two at or above it."""
-    return triton.next_power_of_2(max(int(n), 1))
+bucket = step_models.bucket  # a size's shape-class bucket: the power of two at or above it
 
 
 def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,

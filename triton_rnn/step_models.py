@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+import triton
 
 from .kernels.cost_model import L2_BYTES_PER_S
 from .kernels.dispatch import choose
@@ -33,7 +34,6 @@ CUDNN_PERSISTENT_US = 2.0
 CUDNN_STANDARD_OVERHEAD_US = 5.0
 MODEL_MARGIN = 1.5
 TABLE = Path(__file__).with_name("step_model.json")
-ELEMENT_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 # Shape-class dtype names (routing's, perf/bench.py's) -> (torch dtype, TF32 allowed).
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
@@ -63,7 +63,7 @@ def cudnn_us(dtype: str, hidden: int, batch: int, training: bool, **call) -> flo
             return CUDNN_SMALL_H_US
         if algorithm == "persistent-static":
             return CUDNN_PERSISTENT_US
-        w_hh = hidden * hidden * ELEMENT_BYTES[dtype]
+        w_hh = hidden * hidden * DTYPES[dtype][0].itemsize
         return w_hh / L2_BYTES_PER_S * 1e6 + CUDNN_STANDARD_OVERHEAD_US
     return one(False) + (one(True) if training else 0.0)
 
@@ -77,8 +77,10 @@ def _table(path: Path = TABLE) -> dict:
     return {(r["dtype"], r["hidden"], r["batch"]): r for r in rows}
 
 
-def _bucket(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+def bucket(n: int) -> int:
+    """A size's shape-class bucket (routing's, and this table's key): the power of two at or
+    above it."""
+    return triton.next_power_of_2(max(int(n), 1))
 
 
 def ours_us(dtype: str, hidden: int, batch: int, training: bool):
@@ -87,7 +89,7 @@ def ours_us(dtype: str, hidden: int, batch: int, training: bool):
     another configuration than this Triton's dispatcher picks (the table's Triton may compile
     a variant that this one does not: TF32 at H = 2048 before Triton 3.9)."""
     table = _table()
-    hidden, batch = max(16, _bucket(hidden)), _bucket(batch)
+    hidden, batch = max(16, bucket(hidden)), bucket(batch)
     batches = [n for (d, h, n) in table if d == dtype and h == hidden]
     if not batches:
         return None
