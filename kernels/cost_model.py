@@ -1,6 +1,7 @@
 """A cost model of one time step, read from a kernel's compiled SASS: a model, not a measurement.
 
-    µs per step = max(issue cycles / clock, L2 bytes / L2 bandwidth) + round trips x L2 latency
+    µs per step = max(issue cycles / clock, shared-memory cycles / clock,
+                      L2 bytes / L2 bandwidth) + round trips x L2 latency
 
 with fixed H100 constants (below). The compile gate (report.py) prints it beside every
 configuration; the first GPU run (perf/gpu_check.py) is what calibrates it.
@@ -8,6 +9,9 @@ configuration; the first GPU run (perf/gpu_check.py) is what calibrates it.
 - Issue cycles per SM: warp instructions of the time loop's body, each inner loop multiplied by
   its trip count for the row's shape, times warps per program and programs per SM (the launch's
   programs over the SMs, at least one), over 4 schedulers.
+- Shared-memory cycles per SM: bytes the time loop's shared-memory loads and stores move
+  (LDS, STS, LDSM, STSM, and cp.async's LDGSTS; by each instruction's width, 32 lanes, guarded
+  or not), counted like instructions, over the SM's shared-memory bandwidth.
 - MMA (tensor-core), FFMA (fused multiply-adds on CUDA cores, any width), MUFU and BAR.SYNC:
   warp instructions per warp and step, counted the same way.
 - L2 bytes read per step by the whole grid, and the step's dependent global round trips (a
@@ -39,16 +43,33 @@ CLOCK_GHZ = 1.75
 L2_LATENCY_CYCLES = 700
 L2_BYTES_PER_S = 5.5e12
 SCHEDULERS_PER_SM = 4
+SHARED_BYTES_PER_CYCLE = 128  # per SM: 32 banks of 4 bytes
 BARRIER_ROUND_TRIPS = 2.5
 HEADER = (f"Model from compiled code (each row's SASS), not a measurement, with H100 "
-          f"constants: µs/step = max(issue "
-          f"cycles / {CLOCK_GHZ} GHz, L2 bytes / {L2_BYTES_PER_S / 1e12:g} TB/s) + round trips "
-          f"x {L2_LATENCY_CYCLES} cycles; issue cycles per SM = warp instructions per step x "
-          f"warps x programs per SM / {SCHEDULERS_PER_SM}.")
+          f"constants: µs/step = max(issue cycles / {CLOCK_GHZ} GHz, shared-memory bytes per "
+          f"SM / {SHARED_BYTES_PER_CYCLE} B per cycle, L2 bytes / "
+          f"{L2_BYTES_PER_S / 1e12:g} TB/s) + round trips x {L2_LATENCY_CYCLES} cycles; issue "
+          f"cycles per SM = warp instructions per step x warps x programs per SM / "
+          f"{SCHEDULERS_PER_SM}.")
 
 _LINE = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _MMA = re.compile(r"^(HMMA|HGMMA|DMMA|IMMA|BMMA|QGMMA|IGMMA)")
 _FMA = re.compile(r"^(FFMA|DFMA|HFMA2(?!\.MMA))")  # HFMA2.MMA is also ptxas's constant move
+_SHARED = re.compile(r"^(LDS|STS|LDSM|STSM|LDGSTS)(\.|$)")
+_LANE_BYTES = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
+_MATRICES = {"2": 2, "4": 4}
+
+
+def shared_bytes(opcode: str) -> int:
+    """Bytes of shared memory one warp instruction moves: LDS/STS/LDGSTS by their width suffix
+    (32 bits without one) for 32 lanes; LDSM/STSM by their count of 8x8 16-bit matrices."""
+    match = _SHARED.match(opcode)
+    if not match:
+        return 0
+    parts = opcode.split(".")[1:]
+    if match.group(1) in ("LDSM", "STSM"):
+        return 128 * next((_MATRICES[p] for p in parts if p in _MATRICES), 1)
+    return 32 * next((_LANE_BYTES[p] for p in parts if p in _LANE_BYTES), 4)
 
 
 @dataclass(frozen=True)
@@ -193,6 +214,7 @@ class StepCounts:
     ffma: float
     mufu: float
     bar_sync: float
+    shared_bytes: float = 0.0  # bytes of shared memory moved per warp and step
 
 
 def step_counts(sass: str, trips, whole_kernel: bool = False) -> StepCounts:
@@ -212,7 +234,7 @@ def step_counts(sass: str, trips, whole_kernel: bool = False) -> StepCounts:
         step, base = time_loop.blocks, time_loop.depth
         inner = [lp for lp in graph.loops if lp is not time_loop and lp.blocks <= step]
     inner = [lp for lp in inner if not is_poll_loop(graph, lp)]  # a poll loop runs once
-    counts = StepCounts(0.0, 0.0, 0.0, 0.0, 0.0)
+    counts = StepCounts(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for b in step:
         weight = 1
         for loop in inner:
@@ -225,6 +247,7 @@ def step_counts(sass: str, trips, whole_kernel: bool = False) -> StepCounts:
             counts.ffma += weight * bool(_FMA.match(ins.opcode))
             counts.mufu += weight * ins.opcode.startswith("MUFU")
             counts.bar_sync += weight * ins.opcode.startswith("BAR.SYNC")
+            counts.shared_bytes += weight * shared_bytes(ins.opcode)
     return counts
 
 
@@ -278,8 +301,9 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     return programs * 2 * (H * BH * elem + BN * H * elem), 2 * chunks
 
 
-def model_us(issue_cycles: float, l2_bytes: float, round_trips: float) -> float:
-    compute = issue_cycles / (CLOCK_GHZ * 1e3)
+def model_us(issue_cycles: float, l2_bytes: float, round_trips: float,
+             shared_cycles: float = 0.0) -> float:
+    compute = max(issue_cycles, shared_cycles) / (CLOCK_GHZ * 1e3)
     memory = l2_bytes / L2_BYTES_PER_S * 1e6
     return max(compute, memory) + round_trips * L2_LATENCY_CYCLES / (CLOCK_GHZ * 1e3)
 
@@ -288,3 +312,9 @@ def issue_cycles(instructions: float, num_warps: int, programs: int, sms: int) -
     """Issue cycles per SM for one step: every SM issues the warps of its programs (the
     launch's programs spread over the SMs, at least one each)."""
     return instructions * num_warps * max(1, triton.cdiv(programs, sms)) / SCHEDULERS_PER_SM
+
+
+def shared_cycles(shared_bytes: float, num_warps: int, programs: int, sms: int) -> float:
+    """Shared-memory cycles per SM for one step: the bytes every warp of the SM's programs
+    moves, at SHARED_BYTES_PER_CYCLE."""
+    return shared_bytes * num_warps * max(1, triton.cdiv(programs, sms)) / SHARED_BYTES_PER_CYCLE

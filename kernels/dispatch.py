@@ -13,9 +13,10 @@ The rule, in order (the resource report prints it beside every configuration):
    hidden size BH = next_pow2(H) is at most RESIDENT_MAX_BH for the element size; else
    "split" (split.py: W_hh divided by rows across co-resident programs that exchange the state
    through L2 every step) while BH is at most SPLIT_MAX_BH; else "streaming" (W_hh re-read
-   from L2 in BJ-wide chunks every step). Split, 16-bit and TF32 (any batch; TF32 at
-   BH = 2048 from Triton 3.9): tensor cores, every row of a group in one pass per step, in row
-   tiles of 16 (split_dot.py, `choose_split_dot`). Split, IEEE fp32 and fp64: the
+   from L2 in BJ-wide chunks every step). Split, 16-bit and TF32 (any batch): tensor cores,
+   every row of a group in one pass per step, in row tiles of 16 (split_dot.py,
+   `choose_split_dot`; TF32 at BH = 2048 before Triton 3.9 holds its rows of W_hh in shared
+   memory, where the device has room for them, else runs split.py). Split, IEEE fp32 and fp64: the
    elementwise product one batch row at a time (split.py), R = SPLIT_TILE // BH rows per
    program (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in
    the accumulator dtype in registers. The launcher sizes the batch groups (on tensor cores
@@ -81,6 +82,12 @@ SPLIT_MAX_REGISTERS = 128
 # and bf16 H = 2048 R = 32 BN = 16 at 192, 224 registers used; tf32 H = 2048 R = 16 BN = 16
 # needs the state in chunks). The compile gate checks every configuration the rule gives.
 SPLIT_DOT_OPERAND_REGISTERS = 160
+# Shared memory one program may use (the opt-in maximum per block), by compute capability;
+# other architectures (sm_75: 64 KB) get the smallest. Unknown (None: the interpreter) is
+# taken as sm_90, the target the resource report models.
+SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448,
+                    103: 232448, 120: 101376}
+SHARED_PER_BLOCK_OTHER = 65536
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,12 @@ class Config:
     R: int = 0           # split: rows of W_hh per program
     w_first: bool = False  # resident tl.dot: W_hh the first operand, transposed state tiles
     k_chunks: int = 1      # split on tensor cores: the state tile's chunks per step (KC)
+    b_shared: bool = False  # split on tensor cores: B kept in shared memory, not registers
 
     def describe(self) -> str:
         block = {"resident": f"BH={self.BH}", "split": f"R={self.R} BH={self.BH}"}.get(
-            self.variant, f"BJ={self.BH}") + (f" KC={self.k_chunks}" if self.k_chunks > 1 else "")
+            self.variant, f"BJ={self.BH}") + (f" KC={self.k_chunks}" if self.k_chunks > 1 else "") \
+            + (" B-shared" if self.b_shared else "")
         kind = "dot" if self.use_dot else "elementwise"
         return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
                 f" stages={self.num_stages}" + (" W-first" if self.w_first else ""))
@@ -131,26 +140,25 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     if split and BH <= SPLIT_MAX_BH[elem]:
-        return choose_split(BH, dtype, allow_tf32=allow_tf32)
+        return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 
-def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool, BH: int = 0) -> bool:
-    """16-bit and TF32 split layers run split_dot.py; IEEE fp32 and fp64 run split.py, and so
-    does TF32 at BH = 2048 before Triton 3.9 (Triton 3.6's code for it spills 96-248 B
-    whatever the warps, rows or state chunks; 3.9's fits)."""
-    if dtype == torch.float32 and allow_tf32 and BH >= 2048:
-        return TRITON_VERSION >= (3, 9)
+def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:
+    """16-bit and TF32 split layers run split_dot.py where it fits (choose_split_dot); IEEE
+    fp32 and fp64 run split.py."""
     return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
 
 
-def choose_split(BH: int, dtype: torch.dtype, rows: int = 0,
-                 allow_tf32: bool = True) -> Config:
+def choose_split(BH: int, dtype: torch.dtype, rows: int = 0, allow_tf32: bool = True,
+                 arch: int = None) -> Config:
     """The split configuration for padded hidden size BH (every batch size: the launcher sizes
     the batch groups); `rows` (a power of two) overrides R, the rows of W_hh per program
-    (tests use it to reach every slice count)."""
-    if split_on_tensor_cores(dtype, allow_tf32, BH):
-        return choose_split_dot(BH, dtype, rows)
+    (tests use it to reach every slice count); arch as for `choose`."""
+    if split_on_tensor_cores(dtype, allow_tf32):
+        cfg = choose_split_dot(BH, dtype, rows, arch)
+        if cfg is not None:
+            return cfg
     acc_bytes = max(dtype.itemsize, 4)
     R = rows or max(SPLIT_MIN_ROWS[acc_bytes], min(SPLIT_MAX_ROWS, SPLIT_TILE[acc_bytes] // BH))
     # One warp per 1024 32-bit registers of the tile (per 512 in fp64, whose products and sums
@@ -162,7 +170,7 @@ def choose_split(BH: int, dtype: torch.dtype, rows: int = 0,
     return Config("split", False, 1, BH, num_warps, num_stages=1, R=R)
 
 
-def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
+def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = None) -> Config:
     """The tensor-core split: 8 warps from BH = 1024 (4 below), each holding a BH/num_warps
     part of the reduction dimension; R = 32 rows per program in 16-bit (fewer programs then
     read the exchanged state: S = BH/R), 16 in TF32 (R = 32 spilled 56-120 B on Triton 3.6 at
@@ -172,14 +180,35 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0) -> Config:
     groups, as many as the device holds, then several tiles per group. Wider tiles (32, 64
     rows) modeled no faster where groups can be added (bf16 BH = 1024, batch 64: 2.38 µs with
     tiles of 32, two groups; tiles of 16, four groups, no slower), and each was one more kernel
-    to compile per dtype, BH and pass (a minute of CI's compile gate)."""
+    to compile per dtype, BH and pass (a minute of CI's compile gate).
+    TF32 at BH = 2048 before Triton 3.9: B in shared memory (`_split_dot_shared`), or None
+    where the device's shared memory cannot hold it (split.py runs then)."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
+    if elem == 4 and BH >= 2048 and TRITON_VERSION < (3, 9):
+        return _split_dot_shared(BH, rows or 16, arch)
     num_warps = 8 if BH >= 1024 else 4
     threads = 32 * num_warps
     R = rows or (32 if elem == 2 else 16)
     KC = next((kc for kc in (1, 2) if (R * BH + BH * DOT_MIN_BATCH // kc) * elem // 4 // threads
                <= SPLIT_DOT_OPERAND_REGISTERS), 4)
     return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
+
+
+def _split_dot_shared(BH: int, R: int, arch: int) -> Config:
+    """TF32 at BH = 2048 on Triton 3.6, whose code for B in registers spills 96-248 B whatever
+    the warps, rows or state chunks: B (R x BH fp32, 128 KB at R = 16) stays in shared memory
+    for the whole sequence and is re-read from there every step; 16 warps, and the fewest state
+    chunks whose staging buffer (BH x 16 fp32 / KC) fits beside it in the device's shared
+    memory per block: KC = 2 on sm_90 (192 KB), 4 on sm_80 (160 KB); None where even KC = 4
+    does not fit (sm_86/89/120: 99 KB), and the layer runs split.py."""
+    budget = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else
+                                  SHARED_PER_BLOCK_OTHER)
+    KC = next((kc for kc in (1, 2, 4)
+               if (R * BH + BH * DOT_MIN_BATCH // kc) * 4 <= budget), None)
+    if KC is None:
+        return None
+    return Config("split", True, DOT_MIN_BATCH, BH, 16, num_stages=1, R=R, k_chunks=KC,
+                  b_shared=True)
 
 
 def choose_cell(batch: int, dtype: torch.dtype) -> Config:

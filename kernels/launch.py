@@ -92,8 +92,8 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
                              "the layer's dtype and allow_tf32)")
         # On tensor cores the row tile, the warps' parts of K and the state's chunks; ptxas
         # may then use every register a thread can have at one program per SM.
-        dot = dict(BN=cfg.BN, KW=cfg.num_warps, KC=cfg.k_chunks, DOT_DTYPE=dot_dtype) \
-            if cfg.use_dot else {}
+        dot = dict(BN=cfg.BN, KW=cfg.num_warps, KC=cfg.k_chunks, DOT_DTYPE=dot_dtype,
+                   B_SHARED=cfg.b_shared) if cfg.use_dot else {}
         return dict(
             ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)],
             PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags, **dot,

@@ -49,15 +49,15 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 from . import cost_model, launch, occupancy
-from .dispatch import choose, choose_cell
+from .dispatch import SHARED_PER_BLOCK, choose, choose_cell
 from .launch import interpreting
 
 # Per-SM limits of the targets we ship for.
 ARCHS = {
     90: dict(name="H100 (sm_90)", sms=132, regs_per_sm=65536, smem_per_sm=233472,
-             smem_per_block=232448, max_blocks_per_sm=32),
+             smem_per_block=SHARED_PER_BLOCK[90], max_blocks_per_sm=32),
     80: dict(name="A100 (sm_80)", sms=108, regs_per_sm=65536, smem_per_sm=167936,
-             smem_per_block=166912, max_blocks_per_sm=32),
+             smem_per_block=SHARED_PER_BLOCK[80], max_blocks_per_sm=32),
 }
 # name -> (dtype, TF32 allowed): "tf32" is float32 with torch.backends.cudnn.allow_tf32 on
 # (PyTorch's default), "fp32" with it off (IEEE products).
@@ -326,7 +326,7 @@ class Row:
     error: str = ""
     # One time step as cost_model.py models it from the SASS (a model, not a measurement):
     # issue cycles per SM; per-warp MMA, FFMA, MUFU and BAR.SYNC counts; L2 bytes read by the
-    # grid; dependent global round trips; modeled µs. sm_90 rows only (H100 constants); zero
+    # grid; dependent global round trips; modeled µs; shared-memory cycles per SM. sm_90 rows only (H100 constants); zero
     # elsewhere and where the build failed.
     issue_cycles: float = 0.0
     mma: float = 0.0
@@ -336,6 +336,7 @@ class Row:
     l2_bytes: float = 0.0
     round_trips: float = 0.0
     model_us: float = 0.0
+    shared_cycles: float = 0.0  # shared-memory bytes moved per SM and step / bytes per cycle
 
     @property
     def faults(self) -> list:
@@ -615,7 +616,10 @@ def _model(row: Row, cfg, sass: str, dtype: torch.dtype, D: int, S: int, rows: i
     row.mma, row.ffma, row.mufu, row.bar_sync = counts.mma, counts.ffma, counts.mufu, \
         counts.bar_sync
     row.round_trips = trips * launches
-    row.model_us = cost_model.model_us(cycles, l2_bytes, trips) * launches
+    shared = cost_model.shared_cycles(counts.shared_bytes, cfg.num_warps, row.programs,
+                                      ARCHS[row.arch]["sms"])
+    row.shared_cycles = shared * launches
+    row.model_us = cost_model.model_us(cycles, l2_bytes, trips, shared) * launches
 
 
 _dump_dir = None  # --dump DIR: each row's TTGIR, PTX and SASS are written there
@@ -671,15 +675,15 @@ def _parse_shapes(text: str) -> list:
 
 def _model_cells(r: Row) -> tuple:
     if not r.model_us:
-        return ("-",) * 5
-    return (f"{r.model_us:.2f}", f"{r.issue_cycles:.0f}", f"{r.l2_bytes / 1024:.1f}",
-            f"{r.round_trips:g}", f"{r.mma:.0f}/{r.ffma:.0f}/{r.mufu:.0f}/{r.bar_sync:.0f}")
+        return ("-",) * 6
+    return (f"{r.model_us:.2f}", f"{r.issue_cycles:.0f}", f"{r.shared_cycles:.0f}",
+            f"{r.l2_bytes / 1024:.1f}", f"{r.round_trips:g}", f"{r.mma:.0f}/{r.ffma:.0f}/{r.mufu:.0f}/{r.bar_sync:.0f}")
 
 
 def _print(rows) -> None:
     head = ("arch", "pass", "batch", "dtype", "H", "N", "configuration", "regs", "spill B",
             "smem B", "prog/SM", "programs/capacity", "W_hh", "model µs/step",
-            "issue cyc/SM", "L2 KB", "trips", "mma/ffma/mufu/bar per warp", "faults")
+            "issue cyc/SM", "smem cyc/SM", "L2 KB", "trips", "mma/ffma/mufu/bar per warp", "faults")
     lines = [head] + [(f"sm_{r.arch}", r.pass_, r.batch_kind, r.dtype, r.H, r.N, r.config,
                        r.registers, r.spilled_bytes, r.shared_bytes, r.programs_per_sm,
                        f"{r.programs}/{r.capacity}", r.w_hh, *_model_cells(r),

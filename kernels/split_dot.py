@@ -12,9 +12,12 @@ has at most BN rows) as a tensor-core product
 
 written as one batched (3-D) tl.dot over KW = num_warps parts of the reduction dimension: Triton
 places its batch dimension on the warps, so each warp holds its (R, BKW) part of B in registers
-for the whole sequence (the loop is a `while`, which keeps tl.dot's first operand out of shared
-memory), multiplies it with its part of the state tile (staged through shared memory each step)
-by mma.sync, and the sum over the KW parts is one cross-warp reduction. KC > 1 takes each part's
+for the whole sequence (the row-tile loop is a `while`, which keeps tl.dot's first operand out of
+shared memory), multiplies it with its part of the state tile (staged through shared memory each
+step) by mma.sync, and the sum over the KW parts is one cross-warp reduction. With B_SHARED the
+row-tile loop is a `for`, in which Triton keeps B in shared memory for the whole sequence and
+re-reads it (ldmatrix) every step: what TF32 at BH = 2048 runs on Triton 3.6, whose code for B
+in registers spills (dispatch.choose_split_dot). KC > 1 takes each part's
 state in KC chunks, one after another, so that fewer of its registers are live at once (tf32
 H = 2048 spills without).
 
@@ -138,6 +141,28 @@ def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra, EXCHANGED: tl.constexpr = F
                    cache_modifier=".cg" if EXCHANGED else "")
 
 
+@triton.jit
+def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_prev, p_out, s_n,
+                  p_len, o_j, m_j, n0, i0, tt, T, N, H, ROWS, W_DTYPE: tl.constexpr,
+                  ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
+                  KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
+                  DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+    """Step tt of the forward for the row tile from n0 + i0: h_tt = act(P_tt + B h_{tt-1} +
+    b_hh) of this program's features (P_tt of the first tile is b_p0, loaded a step ahead)."""
+    o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+    # Loads that do not wait for the product are issued before it: P_t of a later tile, and
+    # the previous state of rows outside their sequence (which hold it).
+    b_p = _features(p_proj, o_n, s_pn, o_j, m_n, m_j, i0 > 0)
+    held = (tt >= sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
+    b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
+    b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE, DOT_DTYPE,
+                   PRECISION, R, KW, BKW, KC, BN)
+    b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
+    b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
+    tl.store(p_out + state_offsets(o_n, s_n, o_j, True), convert(b_new, p_out.dtype.element_ty),
+             mask=state_mask(m_n, m_j, True))
+
+
 @triton.jit(do_not_specialize=["T", "N", "HB", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_forward_split_dot_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
@@ -155,6 +180,7 @@ def rnn_forward_split_dot_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    B_SHARED: tl.constexpr = False,
 ):
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
@@ -175,21 +201,20 @@ def rnn_forward_split_dot_kernel(
         # apart), read from L2 (.cg) where the other programs' stores are visible after the wait.
         p_prev = tl.where(t == 0, p_h0, p_out + time_index(t - 1, T, i_d, False) * s_t)
         s_prev = tl.where(t == 0, s_hn, s_n)
-        i0 = ROWS * 0  # a while loop: in a for loop Triton re-reads B from shared memory
-        while i0 < ROWS:
-            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            # Loads that do not wait for the product are issued before it: P_t of a later
-            # tile, and the previous state of rows outside their sequence (which hold it).
-            b_p = _features(p_proj + tt * s_pt, o_n, s_pn, o_j, m_n, m_j, i0 > 0)
-            held = (tt >= sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-            b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
-            b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H,
-                           p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN)
-            b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
-            b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
-            tl.store(p_out + tt * s_t + state_offsets(o_n, s_n, o_j, True),
-                     convert(b_new, p_out.dtype.element_ty), mask=state_mask(m_n, m_j, True))
-            i0 += BN
+        if B_SHARED:  # a for loop: Triton keeps B in shared memory and re-reads it
+            for i0 in range(0, ROWS, BN):
+                _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
+                              p_prev, s_prev, p_out + tt * s_t, s_n, p_len, o_j, m_j, n0, i0,
+                              tt, T, N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION,
+                              R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+        else:  # a while loop: in a for loop Triton re-reads B from shared memory
+            i0 = ROWS * 0
+            while i0 < ROWS:
+                _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
+                              p_prev, s_prev, p_out + tt * s_t, s_n, p_len, o_j, m_j, n0, i0,
+                              tt, T, N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION,
+                              R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                i0 += BN
         if t < T - 1:  # the last step's state is read by no program
             b_p0 = _features(p_proj + time_index(t + 1, T, i_d, False) * s_pt, o_first, s_pn,
                              o_j, m_first, m_j, True)
@@ -198,6 +223,23 @@ def rnn_forward_split_dot_kernel(
     if ok == 0:
         tl.store(p_sync, 1)
         _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
+
+
+@triton.jit
+def _carry_tile(b_b0, b_b1, b_b2, b_b3, p_dz, s_n, p_carry, s_hn, p_len, o_j, m_j, n0, i0, tt,
+                T, N, H, ROWS, W_DTYPE: tl.constexpr, ACC: tl.constexpr,
+                PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
+                BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                HAS_LENGTHS):
+    """The backward's phase 2 for the row tile from n0 + i0: the gradient carried into step
+    tt - 1, B dz_tt, of this program's features, from every slice's dz_tt (at p_dz)."""
+    o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+    b_c = _product(b_b0, b_b1, b_b2, b_b3, p_dz, s_n, n0 + i0, m_n, H, W_DTYPE, DOT_DTYPE,
+                   PRECISION, R, KW, BKW, KC, BN)
+    # Held rows keep what phase 1 stored.
+    writes = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
+    tl.store(p_carry + state_offsets(o_n, s_hn, o_j, True), b_c.to(ACC),
+             mask=state_mask(m_n, m_j, True) & writes)
 
 
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
@@ -214,6 +256,7 @@ def rnn_backward_split_dot_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    B_SHARED: tl.constexpr = False,
 ):
     """split.py's backward (its phases, carry buffer and barrier), a row tile at a time."""
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
@@ -261,19 +304,20 @@ def rnn_backward_split_dot_kernel(
         ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
         # Phase 2: the gradient carried into the previous step, c = W_hhᵀ dz_t, for this
         # program's features, from every slice's dz_t (read from L2 after the wait; not at all
-        # after a failed one). A while loop, not under an `if`: Triton would re-read B from
-        # shared memory in a for loop, and copy it there every step inside an if.
-        i0 = tl.where(ok, 0, ROWS)
-        while i0 < ROWS:
-            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            b_c = _product(b_b0, b_b1, b_b2, b_b3, p_dz + tt * s_t + o_x, s_n, n0 + i0, m_n,
-                           H, p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R, KW, BKW, KC,
-                           BN)
-            # Held rows keep what phase 1 stored.
-            writes = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-            tl.store(p_carry + state_offsets(o_n, s_hn, o_j, True), b_c.to(ACC),
-                     mask=state_mask(m_n, m_j, True) & writes)
-            i0 += BN
+        # after a failed one). Not under an `if`, which would copy B to shared memory every
+        # step; a while loop unless B is meant to stay in shared memory (as forward).
+        if B_SHARED:
+            for i0 in range(tl.where(ok, 0, ROWS), ROWS, BN):
+                _carry_tile(b_b0, b_b1, b_b2, b_b3, p_dz + tt * s_t + o_x, s_n, p_carry, s_hn,
+                            p_len, o_j, m_j, n0, i0, tt, T, N, H, ROWS, p_b.dtype.element_ty,
+                            ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+        else:
+            i0 = tl.where(ok, 0, ROWS)
+            while i0 < ROWS:
+                _carry_tile(b_b0, b_b1, b_b2, b_b3, p_dz + tt * s_t + o_x, s_n, p_carry, s_hn,
+                            p_len, o_j, m_j, n0, i0, tt, T, N, H, ROWS, p_b.dtype.element_ty,
+                            ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                i0 += BN
         t += 1
     tl.debug_barrier()  # carry's last stores, then its loads
     for i0 in range(0, ROWS, BN):

@@ -73,6 +73,36 @@ def test_nested_loops_multiply_and_a_kernel_without_time_loop_counts_whole():
     assert cost_model.step_counts(NESTED, [4]).instructions == 1 + 4 * 2 + 2
 
 
+# A time loop whose row loop (0x20-0x40) stages a tile through shared memory: per trip one
+# 128-bit store, one 4-matrix ldmatrix and one 16-bit load (2 B a lane), then a 32-bit store.
+SHARED = _sass("""
+0000 S2R R0, SR_TID.X
+0010 MOV R1, RZ
+0020 STS.128 [R0], R4
+0030 LDSM.16.M88.4 R8, [R0]
+0040 @P1 BRA 0x20
+0050 LDS.U16 R2, [R0+0x10]
+0060 STS [R0], R2
+0070 @P2 BRA 0x10
+0080 EXIT
+""")
+
+
+def test_shared_memory_bytes_by_width_and_trips():
+    """Row loop 3 trips: 3 x (512 + 512) + 64 + 128 B per warp; 8 warps, one program per SM
+    at 128 B per cycle: 8 x 3264 / 128 = 204 cycles; which, over issue, sets the model's
+    compute time."""
+    assert [cost_model.shared_bytes(op) for op in (
+        "LDS", "LDS.64", "STS.128", "LDS.U8", "LDSM.16.M88", "LDSM.16.MT88.2",
+        "LDSM.16.M88.4", "STSM.16.M88.4", "LDGSTS.E.BYPASS.128", "LDG.E.128", "SHFL.BFLY")] == \
+        [128, 256, 512, 32, 128, 256, 512, 512, 512, 0, 0]
+    counts = cost_model.step_counts(SHARED, [3])
+    assert counts.shared_bytes == 3 * (512 + 512) + 64 + 128
+    cycles = cost_model.shared_cycles(counts.shared_bytes, 8, 132, 132)
+    assert cycles == 8 * 3264 / 128
+    assert cost_model.model_us(10, 0, 0, cycles) == pytest.approx(cycles / 1750)
+
+
 def test_a_sass_without_loops_has_no_step():
     with pytest.raises(ValueError, match="no time loop"):
         cost_model.step_counts(_sass("0000 MOV R1, RZ\n0010 EXIT"), [])

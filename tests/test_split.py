@@ -3,6 +3,7 @@ under the concurrent interpreter (one thread per program, kernels/concurrent_int
 
 Slice counts S = ceil(H / R) are reached by forcing R, the rows of W_hh per program, through
 the dispatcher; the launcher then sizes the batch groups from the (interpreter's) capacity."""
+import dataclasses
 import warnings
 
 import pytest
@@ -106,13 +107,17 @@ def _check_against_reference(proj, h0, w_hh, lengths, cfg, allow_tf32, tol):
     assert rel_err(dz, exp_dz) < tol and rel_err(dh0, exp_dh0) < tol
 
 
-@pytest.mark.parametrize("dtype,tol,N", [(torch.float32, 3e-3, 1), (torch.bfloat16, 3e-2, 20)],
-                         ids=["tf32-batch-1", "bf16-two-tiles-per-group"])
-def test_tensor_core_split_row_tiles(dtype, tol, N, monkeypatch):
+@pytest.mark.parametrize("dtype,tol,N,b_shared",
+                         [(torch.float32, 3e-3, 1, False), (torch.bfloat16, 3e-2, 20, False),
+                          (torch.float32, 3e-3, 20, True)],
+                         ids=["tf32-batch-1", "bf16-two-tiles-per-group",
+                              "tf32-b-shared-two-tiles"])
+def test_tensor_core_split_row_tiles(dtype, tol, N, b_shared, monkeypatch):
     """The tensor-core split (split_dot.py) with tiles of 16 rows: a batch of 1 (one tile, 15
-    rows masked) and one of 20 in one group, taken as two tiles (16, then 4): forward and
-    backward, both directions, packed lengths, against the float64 reference on the same
-    rounded inputs (TF32 products for float32)."""
+    rows masked) and one of 20 in one group, taken as two tiles (16, then 4), with B held in
+    registers (while loops) and in shared memory (for loops; what TF32 at BH = 2048 runs on
+    Triton 3.6): forward and backward, both directions, packed lengths, against the float64
+    reference on the same rounded inputs (TF32 products for float32)."""
     monkeypatch.setattr(launch, "INTERPRETER_MAX_GROUPS", 1)
     T, H, D = 4, 40, 2
     torch.manual_seed(2)
@@ -120,7 +125,7 @@ def test_tensor_core_split_row_tiles(dtype, tol, N, monkeypatch):
     h0 = torch.randn(D, N, H).to(dtype)
     w_hh = (torch.randn(D, H, H) / H ** 0.5).to(dtype)
     lengths = torch.randint(1, T + 1, (N,), dtype=torch.int32)
-    cfg = choose_split(64, dtype, rows=16)
+    cfg = dataclasses.replace(choose_split(64, dtype, rows=16), b_shared=b_shared)
     assert cfg.use_dot
     _check_against_reference(proj, h0, w_hh, lengths, cfg, True, tol)
 

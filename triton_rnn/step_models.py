@@ -6,8 +6,9 @@ on the user's GPU, and perf/latency.py draws them where no GPU is.
 Ours: the resource report's cost model (kernels/cost_model.py, its constants there) for the
 configuration the dispatcher picks, forward and backward, at each hidden size and batch bucket
 (powers of two, H 16-4096, batch 1-256), shipped in step_model.json (perf/step_model_table.py
-writes it, with the Triton version it compiled with). A batch past the table scales the
-largest batch's step by the batch ratio.
+writes it, with the Triton version it compiled with, and the rows another Triton version
+configures differently). A batch past the table scales the largest batch's step by the batch
+ratio.
 
 cuDNN: the algorithm aten/src/ATen/native/cudnn/RNN.cpp's get_algo picks for tanh/relu, in its
 order: packed input -> standard; not float64 and H <= 384 forward (<= 256 backward) ->
@@ -70,11 +71,15 @@ def cudnn_us(dtype: str, hidden: int, batch: int, training: bool, **call) -> flo
 
 @functools.lru_cache(maxsize=None)
 def _table(path: Path = TABLE) -> dict:
-    """{(dtype, hidden, batch): {"forward": µs, "backward": µs}} from the shipped table."""
+    """{(dtype, hidden, batch): [row, ...]} from the shipped table: its rows, then the
+    alternates another Triton version's dispatcher configures differently."""
     if not path.exists():
         return {}
-    rows = json.loads(path.read_text())["rows"]
-    return {(r["dtype"], r["hidden"], r["batch"]): r for r in rows}
+    table = json.loads(path.read_text())
+    found = {}
+    for r in table["rows"] + table.get("alternates", []):
+        found.setdefault((r["dtype"], r["hidden"], r["batch"]), []).append(r)
+    return found
 
 
 def bucket(n: int) -> int:
@@ -85,18 +90,19 @@ def bucket(n: int) -> int:
 
 def ours_us(dtype: str, hidden: int, batch: int, training: bool):
     """Our modeled µs per step (forward, plus backward when training) for the hidden size's
-    and batch's buckets, or None where the table has no row for them, or its row models
-    another configuration than this Triton's dispatcher picks (the table's Triton may compile
-    a variant that this one does not: TF32 at H = 2048 before Triton 3.9)."""
+    and batch's buckets, or None where the table has no row for them that models the
+    configuration this Triton's dispatcher picks (Triton versions may differ: TF32 at H = 2048
+    before Triton 3.9 keeps W_hh in shared memory)."""
     table = _table()
     hidden, batch = max(16, bucket(hidden)), bucket(batch)
     batches = [n for (d, h, n) in table if d == dtype and h == hidden]
     if not batches:
         return None
     largest = max(batches)
-    row = table[(dtype, hidden, min(batch, largest))]
-    if not row.get("forward_config", "").startswith(
-            choose(hidden, min(batch, largest), *DTYPES[dtype], arch=90).describe()):
+    config = choose(hidden, min(batch, largest), *DTYPES[dtype], arch=90).describe()
+    row = next((r for r in table[(dtype, hidden, min(batch, largest))]
+                if r.get("forward_config", "").startswith(config)), None)
+    if row is None:
         return None
     scale = max(1.0, batch / largest)
     us = [row["forward"]] + ([row["backward"]] if training else [])
