@@ -271,10 +271,11 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     split: every program reads its group's whole state (S x the state). One row at a time
       (BN = 1): forward per row waits for the state, then for P_t loaded after the reduction
       (2 per row); backward per row waits for dY_t, y_t and its carry (phase 1), then for dz_t
-      (phase 2): 2 per row. On tensor cores, per row tile of BN: forward waits for the state
-      alone (P_t issued before it, the first tile's before the barrier: 1 per tile), backward
-      for its carry (phase 1; dY_t and y_t the same way), then for dz_t (phase 2): 2 per tile.
-      Each step ends at the barrier (2.5).
+      (phase 2): 2 per row. On tensor cores, per row tile of BN, each pass waits for the
+      exchanged state alone (forward h_{t-1}; backward dz of the step visited before, its two
+      phases fused per tile): the other loads (P_t; dY_t, y_t and the carry) are issued before
+      it, the first tile's P_t (dY_t, y_t) before the barrier: 1 per tile. Each step ends at
+      the barrier (2.5).
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
       product's other operand (the state forward, dz_t backward); per chunk it waits for the first chunk of the product's operands (the pipelined
       rest is in flight): forward 1 per chunk, backward 2 (phase 1's loads, then the product).
@@ -285,8 +286,11 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     if variant == "resident":
         return (state, 0) if pass_ == "forward" else (2 * state, 1)
     if variant == "split":
-        own = state if pass_ == "forward" else 2 * state + D * N * H * acc
-        per_tile = 1 if BN > 1 and pass_ == "forward" else 2
+        # backward: dY_t and y_t, and one row at a time the carry (on tensor cores a held
+        # row's alone: none in a padded batch)
+        carry = D * N * H * acc if BN == 1 else 0
+        own = state if pass_ == "forward" else 2 * state + carry
+        per_tile = 1 if BN > 1 else 2
         return own + S * state, per_tile * triton.cdiv(rows, BN) + BARRIER_ROUND_TRIPS
     programs = triton.cdiv(N, BN) * D
     if variant == "streaming":

@@ -15,8 +15,8 @@ The rule, in order (the resource report prints it beside every configuration):
    through L2 every step) while BH is at most SPLIT_MAX_BH; else "streaming" (W_hh re-read
    from L2 in BJ-wide chunks every step). Split, 16-bit and TF32 (any batch): tensor cores,
    every row of a group in one pass per step, in row tiles of 16 (split_dot.py,
-   `choose_split_dot`; TF32 at BH = 2048 before Triton 3.9 holds its rows of W_hh in shared
-   memory, where the device has room for them, else runs split.py). Split, IEEE fp32 and fp64: the
+   `choose_split_dot`; TF32 at BH = 2048 holds its rows of W_hh in shared memory, where the
+   device has room for them, else runs split.py). Split, IEEE fp32 and fp64: the
    elementwise product one batch row at a time (split.py), R = SPLIT_TILE // BH rows per
    program (within SPLIT_MIN_ROWS..SPLIT_MAX_ROWS), each program holding its (R, BH) tile in
    the accumulator dtype in registers. The launcher sizes the batch groups (on tensor cores
@@ -48,7 +48,6 @@ import torch
 import triton
 
 DOT_MIN_BATCH = 16
-TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
 WGMMA_MIN_BH = 64  # a warpgroup MMA's M (64 per warpgroup): smaller tiles compile to mma.sync
 IEEE_DOT_MAX_BH = 32
 STREAM_CHUNK = 32
@@ -181,10 +180,10 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
     rows) modeled no faster where groups can be added (bf16 BH = 1024, batch 64: 2.38 µs with
     tiles of 32, two groups; tiles of 16, four groups, no slower), and each was one more kernel
     to compile per dtype, BH and pass (a minute of CI's compile gate).
-    TF32 at BH = 2048 before Triton 3.9: B in shared memory (`_split_dot_shared`), or None
-    where the device's shared memory cannot hold it (split.py runs then)."""
+    TF32 at BH = 2048: B in shared memory (`_split_dot_shared`), or None where the device's
+    shared memory cannot hold it (split.py runs then)."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
-    if elem == 4 and BH >= 2048 and TRITON_VERSION < (3, 9):
+    if elem == 4 and BH >= 2048:
         return _split_dot_shared(BH, rows or 16, arch)
     num_warps = 8 if BH >= 1024 else 4
     threads = 32 * num_warps
@@ -195,12 +194,13 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
 
 
 def _split_dot_shared(BH: int, R: int, arch: int) -> Config:
-    """TF32 at BH = 2048 on Triton 3.6, whose code for B in registers spills 96-248 B whatever
-    the warps, rows or state chunks: B (R x BH fp32, 128 KB at R = 16) stays in shared memory
-    for the whole sequence and is re-read from there every step; 16 warps, and the fewest state
-    chunks whose staging buffer (BH x 16 fp32 / KC) fits beside it in the device's shared
-    memory per block: KC = 2 on sm_90 (192 KB), 4 on sm_80 (160 KB); None where even KC = 4
-    does not fit (sm_86/89/120: 99 KB), and the layer runs split.py."""
+    """TF32 at BH = 2048, whose code for B in registers spills: on Triton 3.6 96-248 B whatever
+    the warps, rows or state chunks; on 3.9 the backward, 136 B at 8 warps and KC = 4 (its
+    forward fits, and models no faster than this). B (R x BH fp32, 128 KB at R = 16) stays in
+    shared memory for the whole sequence and is re-read from there every step; 16 warps, and
+    the fewest state chunks whose staging buffer (BH x 16 fp32 / KC) fits beside it in the
+    device's shared memory per block: KC = 2 on sm_90 (192 KB), 4 on sm_80 (160 KB); None
+    where even KC = 4 does not fit (sm_86/89/120: 99 KB), and the layer runs split.py."""
     budget = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else
                                   SHARED_PER_BLOCK_OTHER)
     KC = next((kc for kc in (1, 2, 4)

@@ -226,20 +226,50 @@ def rnn_forward_split_dot_kernel(
 
 
 @triton.jit
-def _carry_tile(b_b0, b_b1, b_b2, b_b3, p_dz, s_n, p_carry, s_hn, p_len, o_j, m_j, n0, i0, tt,
-                T, N, H, ROWS, W_DTYPE: tl.constexpr, ACC: tl.constexpr,
-                PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
-                BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                HAS_LENGTHS):
-    """The backward's phase 2 for the row tile from n0 + i0: the gradient carried into step
-    tt - 1, B dz_tt, of this program's features, from every slice's dz_tt (at p_dz)."""
+def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
+                   s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
+                   W_DTYPE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                   PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
+                   BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+    """Visit v of the backward for the row tile from n0 + i0 (its step tt = the v-th visited).
+    First the gradient that flows into tt from the step tt' visited before it: the product
+    B dz_tt' over every slice's dz_tt' (nothing at v = 0), or, for a row held at tt', what it
+    carried there. Then dz_tt = act'(y_tt) (dY_tt + flow) where the row is active at tt, the
+    sum carried where it is held. At v = T the flow is the gradient of h0. b_g0, b_y0: dY_tt
+    and y_tt of the first tile, loaded a visit ahead."""
     o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-    b_c = _product(b_b0, b_b1, b_b2, b_b3, p_dz, s_n, n0 + i0, m_n, H, W_DTYPE, DOT_DTYPE,
-                   PRECISION, R, KW, BKW, KC, BN)
-    # Held rows keep what phase 1 stored.
-    writes = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-    tl.store(p_carry + state_offsets(o_n, s_hn, o_j, True), b_c.to(ACC),
-             mask=state_mask(m_n, m_j, True) & writes)
+    m_c = state_mask(m_n, m_j, True)
+    o_c = state_offsets(o_n, s_hn, o_j, True)
+    o_now = time_index(v, T, i_d, True) * s_t + o_x
+    o_before = time_index(v - 1, T, i_d, True) * s_t + o_x
+    lengths = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
+    # (Scalar conditions enter masks through a where: the interpreter rejects a mask anded
+    # with a scalar comparison.)
+    held_before = tl.where(v > 0, time_index(v - 1, T, i_d, True) >= lengths, False)[None, :]
+    # Loads that do not wait for the product, issued before it: dY_tt and y_tt of a later
+    # tile, and what rows held at tt' carried (this program's own).
+    b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
+    later = tl.where(i0 > 0, v < T, False)
+    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, later)
+    b_y = _features(p_out + o_now, o_n, s_n, o_j, m_n, m_j, later)
+    b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + o_before, s_n, n0 + i0,
+                      tl.where(v > 0, m_n, False), H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
+                      BKW, KC, BN)
+    b_flow = tl.where(held_before, b_carried, b_flow)
+    # carry's loads may replicate values across warps and its stores come from one of them:
+    # every load above before any store below.
+    tl.debug_barrier()
+    tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty),
+             mask=tl.where(v == T, m_c, False))
+    b_g = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
+    b_y = tl.where(i0 == 0, b_y0, b_y).to(ACC)
+    active = (time_index(v, T, i_d, True) < lengths)[None, :]
+    b_dz = tl.where(active, activation_grad(b_g, b_y, ACT), 0.0)
+    m_c = tl.where(v < T, m_c, False)
+    tl.store(p_carry + o_c, b_g, mask=m_c & ~active)
+    tl.store(p_dz + o_now + state_offsets(o_n, s_n, o_j, True),
+             convert(b_dz, p_dz.dtype.element_ty), mask=m_c)
 
 
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
@@ -258,7 +288,11 @@ def rnn_backward_split_dot_kernel(
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     B_SHARED: tl.constexpr = False,
 ):
-    """split.py's backward (its phases, carry buffer and barrier), a row tile at a time."""
+    """split.py's backward (its exchange of dz_t, carry buffer and barrier) with its two
+    phases fused per row tile (_backward_tile): after visit v-1's barrier a tile waits for one
+    load, every slice's dz of the step visited before, multiplies it and at once computes its
+    dz of visit v, which the next barrier exchanges. Visits 0..T (T + 1 of them; the last
+    writes dh0), T barriers in between."""
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
         KC, BN)
@@ -266,66 +300,39 @@ def rnn_backward_split_dot_kernel(
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
-    for i0 in range(0, ROWS, BN):  # the gradient carried into the last step is zero
-        o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-        tl.store(p_carry + state_offsets(o_n, s_hn, o_j, True), tl.zeros((R, BN), ACC),
-                 mask=state_mask(m_n, m_j, True))
     o_step = time_index(0, T, i_d, True) * s_t + o_x
-    b_g0 = _features(p_dout + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)  # a step ahead
+    b_g0 = _features(p_dout + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)  # a visit ahead
     b_y0 = _features(p_out + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)
-    t = T * 0
-    ok = t == 0
-    while (t < T) & ok:
-        tt = time_index(t, T, i_d, True)
-        o_step = tt * s_t + o_x
-        # carry is written and read by this program alone, but its layouts may replicate
-        # values across warps and store from one of them: all of its stores first, then loads.
-        tl.debug_barrier()
-        # Phase 1: this program's features of dz_t, from the gradient it carried itself.
+    v = T * 0
+    ok = v == 0
+    while (v <= T) & ok:
+        # Not under an `if`, which would copy B to shared memory every visit; a while loop
+        # unless B is meant to stay in shared memory (see the forward).
+        if B_SHARED:
+            for i0 in range(0, ROWS, BN):
+                _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
+                               p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H,
+                               ROWS, i_d, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
+                               BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+        else:
+            i0 = ROWS * 0
+            while i0 < ROWS:
+                _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
+                               p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H,
+                               ROWS, i_d, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
+                               BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                i0 += BN
+        if v < T:  # dz of this visit, from every slice, is what the next one multiplies
+            o_next = time_index(v + 1, T, i_d, True) * s_t + o_x
+            b_g0 = _features(p_dout + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
+            b_y0 = _features(p_out + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
+            ok = arrive_and_wait(p_cnt, S * (v + 1), MAX_POLLS)
+        v += 1
+    if ok == 0:  # visit v and later never ran: their dz, and dh0, are NaN
+        tl.store(p_sync, 1)
+        _poison(p_dz + i_d * H, s_t, s_n, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
         for i0 in range(0, ROWS, BN):
             o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            b_g = tl.where(i0 == 0, b_g0, _features(p_dout + o_step, o_n, s_n, o_j, m_n, m_j,
-                                                    i0 > 0)).to(ACC)
-            b_y = tl.where(i0 == 0, b_y0, _features(p_out + o_step, o_n, s_n, o_j, m_n, m_j,
-                                                    i0 > 0)).to(ACC)
-            p_c = p_carry + state_offsets(o_n, s_hn, o_j, True)
-            m_c = state_mask(m_n, m_j, True)
-            b_g += tl.load(p_c, mask=m_c, other=0.0)
-            b_dz = activation_grad(b_g, b_y, ACT)
-            # A held step passes its gradient through unchanged.
-            active = (tt < sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-            b_dz = tl.where(active, b_dz, 0.0)
-            tl.store(p_c, b_g, mask=m_c & ~active)
-            tl.store(p_dz + o_step + state_offsets(o_n, s_n, o_j, True),
-                     convert(b_dz, p_dz.dtype.element_ty), mask=m_c)
-        o_next = time_index(t + 1, T, i_d, True) * s_t + o_x
-        b_g0 = _features(p_dout + o_next, o_first, s_n, o_j, m_first, m_j, t + 1 < T)
-        b_y0 = _features(p_out + o_next, o_first, s_n, o_j, m_first, m_j, t + 1 < T)
-        ok = arrive_and_wait(p_cnt, S * (t + 1), MAX_POLLS)
-        # Phase 2: the gradient carried into the previous step, c = W_hhᵀ dz_t, for this
-        # program's features, from every slice's dz_t (read from L2 after the wait; not at all
-        # after a failed one). Not under an `if`, which would copy B to shared memory every
-        # step; a while loop unless B is meant to stay in shared memory (as forward).
-        if B_SHARED:
-            for i0 in range(tl.where(ok, 0, ROWS), ROWS, BN):
-                _carry_tile(b_b0, b_b1, b_b2, b_b3, p_dz + tt * s_t + o_x, s_n, p_carry, s_hn,
-                            p_len, o_j, m_j, n0, i0, tt, T, N, H, ROWS, p_b.dtype.element_ty,
-                            ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
-        else:
-            i0 = tl.where(ok, 0, ROWS)
-            while i0 < ROWS:
-                _carry_tile(b_b0, b_b1, b_b2, b_b3, p_dz + tt * s_t + o_x, s_n, p_carry, s_hn,
-                            p_len, o_j, m_j, n0, i0, tt, T, N, H, ROWS, p_b.dtype.element_ty,
-                            ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
-                i0 += BN
-        t += 1
-    tl.debug_barrier()  # carry's last stores, then its loads
-    for i0 in range(0, ROWS, BN):
-        o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-        p_c = state_offsets(o_n, s_hn, o_j, True)
-        m_c = state_mask(m_n, m_j, True)
-        b_c = tl.where(ok, tl.load(p_carry + p_c, mask=m_c, other=0.0), float("nan"))
-        tl.store(p_dh0 + p_c, convert(b_c, p_dh0.dtype.element_ty), mask=m_c)
-    if ok == 0:
-        tl.store(p_sync, 1)
-        _poison(p_dz + i_d * H, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, True, R)
+            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_j, True),
+                     tl.full((R, BN), float("nan"), p_dh0.dtype.element_ty),
+                     mask=state_mask(m_n, m_j, True))

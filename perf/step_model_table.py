@@ -4,11 +4,6 @@ forward and backward, from the resource report (a model from compiled code, not 
 measurement; triton_rnn/step_models.py reads it for the static routing rule).
 
     python perf/step_model_table.py [--jobs N]    # no GPU needed; minutes (compiles and SASS)
-
-Where another Triton version's dispatcher picks other configurations (TF32 at H = 2048 before
-Triton 3.9), write that version's table first and pass it with --alternates: its rows whose
-configurations differ are kept beside these as "alternates", so routing finds the row of the
-configuration its own Triton runs.
 """
 import argparse
 import json
@@ -37,21 +32,10 @@ def _row(case):
     return cells
 
 
-def _alternates(rows: list, other: dict) -> list:
-    """The other table's rows whose configurations differ from these rows', each with its
-    Triton version."""
-    mine = {(r["dtype"], r["hidden"], r["batch"]): r for r in rows}
-    configs = ("forward_config", "backward_config")
-    return [dict(r, triton=other["triton"]) for r in other["rows"]
-            if any(r[c] != mine[(r["dtype"], r["hidden"], r["batch"])][c] for c in configs)]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--alternates", type=Path, default=None,
-                        help="a table written with another Triton version")
     args = parser.parse_args(argv)
     cases = [(d, H, N) for d in report.DTYPES for H in HIDDEN for N in BATCHES]
     # The cases of one dtype and H share compiled kernels: each worker takes them together.
@@ -60,8 +44,6 @@ def main(argv=None) -> int:
     table = {"about": cost_model.HEADER + " sm_90; one layer and direction, padded; "
                       "forward and backward µs per step by dtype, hidden size and batch.",
              "triton": triton.__version__, "rows": rows}
-    if args.alternates:
-        table["alternates"] = _alternates(rows, json.loads(args.alternates.read_text()))
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     missing = [r for r in rows if r["forward"] is None or r["backward"] is None]
     print(f"{len(rows)} rows written to {args.out}; {len(missing)} without a model")

@@ -217,7 +217,7 @@ def test_main_slice_as_the_models_see_it(tmp_path):
     row = next(r for r in saved["rows"] if (r["dtype"], r["hidden"], r["batch"], r["mode"])
                == ("tf32", 1024, 16, "inference"))
     assert row["variant"] == "split/dot"
-    assert row["ours"] == step_models._table()[("tf32", 1024, 16)][0]["forward"]
+    assert row["ours"] == step_models._table()[("tf32", 1024, 16)]["forward"]
     assert row["cudnn"] == pytest.approx(1024 * 1024 * 4 / 5.5e12 * 1e6 + 5.0)
     training = next(r for r in saved["rows"] if (r["dtype"], r["hidden"], r["batch"],
                                                  r["mode"]) == ("tf32", 1024, 16, "training"))

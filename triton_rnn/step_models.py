@@ -6,9 +6,8 @@ on the user's GPU, and perf/latency.py draws them where no GPU is.
 Ours: the resource report's cost model (kernels/cost_model.py, its constants there) for the
 configuration the dispatcher picks, forward and backward, at each hidden size and batch bucket
 (powers of two, H 16-4096, batch 1-256), shipped in step_model.json (perf/step_model_table.py
-writes it, with the Triton version it compiled with, and the rows another Triton version
-configures differently). A batch past the table scales the largest batch's step by the batch
-ratio.
+writes it, with the Triton version it compiled with). A batch past the table scales the
+largest batch's step by the batch ratio.
 
 cuDNN: the algorithm aten/src/ATen/native/cudnn/RNN.cpp's get_algo picks for tanh/relu, in its
 order: packed input -> standard; not float64 and H <= 384 forward (<= 256 backward) ->
@@ -71,15 +70,11 @@ def cudnn_us(dtype: str, hidden: int, batch: int, training: bool, **call) -> flo
 
 @functools.lru_cache(maxsize=None)
 def _table(path: Path = TABLE) -> dict:
-    """{(dtype, hidden, batch): [row, ...]} from the shipped table: its rows, then the
-    alternates another Triton version's dispatcher configures differently."""
+    """{(dtype, hidden, batch): {"forward": µs, "backward": µs}} from the shipped table."""
     if not path.exists():
         return {}
-    table = json.loads(path.read_text())
-    found = {}
-    for r in table["rows"] + table.get("alternates", []):
-        found.setdefault((r["dtype"], r["hidden"], r["batch"]), []).append(r)
-    return found
+    rows = json.loads(path.read_text())["rows"]
+    return {(r["dtype"], r["hidden"], r["batch"]): r for r in rows}
 
 
 def bucket(n: int) -> int:
@@ -90,19 +85,18 @@ def bucket(n: int) -> int:
 
 def ours_us(dtype: str, hidden: int, batch: int, training: bool):
     """Our modeled µs per step (forward, plus backward when training) for the hidden size's
-    and batch's buckets, or None where the table has no row for them that models the
-    configuration this Triton's dispatcher picks (Triton versions may differ: TF32 at H = 2048
-    before Triton 3.9 keeps W_hh in shared memory)."""
+    and batch's buckets, or None where the table has no row for them, or its row models
+    another configuration than this dispatcher picks (a table not yet written again after the
+    dispatcher changed)."""
     table = _table()
     hidden, batch = max(16, bucket(hidden)), bucket(batch)
     batches = [n for (d, h, n) in table if d == dtype and h == hidden]
     if not batches:
         return None
     largest = max(batches)
-    config = choose(hidden, min(batch, largest), *DTYPES[dtype], arch=90).describe()
-    row = next((r for r in table[(dtype, hidden, min(batch, largest))]
-                if r.get("forward_config", "").startswith(config)), None)
-    if row is None:
+    row = table[(dtype, hidden, min(batch, largest))]
+    if not row.get("forward_config", "").startswith(
+            choose(hidden, min(batch, largest), *DTYPES[dtype], arch=90).describe()):
         return None
     scale = max(1.0, batch / largest)
     us = [row["forward"]] + ([row["backward"]] if training else [])
