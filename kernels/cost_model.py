@@ -286,8 +286,8 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     if variant == "resident":
         return (state, 0) if pass_ == "forward" else (2 * state, 1)
     if variant == "split":
-        # backward: dY_t and y_t, and one row at a time the carry (on tensor cores a held
-        # row's alone: none in a padded batch)
+        # backward: dY_t and y_t, and one row at a time the carry (on tensor cores only held
+        # rows read it, none in a padded batch: the model, of a padded batch, leaves it out)
         carry = D * N * H * acc if BN == 1 else 0
         own = state if pass_ == "forward" else 2 * state + carry
         per_tile = 1 if BN > 1 else 2

@@ -27,9 +27,10 @@ output element's activation is computed by one thread (two where the tile has fe
 than the program has threads).
 
 Exposed latencies: P_t of the first row tile (backward: dY_t and y_t) is loaded before the
-previous step's barrier wait. After the wait, a row tile waits for the state (dz_t) load; the
-loads issued beside it (P_t of a later tile, a held row's previous state) and the backward's
-carry, read in phase 1, are the other loads of a step.
+previous step's barrier wait. After the wait, a row tile waits for the exchanged state alone
+(forward h_{t-1}; backward the dz of the step visited before, the backward's two phases being
+fused per tile); the loads issued before its product (P_t, or dY_t and y_t, of a later tile; a
+held row's previous state, or what it carried) are the other loads of a step.
 
 Numerics are split.py's (blocks.py): the exchanged state is rounded as the product's operand
 (state_operand), B once before the loop (weight_operand); under the interpreter a 16-bit
@@ -256,7 +257,9 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
     b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + o_before, s_n, n0 + i0,
                       tl.where(v > 0, m_n, False), H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
                       BKW, KC, BN)
-    b_flow = tl.where(held_before, b_carried, b_flow)
+    # At v = 0 nothing flows in: a zero, not the product of masked (zero) operands, which
+    # is NaN where B holds an Inf or a NaN (nn.RNN's backward gives finite values there).
+    b_flow = tl.where(held_before, b_carried, tl.where(v > 0, b_flow, 0.0))
     # carry's loads may replicate values across warps and its stores come from one of them:
     # every load above before any store below.
     tl.debug_barrier()
@@ -288,11 +291,12 @@ def rnn_backward_split_dot_kernel(
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     B_SHARED: tl.constexpr = False,
 ):
-    """split.py's backward (its exchange of dz_t, carry buffer and barrier) with its two
-    phases fused per row tile (_backward_tile): after visit v-1's barrier a tile waits for one
-    load, every slice's dz of the step visited before, multiplies it and at once computes its
-    dz of visit v, which the next barrier exchanges. Visits 0..T (T + 1 of them; the last
-    writes dh0), T barriers in between."""
+    """split.py's backward (its exchange of dz_t and barrier) with its two phases fused per
+    row tile (_backward_tile): after visit v-1's barrier a tile waits for one load, every
+    slice's dz of the step visited before, multiplies it and at once computes its dz of visit
+    v, which the next barrier exchanges. Visits 0..T (T + 1 of them; the last writes dh0), T
+    barriers in between. The carry buffer holds only what rows past their sequence (packed
+    input) pass through; split.py's holds every row's carried gradient."""
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
         KC, BN)

@@ -130,6 +130,28 @@ def test_tensor_core_split_row_tiles(dtype, tol, N, b_shared, monkeypatch):
     _check_against_reference(proj, h0, w_hh, lengths, cfg, True, tol)
 
 
+def test_tensor_core_split_backward_starts_from_zero_whatever_the_weights():
+    """An Inf in W_hh: the first visited step's dz is act'(y) dY, finite as the reference's,
+    in both directions (nothing flows into it: a zero, not the product of zeros with the
+    weights, which would be NaN); every later element agrees with the reference, NaN or not."""
+    cfg = choose_split(64, torch.bfloat16, rows=16)
+    torch.manual_seed(3)
+    T, N, H = 3, 2, 40
+    out = torch.randn(T, N, 2 * H).tanh().bfloat16()
+    dout = torch.randn(T, N, 2 * H).bfloat16()
+    w_hh = (torch.randn(2, H, H) / H ** 0.5).bfloat16()
+    w_hh[:, 5, 7] = float("inf")
+    dz, dh0 = launch.recurrence_backward(dout, out, w_hh, None, False, False, config=cfg)
+    exp_dz, exp_dh0 = reference_backward(dout.double(), out.double(), w_hh.double(), None,
+                                         False)
+    first = {0: T - 1, 1: 0}  # the step each direction's backward visits first
+    for d, t in first.items():
+        got = dz[t, :, d * H:(d + 1) * H]
+        assert torch.isfinite(got).all() and rel_err(got, exp_dz[t, :, d * H:(d + 1) * H]) < 3e-2
+    assert torch.equal(dz.double().isnan(), exp_dz.isnan())
+    assert torch.equal(dh0.double().isnan(), exp_dh0.isnan())
+
+
 def test_tensor_core_split_with_no_steps():
     """T = 0 through the launcher (the module refuses it; the kernels must not read a step
     before their loop): no output steps, and dh0 is the zero gradient carried into no step."""
