@@ -1,6 +1,7 @@
 """Split variant (Persistent RNN): W_hh divided by rows across co-resident programs, one batch
 row at a time on CUDA cores. This file runs IEEE float32 and float64 (and TF32 at BH = 2048
-before Triton 3.9); 16-bit and TF32 run split_dot.py, the same design on tensor cores.
+where the device's shared memory cannot hold split_dot.py's form for it); 16-bit and TF32 run
+split_dot.py, the same design on tensor cores.
 
 Grid (slices S, batch groups, directions). Program (s, g, d) loads its R rows of the product
 matrix once, on-chip for the whole sequence, from direction d's own W_hh (by its pointer):
