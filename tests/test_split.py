@@ -261,6 +261,23 @@ def test_dispatch_rule(dtype, largest):
     assert choose(largest + 1, 16, dtype).variant == "streaming"
 
 
+@pytest.mark.parametrize("arch,k_chunks", [(90, 2), (80, 4), (None, 2), (89, None), (75, None)])
+def test_tf32_at_2048_keeps_w_hh_in_shared_memory_where_it_fits(arch, k_chunks):
+    """TF32 at BH = 2048: the tensor-core split with B in shared memory (128 KB) and the fewest
+    state chunks whose staging fits beside it in the architecture's shared memory per block
+    (the interpreter, arch None, as sm_90); split.py, one row at a time, where even 4 chunks
+    do not fit (sm_89: 99 KB, sm_75: 64 KB). Other dtypes and sizes keep B in registers."""
+    cfg = choose(2048, 16, torch.float32, True, arch=arch)
+    if k_chunks is None:
+        assert cfg.variant == "split" and not cfg.use_dot and not cfg.b_shared
+    else:
+        assert cfg.use_dot and cfg.b_shared and cfg.k_chunks == k_chunks
+        staged = cfg.R * cfg.BH * 4 + cfg.BH * cfg.BN * 4 // cfg.k_chunks
+        assert staged <= dispatch.SHARED_PER_BLOCK.get(arch or 90)
+    assert not choose(1024, 16, torch.float32, True, arch=arch).b_shared
+    assert not choose(2048, 16, torch.bfloat16, arch=arch).b_shared
+
+
 def test_h_equal_to_slice_multiple_and_batch_one(split_rows):
     """H a multiple of R (no ragged slice) and a batch of one, float32 IEEE."""
     split_rows(8)
