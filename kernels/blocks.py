@@ -208,6 +208,15 @@ def batch_tile(N, BN: tl.constexpr):
 
 
 @triton.jit
+def aligned(x, ALIGN: tl.constexpr):
+    """x, which the launcher checked is a multiple of ALIGN, so marked for the compiler: a
+    hidden size or stride that is not a multiple of 16 (which Triton's JIT marks by itself)
+    still lets the rows it addresses load in vectors of ALIGN elements, not one at a time
+    (tf32 and bf16 split layers at H = 1100 spilled 64-464 B from the scalar loads' addresses)."""
+    return (x // ALIGN) * ALIGN
+
+
+@triton.jit
 def direction_pointer(p_forward, p_reverse, i_d):
     """Direction i_d's tensor, by its own pointer: each direction's parameters (and its part
     of the projection) are read where they lie, never gathered into one stacked copy."""

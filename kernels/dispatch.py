@@ -139,7 +139,8 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     if split and BH <= SPLIT_MAX_BH[elem]:
-        return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch)
+        return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch,
+                            ragged=hidden_size % 16 != 0)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 
@@ -150,12 +151,13 @@ def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:
 
 
 def choose_split(BH: int, dtype: torch.dtype, rows: int = 0, allow_tf32: bool = True,
-                 arch: int = None) -> Config:
+                 arch: int = None, ragged: bool = False) -> Config:
     """The split configuration for padded hidden size BH (every batch size: the launcher sizes
     the batch groups); `rows` (a power of two) overrides R, the rows of W_hh per program
-    (tests use it to reach every slice count); arch as for `choose`."""
+    (tests use it to reach every slice count); arch as for `choose`; ragged: the hidden size
+    is not a multiple of 16."""
     if split_on_tensor_cores(dtype, allow_tf32):
-        cfg = choose_split_dot(BH, dtype, rows, arch)
+        cfg = choose_split_dot(BH, dtype, rows, arch, ragged)
         if cfg is not None:
             return cfg
     acc_bytes = max(dtype.itemsize, 4)
@@ -169,7 +171,8 @@ def choose_split(BH: int, dtype: torch.dtype, rows: int = 0, allow_tf32: bool = 
     return Config("split", False, 1, BH, num_warps, num_stages=1, R=R)
 
 
-def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = None) -> Config:
+def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = None,
+                     ragged: bool = False):
     """The tensor-core split: 8 warps from BH = 1024 (4 below), each holding a BH/num_warps
     part of the reduction dimension; R = 32 rows per program in 16-bit (fewer programs then
     read the exchanged state: S = BH/R), 16 in TF32 (R = 32 spilled 56-120 B on Triton 3.6 at
@@ -180,11 +183,17 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
     rows) modeled no faster where groups can be added (bf16 BH = 1024, batch 64: 2.38 µs with
     tiles of 32, two groups; tiles of 16, four groups, no slower), and each was one more kernel
     to compile per dtype, BH and pass (a minute of CI's compile gate).
-    TF32 at BH = 2048: B in shared memory (`_split_dot_shared`), or None where the device's
-    shared memory cannot hold it (split.py runs then)."""
+    At BH = 2048, TF32 at every hidden size and 16-bit at one that is not a multiple of 16
+    (ragged): B in shared memory (`_split_dot_shared`) where the device's shared memory holds
+    it; else TF32 returns None (split.py runs then) and 16-bit keeps B in registers."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
-    if elem == 4 and BH >= 2048:
-        return _split_dot_shared(BH, rows or 16, arch)
+    if BH >= 2048 and (elem == 4 or ragged):
+        # ragged 16-bit: rows load in narrower vectors (blocks.aligned), whose addresses take
+        # more registers; at least 2 state chunks
+        cfg = _split_dot_shared(BH, rows or (32 if elem == 2 else 16), arch, elem,
+                                2 if ragged else 1)
+        if cfg is not None or elem == 4:
+            return cfg
     num_warps = 8 if BH >= 1024 else 4
     threads = 32 * num_warps
     R = rows or (32 if elem == 2 else 16)
@@ -193,18 +202,22 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
     return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
 
 
-def _split_dot_shared(BH: int, R: int, arch: int) -> Config:
-    """TF32 at BH = 2048, whose code for B in registers spills: on Triton 3.6 96-248 B whatever
-    the warps, rows or state chunks; on 3.9 the backward, 136 B at 8 warps and KC = 4 (its
-    forward fits, and models no faster than this). B (R x BH fp32, 128 KB at R = 16) stays in
-    shared memory for the whole sequence and is re-read from there every step; 16 warps, and
-    the fewest state chunks whose staging buffer (BH x 16 fp32 / KC) fits beside it in the
-    device's shared memory per block: KC = 2 on sm_90 (192 KB), 4 on sm_80 (160 KB); None
-    where even KC = 4 does not fit (sm_86/89/120: 99 KB), and the layer runs split.py."""
+def _split_dot_shared(BH: int, R: int, arch: int, elem: int, min_chunks: int):
+    """B in shared memory at BH = 2048, where its code in registers spills: TF32 on Triton 3.6
+    96-248 B whatever the warps, rows or state chunks, on 3.9 the backward, 136 B at 8 warps
+    and KC = 4 (its forward fits, and models no faster than this); 16-bit at a ragged hidden
+    size, 40-80 B on 3.6 even with its alignment told. B (R x BH, 128 KB: R = 16 in TF32, 32
+    in 16-bit) stays in shared memory for the whole sequence and is re-read from there every
+    step; 16 warps, and the fewest state chunks (at least min_chunks) whose staging buffer
+    (BH x 16 / KC) fits beside it in the device's shared memory per block: TF32 KC = 2 on
+    sm_90 (192 KB), 4 on sm_80 (160 KB; an A100's 108 SMs cannot hold the 128 programs at
+    once, so it streams); None where even KC = 4 does not fit (sm_86/89/120: 99 KB), and the
+    layer runs split.py."""
     budget = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else
                                   SHARED_PER_BLOCK_OTHER)
     KC = next((kc for kc in (1, 2, 4)
-               if (R * BH + BH * DOT_MIN_BATCH // kc) * 4 <= budget), None)
+               if kc >= min_chunks and (R * BH + BH * DOT_MIN_BATCH // kc) * elem <= budget),
+              None)
     if KC is None:
         return None
     return Config("split", True, DOT_MIN_BATCH, BH, 16, num_stages=1, R=R, k_chunks=KC,

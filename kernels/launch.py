@@ -5,6 +5,7 @@ P (T, N, H), W_hh (H, H) and b_hh (H,) as its own tensor (the parameters themsel
 place: the kernels take a pointer per direction); h0 (D, N, H); out, dout, dz (T, N, D*H).
 """
 import contextlib
+import math
 import os
 import warnings
 
@@ -117,12 +118,12 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     )
 
 
-def device_arch():
-    """The current CUDA device's compute capability as 90 for sm_90; None under the
-    interpreter or without CUDA."""
+def device_arch(device=None):
+    """The compute capability of `device` (the current CUDA device if None) as 90 for sm_90;
+    None under the interpreter or without CUDA."""
     if interpreting() or not torch.cuda.is_available():
         return None
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(device)
     return 10 * major + minor
 
 
@@ -147,6 +148,26 @@ def _weight_operand(w_hh: torch.Tensor, transpose: bool):
     """Strides (k, j) that read B = W_hhᵀ (transpose) or B = W_hh without copying."""
     s_row, s_col = w_hh.stride()
     return (s_col, s_row) if transpose else (s_row, s_col)
+
+
+def _alignment(*values: int) -> int:
+    """The largest power of two below 16 that divides every value (blocks.aligned's ALIGN), or
+    1 where 16 does: the JIT marks multiples of 16 itself."""
+    common = math.gcd(*values)
+    align = 1
+    while align < 16 and common % (2 * align) == 0:
+        align *= 2
+    return 1 if align == 16 else align
+
+
+def _aligned(options: dict, cfg: Config, H: int, row_strides, w_strides) -> dict:
+    """A split launch's options with the alignment of its hidden size and row strides (ALIGN)
+    and of each stride of B (ALIGN_BK, ALIGN_BJ), which it tells the compiler: at a hidden
+    size that is not a multiple of 16 its rows then still load in vectors."""
+    if cfg.variant != "split":
+        return options
+    return dict(options, ALIGN=_alignment(H, *row_strides), ALIGN_BK=_alignment(w_strides[0]),
+                ALIGN_BJ=_alignment(w_strides[1]))
 
 
 def per_direction(t, H: int = None) -> tuple:
@@ -176,7 +197,8 @@ def _pair(parts) -> tuple:
 def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool,
           cfg: Config = None, split: bool = True):
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence: `cfg`,
-    or the dispatcher's choice (split=False: its fallback where split does not fit)."""
+    or the dispatcher's choice (split=False: its fallback where split does not fit) for the
+    current device: callers plan inside _on_device(their output)."""
     cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch())
     options = compile_options(cfg, dtype, relu, allow_tf32,
                               HAS_LENGTHS=int(lengths is not None))
@@ -316,12 +338,14 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
     biases = weights if b_hh is None else \
         _one_layout(per_direction(b_hh), unit_last_stride=True)
     HB = 0 if b_hh is None else H  # bias features the kernel reads: none without a bias
-    cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
-                                       allow_tf32, config)
     p_len = lengths_argument(lengths, out.device)
     s_pt, s_pn = projs[0].stride(0), projs[0].stride(1)
     w_strides = _weight_operand(weights[0], transpose=True)
     with _on_device(out):
+        cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
+                                           allow_tf32, config)
+        options = _aligned(options, cfg, H, (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2]),
+                           w_strides)
         if cfg.variant == "split":
             if _launch_split("forward", kernel, cfg, options,
                              (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len),
@@ -357,11 +381,12 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
     dh0 = _empty((D, N, H), dtype=out.dtype, device=out.device)
     if N == 0:
         return dz, dh0
-    cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
-                                       allow_tf32, config)
     p_len = lengths_argument(lengths, out.device)
     w_strides = _weight_operand(weights[0], transpose=False)
     with _on_device(out):
+        cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
+                                           allow_tf32, config)
+        options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2]), w_strides)
         if cfg.variant == "split":
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1))

@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 
 from .barrier import arrive_and_wait
-from .blocks import (activate, activation_grad, convert, direction_pointer, hidden_bias,
-                     sequence_lengths, state_operand, time_index, weight_operand)
+from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
+                     hidden_bias, sequence_lengths, state_operand, time_index, weight_operand)
 
 
 @triton.jit
@@ -90,8 +90,13 @@ def rnn_forward_split_kernel(
     s_hd, s_hn,          # h0 (D, N, H)
     s_bk, s_bj,          # B
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
-    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
+    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS, ALIGN: tl.constexpr = 1,
+    ALIGN_BK: tl.constexpr = 1, ALIGN_BJ: tl.constexpr = 1,
 ):
+    H, s_pt, s_pn = aligned(H, ALIGN), aligned(s_pt, ALIGN), aligned(s_pn, ALIGN)
+    s_t, s_n = aligned(s_t, ALIGN), aligned(s_n, ALIGN)
+    s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
+    s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS,
                                                 i_d0, ACC, PRECISION, R, BK)
     p_bias = direction_pointer(p_bias, p_bias_r, i_d)
@@ -155,8 +160,12 @@ def rnn_backward_split_kernel(
     s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 and carry (D, N, H)
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
-    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
+    BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS, ALIGN: tl.constexpr = 1,
+    ALIGN_BK: tl.constexpr = 1, ALIGN_BJ: tl.constexpr = 1,
 ):
+    H, s_t, s_n = aligned(H, ALIGN), aligned(s_t, ALIGN), aligned(s_n, ALIGN)
+    s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
+    s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS,
                                                 i_d0, ACC, PRECISION, R, BK)
     p_carry = p_carry + i_d * s_hd

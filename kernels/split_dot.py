@@ -16,8 +16,8 @@ for the whole sequence (the row-tile loop is a `while`, which keeps tl.dot's fir
 shared memory), multiplies it with its part of the state tile (staged through shared memory each
 step) by mma.sync, and the sum over the KW parts is one cross-warp reduction. With B_SHARED the
 row-tile loop is a `for`, in which Triton keeps B in shared memory for the whole sequence and
-re-reads it (ldmatrix) every step: what TF32 at BH = 2048 runs on Triton 3.6, whose code for B
-in registers spills (dispatch.choose_split_dot). KC > 1 takes each part's
+re-reads it (ldmatrix) every step: what TF32 at BH = 2048 runs (and 16-bit at a ragged hidden
+size there), whose code for B in registers spills (dispatch.choose_split_dot). KC > 1 takes each part's
 state in KC chunks, one after another, so that fewer of its registers are live at once (tf32
 H = 2048 spills without).
 
@@ -40,7 +40,8 @@ import triton
 import triton.language as tl
 
 from .barrier import arrive_and_wait
-from .blocks import (activate, activation_grad, convert, direction_pointer, sequence_lengths,
+from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
+                     sequence_lengths,
                      state_mask, state_offsets, state_operand, tf32_dot_operand, time_index,
                      weight_operand)
 from .split import _poison
@@ -181,8 +182,13 @@ def rnn_forward_split_dot_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    B_SHARED: tl.constexpr = False,
+    B_SHARED: tl.constexpr = False, ALIGN: tl.constexpr = 1, ALIGN_BK: tl.constexpr = 1,
+    ALIGN_BJ: tl.constexpr = 1,
 ):
+    H, s_pt, s_pn, s_t, s_n = aligned(H, ALIGN), aligned(s_pt, ALIGN), aligned(s_pn, ALIGN), \
+        aligned(s_t, ALIGN), aligned(s_n, ALIGN)
+    s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
+    s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
         KC, BN)
@@ -289,7 +295,8 @@ def rnn_backward_split_dot_kernel(
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    B_SHARED: tl.constexpr = False,
+    B_SHARED: tl.constexpr = False, ALIGN: tl.constexpr = 1, ALIGN_BK: tl.constexpr = 1,
+    ALIGN_BJ: tl.constexpr = 1,
 ):
     """split.py's backward (its exchange of dz_t and barrier) with its two phases fused per
     row tile (_backward_tile): after visit v-1's barrier a tile waits for one load, every
@@ -297,6 +304,9 @@ def rnn_backward_split_dot_kernel(
     v, which the next barrier exchanges. Visits 0..T (T + 1 of them; the last writes dh0), T
     barriers in between. The carry buffer holds only what rows past their sequence (packed
     input) pass through; split.py's holds every row's carried gradient."""
+    H, s_t, s_n = aligned(H, ALIGN), aligned(s_t, ALIGN), aligned(s_n, ALIGN)
+    s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
+    s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
         KC, BN)

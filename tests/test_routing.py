@@ -119,6 +119,11 @@ def test_shipped_step_model_covers_what_the_kernels_run(monkeypatch):
                 assert row["forward"] > 0 and row["backward"] > 0, row
     assert step_models.ours_us("bf16", 1024, 512, False) == pytest.approx(
         2 * table[("bf16", 1024, 256)]["forward"])
+    # another GPU's dispatcher: TF32 at H = 2048 runs split.py where shared memory is small
+    assert step_models.ours_us("tf32", 2048, 16, False, arch=89) is None
+    assert not step_models.kernels_win("tf32", 2048, 16, False, arch=89)
+    assert step_models.ours_us("tf32", 2048, 16, False, arch=90) == table[("tf32", 2048, 16)][
+        "forward"]
     row = dict(table[("bf16", 1024, 16)], forward_config="split/elementwise BN=1 R=16")
     monkeypatch.setattr(step_models, "_table", lambda: {("bf16", 1024, 16): row})
     assert step_models.ours_us("bf16", 1024, 16, False) is None

@@ -115,8 +115,8 @@ def _check_against_reference(proj, h0, w_hh, lengths, cfg, allow_tf32, tol):
 def test_tensor_core_split_row_tiles(dtype, tol, N, b_shared, monkeypatch):
     """The tensor-core split (split_dot.py) with tiles of 16 rows: a batch of 1 (one tile, 15
     rows masked) and one of 20 in one group, taken as two tiles (16, then 4), with B held in
-    registers (while loops) and in shared memory (for loops; what TF32 at BH = 2048 runs on
-    Triton 3.6): forward and backward, both directions, packed lengths, against the float64
+    registers (while loops) and in shared memory (for loops; what TF32 at BH = 2048 runs):
+    forward and backward, both directions, packed lengths, against the float64
     reference on the same rounded inputs (TF32 products for float32)."""
     monkeypatch.setattr(launch, "INTERPRETER_MAX_GROUPS", 1)
     T, H, D = 4, 40, 2
@@ -276,6 +276,23 @@ def test_tf32_at_2048_keeps_w_hh_in_shared_memory_where_it_fits(arch, k_chunks):
         assert staged <= dispatch.SHARED_PER_BLOCK.get(arch or 90)
     assert not choose(1024, 16, torch.float32, True, arch=arch).b_shared
     assert not choose(2048, 16, torch.bfloat16, arch=arch).b_shared
+
+
+def test_ragged_hidden_sizes_are_told_their_alignment():
+    """A split launch tells the compiler the largest power of two (under 16) dividing its
+    hidden size and row strides, and each stride of W_hh (blocks.aligned): 1 where the JIT's
+    own mark of multiples of 16 holds. 16-bit at a ragged H with BH = 2048 keeps W_hh in shared
+    memory where the device holds it (its registers spilled 40-80 B on Triton 3.6), in
+    registers where not; TF32 as at H = 2048."""
+    assert [launch._alignment(*v) for v in ((1100,), (1100, 2200), (1998,), (1999,), (2048,),
+                                            (1104, 1100), (40, 80), (1,), (0,))] == \
+        [4, 4, 2, 1, 1, 4, 8, 1, 1]
+    for arch, shared in ((90, True), (80, True), (89, False)):
+        cfg = choose(1100, 16, torch.bfloat16, arch=arch)
+        assert cfg.use_dot and cfg.b_shared == shared and cfg.k_chunks >= 2 * shared
+    assert not choose(2048, 16, torch.bfloat16, arch=90).b_shared
+    assert choose(1100, 16, torch.float32, True, arch=90) == choose(2048, 16, torch.float32,
+                                                                     True, arch=90)
 
 
 def test_h_equal_to_slice_multiple_and_batch_one(split_rows):

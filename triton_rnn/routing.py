@@ -144,16 +144,18 @@ def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bo
                   packed: bool = False, directions: int = 1, layers: int = 1) -> str:
     """"torch" or "kernels" for a class never measured (see the module docstring)."""
     from .kernels.dispatch import choose
-    if device.startswith("cuda") and batch is not None:
+    arch = 90  # what the shipped step table models: taken where the device is unknown
+    if device.startswith("cuda"):
         major, minor = torch.cuda.get_device_capability(torch.device(device))
+        arch = 10 * major + minor
         listed = _classes().get(f"sm_{major}{minor}", set())
-        if (dtype, bucket(hidden), bucket(batch),
-                "training" if training else "inference") in listed:
+        if batch is not None and (dtype, bucket(hidden), bucket(batch),
+                                  "training" if training else "inference") in listed:
             return "torch"
-    if choose(hidden, batch or 1, *DTYPES[dtype]).variant == "streaming":
+    if choose(hidden, batch or 1, *DTYPES[dtype], arch=arch).variant == "streaming":
         return "torch"
-    wins = step_models.kernels_win(dtype, hidden, batch or 1, training, packed=packed,
-                                   directions=directions, layers=layers)
+    wins = step_models.kernels_win(dtype, hidden, batch or 1, training, arch=arch,
+                                   packed=packed, directions=directions, layers=layers)
     return "kernels" if wins else "torch"
 
 

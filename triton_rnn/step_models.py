@@ -83,11 +83,12 @@ def bucket(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def ours_us(dtype: str, hidden: int, batch: int, training: bool):
+def ours_us(dtype: str, hidden: int, batch: int, training: bool, arch: int = 90):
     """Our modeled µs per step (forward, plus backward when training) for the hidden size's
     and batch's buckets, or None where the table has no row for them, or its row models
-    another configuration than this dispatcher picks (a table not yet written again after the
-    dispatcher changed)."""
+    another configuration than the dispatcher picks for `arch` (the table is sm_90's: another
+    GPU's dispatcher may pick another configuration; or the table was not written again after
+    the dispatcher changed)."""
     table = _table()
     hidden, batch = max(16, bucket(hidden)), bucket(batch)
     batches = [n for (d, h, n) in table if d == dtype and h == hidden]
@@ -95,16 +96,18 @@ def ours_us(dtype: str, hidden: int, batch: int, training: bool):
         return None
     largest = max(batches)
     row = table[(dtype, hidden, min(batch, largest))]
-    if not row.get("forward_config", "").startswith(
-            choose(hidden, min(batch, largest), *DTYPES[dtype], arch=90).describe()):
+    config = choose(hidden, min(batch, largest), *DTYPES[dtype], arch=arch).describe()
+    modeled = row.get("forward_config", "")  # the report adds the split plan: " S=..."
+    if modeled != config and not modeled.startswith(config + " S="):
         return None
     scale = max(1.0, batch / largest)
     us = [row["forward"]] + ([row["backward"]] if training else [])
     return None if None in us else scale * sum(us)
 
 
-def kernels_win(dtype: str, hidden: int, batch: int, training: bool, **call) -> bool:
+def kernels_win(dtype: str, hidden: int, batch: int, training: bool, arch: int = 90,
+                **call) -> bool:
     """The static rule: ours beats cuDNN's model by MODEL_MARGIN (False without a model)."""
-    ours = ours_us(dtype, hidden, batch, training)
+    ours = ours_us(dtype, hidden, batch, training, arch)
     return ours is not None and ours * MODEL_MARGIN <= cudnn_us(dtype, hidden, batch,
                                                                 training, **call)
