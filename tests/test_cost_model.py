@@ -103,6 +103,21 @@ def test_shared_memory_bytes_by_width_and_trips():
     assert cost_model.model_us(10, 0, 0, cycles) == pytest.approx(cycles / 1750)
 
 
+def test_split_traffic_by_design():
+    """The split variant's L2 bytes and round trips per step (step_traffic), tf32 H = 1024,
+    batch 32 in one group of S = 64 slices: the state is 32 x 1024 x 4 B = 128 KB. Every slice
+    reads it; forward reads P_t too, backward dY_t and y_t (and, one row at a time, the
+    carry). On tensor cores each of the 2 row tiles waits for one load, in both passes; one
+    row at a time, each row waits for two; the barrier counts 2.5."""
+    state = 32 * 1024 * 4
+    traffic = {(p, bn): cost_model.step_traffic("split", p, 1024, 32, 1, 4, 4, bn, 1024, 64, 32)
+               for p in ("forward", "backward") for bn in (16, 1)}
+    assert traffic[("forward", 16)] == (65 * state, 2 + 2.5)
+    assert traffic[("backward", 16)] == (66 * state, 2 + 2.5)
+    assert traffic[("forward", 1)] == (65 * state, 64 + 2.5)
+    assert traffic[("backward", 1)] == (67 * state, 64 + 2.5)
+
+
 def test_a_sass_without_loops_has_no_step():
     with pytest.raises(ValueError, match="no time loop"):
         cost_model.step_counts(_sass("0000 MOV R1, RZ\n0010 EXIT"), [])
