@@ -217,7 +217,7 @@ def test_training_curve_matches_nn_rnn_step_by_step():
         params = list(rnn.parameters()) + list(heads[name].parameters())
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
         curves[name] = []
-        for _ in range(8):
+        for _ in range(5):
             opt.zero_grad()
             pred = heads[name](rnn(x.to(dev))[0][-1])
             loss = ((pred - y.to(dev)) ** 2).mean()

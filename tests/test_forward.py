@@ -204,9 +204,10 @@ def test_small_pre_activations_keep_full_precision(dtype, monkeypatch):
     assert rel_err(out, ref_out) < tol and rel_err(h_n, ref_h) < tol
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("T,N,H", [(64, 3, 17), (24, 17, 33)],
-                         ids=["T64-N3-H17", "T24-N17-H33"])
+@pytest.mark.parametrize("T,N,H,dtype", [(64, 3, 17, torch.float64), (64, 3, 17, torch.float32),
+                                         (24, 17, 33, torch.float32)],
+                         ids=["T64-N3-H17-float64", "T64-N3-H17-float32",
+                              "T24-N17-H33-float32"])
 def test_long_sequences(T, N, H, dtype, monkeypatch):
     """Rounding must not build up over many steps (IEEE float32 here, on any device)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -53,7 +53,7 @@ def _grads(model, x, h0, packed_lengths=None):
 
 # Every slice count; tanh and relu, padded and packed each at a ragged and an even count.
 MODULE_CASES = [(1, "tanh", False), (2, "relu", True), (3, "tanh", True), (3, "relu", False),
-                (4, "relu", False), (4, "tanh", True), (8, "tanh", False), (8, "relu", True)]
+                (4, "relu", False), (4, "tanh", True), (8, "tanh", False)]
 
 
 @pytest.mark.parametrize("S,act,packed", MODULE_CASES,
