@@ -277,8 +277,9 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       it, the first tile's P_t (dY_t, y_t) before the barrier: 1 per tile. Each step ends at
       the barrier (2.5).
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
-      product's other operand (the state forward, dz_t backward); per chunk it waits for the first chunk of the product's operands (the pipelined
-      rest is in flight): forward 1 per chunk, backward 2 (phase 1's loads, then the product).
+      product's other operand (the state forward, dz_t backward); per chunk it waits for the
+      first chunk of the product's operands (the pipelined rest is in flight): forward 1 per
+      chunk, backward 2 (phase 1's loads, then the product).
     cell: per program and chunk of each product, the chunk of the weights and the rows of x
       and h, each chunk waited for (no pipelining: num_stages 1)."""
     chunks = triton.cdiv(H, BH)
@@ -312,13 +313,18 @@ def model_us(issue_cycles: float, l2_bytes: float, round_trips: float,
     return max(compute, memory) + round_trips * L2_LATENCY_CYCLES / (CLOCK_GHZ * 1e3)
 
 
+def _per_sm(per_warp: float, num_warps: int, programs: int, sms: int) -> float:
+    """A per-warp count summed over the warps of one SM's programs (the launch's programs
+    spread over the SMs, at least one each)."""
+    return per_warp * num_warps * max(1, triton.cdiv(programs, sms))
+
+
 def issue_cycles(instructions: float, num_warps: int, programs: int, sms: int) -> float:
-    """Issue cycles per SM for one step: every SM issues the warps of its programs (the
-    launch's programs spread over the SMs, at least one each)."""
-    return instructions * num_warps * max(1, triton.cdiv(programs, sms)) / SCHEDULERS_PER_SM
+    """Issue cycles per SM for one step: every SM issues the warps of its programs."""
+    return _per_sm(instructions, num_warps, programs, sms) / SCHEDULERS_PER_SM
 
 
 def shared_cycles(shared_bytes: float, num_warps: int, programs: int, sms: int) -> float:
     """Shared-memory cycles per SM for one step: the bytes every warp of the SM's programs
     moves, at SHARED_BYTES_PER_CYCLE."""
-    return shared_bytes * num_warps * max(1, triton.cdiv(programs, sms)) / SHARED_BYTES_PER_CYCLE
+    return _per_sm(shared_bytes, num_warps, programs, sms) / SHARED_BYTES_PER_CYCLE

@@ -118,12 +118,12 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
     )
 
 
-def device_arch(device=None):
-    """The compute capability of `device` (the current CUDA device if None) as 90 for sm_90;
-    None under the interpreter or without CUDA."""
+def device_arch():
+    """The current CUDA device's compute capability as 90 for sm_90; None under the
+    interpreter or without CUDA."""
     if interpreting() or not torch.cuda.is_available():
         return None
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = torch.cuda.get_device_capability()
     return 10 * major + minor
 
 

@@ -326,8 +326,8 @@ class Row:
     error: str = ""
     # One time step as cost_model.py models it from the SASS (a model, not a measurement):
     # issue cycles per SM; per-warp MMA, FFMA, MUFU and BAR.SYNC counts; L2 bytes read by the
-    # grid; dependent global round trips; modeled µs; shared-memory cycles per SM. sm_90 rows only (H100 constants); zero
-    # elsewhere and where the build failed.
+    # grid; dependent global round trips; modeled µs; shared-memory cycles per SM. sm_90 rows
+    # only (H100 constants); zero elsewhere and where the build failed.
     issue_cycles: float = 0.0
     mma: float = 0.0
     ffma: float = 0.0
@@ -354,9 +354,6 @@ class Row:
               and not self.w_hh.startswith("on-chip")):
             found.append(f"W_hh of an on-chip variant is {self.w_hh} in the compiled loop")
         return found
-
-
-# The launchers' kernels, by their names in launch.py.
 
 
 @contextlib.contextmanager
@@ -677,13 +674,15 @@ def _model_cells(r: Row) -> tuple:
     if not r.model_us:
         return ("-",) * 6
     return (f"{r.model_us:.2f}", f"{r.issue_cycles:.0f}", f"{r.shared_cycles:.0f}",
-            f"{r.l2_bytes / 1024:.1f}", f"{r.round_trips:g}", f"{r.mma:.0f}/{r.ffma:.0f}/{r.mufu:.0f}/{r.bar_sync:.0f}")
+            f"{r.l2_bytes / 1024:.1f}", f"{r.round_trips:g}",
+            f"{r.mma:.0f}/{r.ffma:.0f}/{r.mufu:.0f}/{r.bar_sync:.0f}")
 
 
 def _print(rows) -> None:
     head = ("arch", "pass", "batch", "dtype", "H", "N", "configuration", "regs", "spill B",
             "smem B", "prog/SM", "programs/capacity", "W_hh", "model µs/step",
-            "issue cyc/SM", "smem cyc/SM", "L2 KB", "trips", "mma/ffma/mufu/bar per warp", "faults")
+            "issue cyc/SM", "smem cyc/SM", "L2 KB", "trips", "mma/ffma/mufu/bar per warp",
+            "faults")
     lines = [head] + [(f"sm_{r.arch}", r.pass_, r.batch_kind, r.dtype, r.H, r.N, r.config,
                        r.registers, r.spilled_bytes, r.shared_bytes, r.programs_per_sm,
                        f"{r.programs}/{r.capacity}", r.w_hh, *_model_cells(r),

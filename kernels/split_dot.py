@@ -17,9 +17,9 @@ shared memory), multiplies it with its part of the state tile (staged through sh
 step) by mma.sync, and the sum over the KW parts is one cross-warp reduction. With B_SHARED the
 row-tile loop is a `for`, in which Triton keeps B in shared memory for the whole sequence and
 re-reads it (ldmatrix) every step: what TF32 at BH = 2048 runs (and 16-bit at a ragged hidden
-size there), whose code for B in registers spills (dispatch.choose_split_dot). KC > 1 takes each part's
-state in KC chunks, one after another, so that fewer of its registers are live at once (tf32
-H = 2048 spills without).
+size there), whose code for B in registers spills (dispatch.choose_split_dot). KC > 1 takes
+each part's state in KC chunks, one after another, so that fewer of its registers are live at
+once (tf32 H = 2048 spills without).
 
 The reduction's result is replicated on every warp; `_spread` moves it to a layout whose
 threads hold different elements before the bias, the activation and the stores, so that each
@@ -41,9 +41,8 @@ import triton.language as tl
 
 from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
-                     sequence_lengths,
-                     state_mask, state_offsets, state_operand, tf32_dot_operand, time_index,
-                     weight_operand)
+                     sequence_lengths, state_mask, state_offsets, state_operand,
+                     tf32_dot_operand, time_index, weight_operand)
 from .split import _poison
 
 
@@ -248,12 +247,12 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
     o_n, m_n = _tile(n0, i0, ROWS, N, BN)
     m_c = state_mask(m_n, m_j, True)
     o_c = state_offsets(o_n, s_hn, o_j, True)
-    o_now = time_index(v, T, i_d, True) * s_t + o_x
-    o_before = time_index(v - 1, T, i_d, True) * s_t + o_x
+    tt, tt_before = time_index(v, T, i_d, True), time_index(v - 1, T, i_d, True)
+    o_now, o_before = tt * s_t + o_x, tt_before * s_t + o_x
     lengths = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
     # (Scalar conditions enter masks through a where: the interpreter rejects a mask anded
     # with a scalar comparison.)
-    held_before = tl.where(v > 0, time_index(v - 1, T, i_d, True) >= lengths, False)[None, :]
+    held_before = tl.where(v > 0, tt_before >= lengths, False)[None, :]
     # Loads that do not wait for the product, issued before it: dY_tt and y_tt of a later
     # tile, and what rows held at tt' carried (this program's own).
     b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
@@ -273,7 +272,7 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
              mask=tl.where(v == T, m_c, False))
     b_g = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
     b_y = tl.where(i0 == 0, b_y0, b_y).to(ACC)
-    active = (time_index(v, T, i_d, True) < lengths)[None, :]
+    active = (tt < lengths)[None, :]
     b_dz = tl.where(active, activation_grad(b_g, b_y, ACT), 0.0)
     m_c = tl.where(v < T, m_c, False)
     tl.store(p_carry + o_c, b_g, mask=m_c & ~active)
