@@ -112,13 +112,16 @@ class Config:
 
 
 def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True,
-           split: bool = True, arch: int = None) -> Config:
+           split: bool = True, arch: int = None, gates: int = 1) -> Config:
     """The configuration rule 1-3 gives; split=False skips the split variant (the launcher's
     fallback where a device cannot hold one group of its programs at once). arch: the target's
-    compute capability (90 for sm_90), None when unknown (the interpreter)."""
+    compute capability (90 for sm_90), None when unknown (the interpreter). gates: rows of
+    W_hh per hidden feature (cells.GATES: 1 for RNN, 4 for LSTM); a resident program holds
+    all of them, so its tiles take the budget of one (BH, BH) tile at RESIDENT_MAX_BH
+    together (LSTM: BH <= 64 in 16 and 32 bits, 32 in fp64)."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = dtype.itemsize
-    resident = BH <= RESIDENT_MAX_BH[elem]
+    resident = gates * BH * BH <= RESIDENT_MAX_BH[elem] ** 2
     # IEEE fp32 (TF32 off) has no tensor-core path: tl.dot falls back to FMA, whose layouts
     # spill (kilobytes for resident tiles over 32, bytes when streaming); use the elementwise
     # product instead, which is what the FMA fallback computes anyway. Resident float64 tl.dot
@@ -131,7 +134,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         # 32-bit registers for the W_hh tile, held in the accumulator dtype (fp32, or fp64 for
         # fp64) by the elementwise product and in its own dtype by tl.dot.
         tile_bytes = elem if use_dot else max(elem, 4)
-        tile_regs = BH * BH * tile_bytes // 4
+        tile_regs = gates * BH * BH * tile_bytes // 4
         num_warps = min(16, max(4, triton.next_power_of_2(tile_regs // (64 * 32))))
         # sm_90, BH >= 64: zᵀ = W_hh hᵀ, W_hh the first tl.dot operand, so that the warpgroup
         # MMA takes it from registers and only the small state tile from shared memory

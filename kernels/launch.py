@@ -15,6 +15,7 @@ import triton.language as tl
 
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
+from .cells import GATES, LSTM, RNN
 from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell, split_on_tensor_cores
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
@@ -195,13 +196,14 @@ def _pair(parts) -> tuple:
 
 
 def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_tf32: bool,
-          cfg: Config = None, split: bool = True):
+          cfg: Config = None, split: bool = True, cell: int = RNN.value):
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence: `cfg`,
     or the dispatcher's choice (split=False: its fallback where split does not fit) for the
-    current device: callers plan inside _on_device(their output)."""
-    cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch())
+    current device: callers plan inside _on_device(their output). cell: the CELL of cells.py."""
+    cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch(), gates=GATES[cell])
+    flags = {"CELL": cell} if cell != RNN.value else {}
     options = compile_options(cfg, dtype, relu, allow_tf32,
-                              HAS_LENGTHS=int(lengths is not None))
+                              HAS_LENGTHS=int(lengths is not None), **flags)
     return cfg, kernel_for(pass_, cfg.variant, cfg.use_dot), (triton.cdiv(N, cfg.BN), D), \
         options
 
@@ -227,6 +229,10 @@ def split_max_groups(cfg: Config, N: int):
         limits.append(INTERPRETER_MAX_GROUPS)
     return min(limits) if limits else None
 
+
+# What an RNN passes for the resident kernels' gate arguments (B's gate offset, the gate
+# buffers' strides), which only other cells read.
+_NO_GATES = (0, 0, 0)
 
 _no_lengths = {}  # device -> an int32 tensor a padded batch passes for the lengths, never read
 
@@ -356,9 +362,9 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
                                                allow_tf32, split=False)
         if cfg.variant == "resident":
             kernel[grid](
-                *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, T, N, H, HB,
-                s_pt, s_pn, h0.stride(0), h0.stride(1), *w_strides, out.stride(0),
-                out.stride(1), **options)
+                *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, *(out,) * 3,
+                T, N, H, HB, s_pt, s_pn, h0.stride(0), h0.stride(1), *w_strides, out.stride(0),
+                out.stride(1), *_NO_GATES, **options)
         else:
             state = _empty((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             state[:, 1] = h0
@@ -398,8 +404,9 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
                                                allow_tf32, split=False)
         if cfg.variant == "resident":
             kernel[grid](
-                dout, out, *_pair(weights), dz, dh0, p_len, T, N, H, out.stride(0),
-                out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1), **options)
+                dout, out, *_pair(weights), dz, dh0, p_len, *(out,) * 5, T, N, H,
+                out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1),
+                *_NO_GATES, **options)
         else:
             state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             kernel[grid](
@@ -432,3 +439,79 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool, allow_tf32: bool)
             x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
             w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
     return out
+
+
+def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config = None,
+                 b_hh=None):
+    """(out, cells, gates) of one LSTM layer (D directions): h_t and c_t (T, N, D*H) and the
+    gate activations i, f, g, o (T, N, D*4H; direction d's at 4H*d) of every step, which the
+    backward reads. proj: each direction's (T, N, 4H) = X W_ihᵀ + b_ih; h0, c0 (D, N, H);
+    w_hh: each direction's (4H, H); b_hh: None or each direction's (4H,). Arguments as
+    recurrence_forward takes them. Resident variant only (dispatch.choose with 4 gates: BH <=
+    64, 32 in fp64); the module runs other layers on nn.LSTM."""
+    D, N, H = h0.shape
+    projs = _one_layout(per_direction(proj, 4 * H), unit_last_stride=True)
+    weights = _one_layout(per_direction(w_hh))
+    assert len(projs) == len(weights) == D, "one projection and one W_hh per direction"
+    T, dtype, device = projs[0].shape[0], projs[0].dtype, projs[0].device
+    out = _empty((T, N, D * H), dtype=dtype, device=device)
+    cells = _empty(like=out)
+    gates = _empty((T, N, D * 4 * H), dtype=dtype, device=device)
+    if N == 0:
+        return out, cells, gates
+    h0, c0 = h0.contiguous(), c0.contiguous()
+    biases = weights if b_hh is None else \
+        _one_layout(per_direction(b_hh), unit_last_stride=True)
+    with _on_device(out):
+        cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
+                                           allow_tf32, config, cell=LSTM.value)
+        _resident_only(cfg)
+        kernel[grid](
+            *_pair(projs), h0, *_pair(weights), *_pair(biases), out,
+            lengths_argument(lengths, device), c0, cells, gates, T, N, H,
+            0 if b_hh is None else H, *projs[0].stride()[:2], *h0.stride()[:2],
+            *_weight_operand(weights[0], transpose=True), *out.stride()[:2],
+            H * weights[0].stride(0), *gates.stride()[:2], **options)
+    return out, cells, gates
+
+
+def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32: bool,
+                  config: Config = None):
+    """(dz, dh0, dc0) of one LSTM layer: dz (T, N, D*4H) = dL/d(P_t) of every gate and step
+    (= dL/d(b_hh) summed over t and the batch), dh0 and dc0 (D, N, H). dout, dcells: the
+    gradients of out and cells; the rest as lstm_forward took and left them."""
+    T, N, _ = out.shape
+    weights = _one_layout(per_direction(w_hh))
+    D, H = len(weights), weights[0].shape[1]
+    dout, dcells, out, cells = (t.contiguous() for t in (dout, dcells, out, cells))
+    gates, c0 = gates.contiguous(), c0.contiguous()
+    dz = _empty(like=gates)
+    dh0 = _empty(like=c0)
+    dc0 = _empty(like=c0)
+    if N == 0:
+        return dz, dh0, dc0
+    with _on_device(out):
+        cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
+                                           allow_tf32, config, cell=LSTM.value)
+        _resident_only(cfg)
+        kernel[grid](
+            dout, out, *_pair(weights), dz, dh0, lengths_argument(lengths, out.device), cells,
+            dcells, c0, gates, dc0, T, N, H, *out.stride()[:2],
+            *_weight_operand(weights[0], transpose=False), *dh0.stride()[:2],
+            H * weights[0].stride(0), *dz.stride()[:2], **options)
+    return dz, dh0, dc0
+
+
+def lstm_runs_on_kernels(hidden_size: int, batch: int, dtype: torch.dtype,
+                         allow_tf32: bool) -> bool:
+    """Whether an LSTM layer of this shape has a kernel: the resident variant only, so far."""
+    return choose(hidden_size, batch, dtype, allow_tf32, arch=device_arch(),
+                  gates=GATES[LSTM.value]).variant == "resident"
+
+
+def _resident_only(cfg: Config) -> None:
+    if cfg.variant != "resident":
+        raise NotImplementedError(
+            f"triton_rnn: LSTM layers run on the resident kernels only so far (hidden size "
+            f"<= 64, 32 in float64), not on {cfg.describe()}; the module runs larger ones on "
+            "nn.LSTM")

@@ -83,22 +83,24 @@ def _(dout, out, w_hh, w_hh_r, lengths, relu, allow_tf32):
             out.new_empty((D, N, H)))
 
 
-def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor) -> list:
+def hidden_weight_grad(dz: Tensor, out: Tensor, h0: Tensor, gates: int = 1) -> list:
     """Per direction d, dW_hh = Σ_t dz_t[d]ᵀ h_{t-1}[d], where h_{t-1} is the state before step
     t in that direction's order: out[t-1] forward (h0 at t=0), out[t+1] reverse (h0 at
     t=T-1). With per-sequence lengths the formula is unchanged: held steps have dz = 0, and in
-    reverse the held steps after a sequence's end hold exactly h0."""
+    reverse the held steps after a sequence's end hold exactly h0. gates: dz's features per
+    hidden feature and direction (LSTM: 4, and dW_hh is (4H, H))."""
     T, N, _ = out.shape
     D, _, H = h0.shape
+    G = gates * H
     grads = []
     for d in range(D):
-        dz_d = dz[..., d * H:(d + 1) * H]
+        dz_d = dz[..., d * G:(d + 1) * G]
         out_d = out[..., d * H:(d + 1) * H]
         first, rest, prev = (0, slice(1, T), slice(0, T - 1)) if d == 0 else \
             (T - 1, slice(0, T - 1), slice(1, T))
         g = dz_d[first].T @ h0[d]
         if T > 1:
-            g = g + dz_d[rest].reshape(-1, H).T @ out_d[prev].reshape(-1, H)
+            g = g + dz_d[rest].reshape(-1, G).T @ out_d[prev].reshape(-1, H)
         grads.append(g)
     return grads
 

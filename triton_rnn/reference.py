@@ -77,3 +77,68 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool) -> torch.Tensor:
     if b_ih is not None:
         z = z + b_ih + b_hh
     return torch.relu(z) if relu else torch.tanh(z)
+
+
+def lstm_forward(proj, h0, c0, w_hh, lengths, b_hh=None):
+    """(out, cells, gates) as kernels/launch.py's lstm_forward computes them: per direction,
+    [i f g o] = proj_t + b_hh + h_{t-1} W_hhᵀ, c_t = σ(f) c_{t-1} + σ(i) tanh(g),
+    h_t = σ(o) tanh(c_t); gates holds the four activations. Sequences hold h and c outside
+    their own steps."""
+    D, N, H = h0.shape
+    projs = per_direction(proj, 4 * H)
+    weights, biases = per_direction(w_hh), per_direction(b_hh)
+    T = projs[0].shape[0]
+    out, cells = projs[0].new_empty((T, N, D * H)), projs[0].new_empty((T, N, D * H))
+    gates = projs[0].new_empty((T, N, D * 4 * H))
+    for d in range(D):
+        cols, gate_cols = slice(d * H, (d + 1) * H), slice(4 * d * H, 4 * (d + 1) * H)
+        h, c = h0[d], c0[d]
+        for t in _steps(T, d):
+            z = projs[d][t] + h @ weights[d].T
+            if biases is not None:
+                z = z + biases[d]
+            z_i, z_f, z_g, z_o = z.chunk(4, dim=1)
+            acts = torch.cat([torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g),
+                              torch.sigmoid(z_o)], dim=1)
+            g_i, g_f, g_g, g_o = acts.chunk(4, dim=1)
+            c_new = g_f * c + g_i * g_g
+            h_new = g_o * torch.tanh(c_new)
+            inside = _inside(lengths, t)
+            h = h_new if inside is None else torch.where(inside, h_new, h)
+            c = c_new if inside is None else torch.where(inside, c_new, c)
+            out[t, :, cols], cells[t, :, cols], gates[t, :, gate_cols] = h, c, acts
+    return out, cells, gates
+
+
+def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths):
+    """(dz, dh0, dc0) as kernels/launch.py's lstm_backward computes them, walking time
+    backwards: a held step (outside its sequence) has dz = 0 and passes dL/dh and dL/dc
+    through."""
+    weights = per_direction(w_hh)
+    D, H = len(weights), weights[0].shape[1]
+    T = out.shape[0]
+    dz = gates.new_empty(gates.shape)
+    dh0, dc0 = c0.new_empty(c0.shape), c0.new_empty(c0.shape)
+    for d in range(D):
+        cols, gate_cols = slice(d * H, (d + 1) * H), slice(4 * d * H, 4 * (d + 1) * H)
+        dh, dc = torch.zeros_like(c0[d]), torch.zeros_like(c0[d])
+        steps = list(_steps(T, d))
+        for k in reversed(range(T)):
+            t = steps[k]
+            c_prev = cells[steps[k - 1], :, cols] if k > 0 else c0[d]
+            g_i, g_f, g_g, g_o = gates[t, :, gate_cols].chunk(4, dim=1)
+            g = dout[t, :, cols] + dh
+            dc_t = dc + dcells[t, :, cols]
+            tc = torch.tanh(cells[t, :, cols])
+            dc_in = dc_t + g * g_o * (1 - tc * tc)
+            dz_t = torch.cat([dc_in * g_g * g_i * (1 - g_i), dc_in * c_prev * g_f * (1 - g_f),
+                              dc_in * g_i * (1 - g_g * g_g), g * tc * g_o * (1 - g_o)], dim=1)
+            inside = _inside(lengths, t)
+            if inside is not None:
+                dz_t = torch.where(inside, dz_t, 0)
+            dz[t, :, gate_cols] = dz_t
+            dh, dc = dz_t @ weights[d], dc_in * g_f
+            if inside is not None:
+                dh, dc = torch.where(inside, dh, g), torch.where(inside, dc, dc_t)
+        dh0[d], dc0[d] = dh, dc
+    return dz, dh0, dc0
