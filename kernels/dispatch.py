@@ -126,8 +126,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
     # spill (kilobytes for resident tiles over 32, bytes when streaming); use the elementwise
     # product instead, which is what the FMA fallback computes anyway. Resident float64 tl.dot
     # spills 16-40 B on sm_90 with Triton 3.6 whatever the warps and stages.
+    # With more than one gate (LSTM) IEEE fp32 never takes tl.dot: at BH = 32 its four FMA
+    # products spilled 2 KB (Triton 3.6) or crashed LLVM's SLP vectorizer (3.9, sm_90).
     ieee_fp32 = dtype == torch.float32 and not allow_tf32
-    use_dot = (batch >= DOT_MIN_BATCH and not (ieee_fp32 and BH > IEEE_DOT_MAX_BH)
+    use_dot = (batch >= DOT_MIN_BATCH
+               and not (ieee_fp32 and (BH > IEEE_DOT_MAX_BH or gates > 1))
                and not (resident and dtype == torch.float64))
     BN = DOT_MIN_BATCH if use_dot else 1
     if resident:

@@ -1,11 +1,12 @@
 """Kernel resource report and compile gate; needs no GPU.
 
     python -m triton_rnn.kernels.report [--arch 90|80|all] [--json] [--jobs N] [--dump DIR]
-                                        [--no-model]
+                                        [--no-model] [--cells rnn,lstm]
 
 Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
-dtype x hidden size x batch (forward and backward kernels, padded and packed, and the cell),
-and prints registers, spilled bytes, shared memory and occupancy for each. What it compiles is
+dtype x hidden size x batch (forward and backward kernels, padded and packed, and the cell;
+and an LSTM layer's forward and backward where LSTM layers run our kernels), and prints
+registers, spilled bytes, shared memory and occupancy for each. What it compiles is
 what a launch compiles: the launcher's own arguments and options for tensors of that shape,
 bound and specialised by Triton's JIT as at launch. Exits non-zero if any configuration spills
 more than a few scalars, overflows shared memory, or fails to compile.
@@ -49,6 +50,7 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 from . import cost_model, launch, occupancy
+from .cells import GATES, LSTM, RNN
 from .dispatch import SHARED_PER_BLOCK, choose, choose_cell
 from .launch import interpreting
 
@@ -68,6 +70,9 @@ HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The kernels do not specialise on N (one compiled kernel serves every batch with the same
 # tile); 1, 5, 16 and 256 are the batch classes whose tiles and split plans differ.
 BATCHES = (1, 5, 16, 256)
+# LSTM layers run our (resident) kernels up to H = 64 (32 in fp64): their rows compile the
+# default table's hidden sizes there, at a batch of each product (elementwise, tl.dot).
+LSTM_BATCHES = (1, 16)
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
 # 60-170 registers, far from the limit, depending on the Triton version and the JIT's
 # specialisation of a launch; such a frame stays in L1. A tile that does not fit spills far
@@ -337,6 +342,7 @@ class Row:
     round_trips: float = 0.0
     model_us: float = 0.0
     shared_cycles: float = 0.0  # shared-memory bytes moved per SM and step / bytes per cycle
+    cell: str = "rnn"  # the recurrence's cell (kernels/cells.py): "rnn" or "lstm"
 
     @property
     def faults(self) -> list:
@@ -383,14 +389,37 @@ def _captured_launches():
             setattr(launch, name, value)
 
 
+def _lstm_launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, lengths,
+                           allow_tf32: bool, D: int):
+    """_launch_arguments for an LSTM layer (lstm_forward / lstm_backward)."""
+    T = 2
+    seq, gates, states = (torch.empty((T, N, D * H), dtype=dtype),
+                          torch.empty((T, N, D * 4 * H), dtype=dtype),
+                          torch.empty((D, N, H), dtype=dtype))
+    w_hh = [torch.empty((4 * H, H), dtype=dtype) for _ in range(D)]
+    with _captured_launches() as launches:
+        if pass_ == "forward":
+            launch.lstm_forward([torch.empty((T, N, 4 * H), dtype=dtype) for _ in range(D)],
+                                states, torch.empty_like(states), w_hh, lengths, allow_tf32,
+                                b_hh=[torch.empty(4 * H, dtype=dtype) for _ in range(D)])
+        else:
+            launch.lstm_backward(seq, torch.empty_like(seq), torch.empty_like(seq),
+                                 torch.empty_like(seq), gates, states, w_hh, lengths,
+                                 allow_tf32)
+    (launched,) = launches
+    return launched
+
+
 def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bool,
-                      allow_tf32: bool, D: int = 1, cfg=None):
+                      allow_tf32: bool, D: int = 1, cfg=None, cell: str = "rnn"):
     """(kernel, args, kwargs) the launcher passes for a first layer's recurrence (D directions,
     T = 2; h0 at the start of its buffer) or for a cell call with I = H, built from CPU tensors
     of the real shapes and strides (never written). Later layers' h0 slices and other input
     sizes can change the JIT's alignment marks, so their code may differ slightly."""
     T = 2
     lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
+    if cell == "lstm":
+        return _lstm_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D)
     seq = torch.empty((T, N, D * H), dtype=dtype)
     # Each direction's own W_hh, b_hh and projection, as the module passes its parameters
     # (a bias or none compile the same code: the kernels take its length at run time).
@@ -533,21 +562,23 @@ def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
 
 
 def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1,
-            packed: bool = False, split: bool = True) -> Row:
+            packed: bool = False, split: bool = True, cell: str = "rnn") -> Row:
     """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell).
-    split=False: the configuration the launcher falls back to where split does not fit."""
+    split=False: the configuration the launcher falls back to where split does not fit.
+    cell: the recurrence's cell, "rnn" or "lstm" (LSTM_HIDDEN_SIZES: its resident layers)."""
     dtype, allow_tf32 = DTYPES[dtype_name]
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
     else:
-        cfg = choose(H, N, dtype, allow_tf32, split, arch=arch)
+        cfg = choose(H, N, dtype, allow_tf32, split, arch=arch,
+                     gates=GATES[LSTM.value if cell == "lstm" else RNN.value])
         programs = triton.cdiv(N, cfg.BN) * directions
     ordering = []
     w_hh = "-"
     try:
         launched = _launch_arguments(pass_, dtype, H, N, packed, allow_tf32, directions,
-                                     None if pass_ == "cell" else cfg)
+                                     None if pass_ == "cell" else cfg, cell)
         regs, stack, shared, ptx, ttgir, cubin = compile_resources(*launched, arch)
         error = ""
         w_hh = w_hh_placement(ttgir, w_hh_pointer(launched[0]),
@@ -581,9 +612,10 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
             w_hh += f", {S} slices"
     batch_kind = "-" if pass_ == "cell" else "packed" if packed else "padded"
     row = Row(arch, pass_, batch_kind, dtype_name, H, N, config, regs, stack, shared,
-              per_sm, programs, capacity, w_hh)
-    # The model's constants are an H100's: sm_90 rows only (sm_80 rows leave it at zero).
-    modeled = _with_model and arch == 90
+              per_sm, programs, capacity, w_hh, cell=cell)
+    # The model's constants are an H100's: sm_90 rows only (sm_80 rows leave it at zero). Its
+    # traffic terms (cost_model.step_traffic) are the RNN's: LSTM rows have no model yet.
+    modeled = _with_model and arch == 90 and cell == "rnn"
     sass = disassemble(cubin) if cubin and (modeled or _dump_dir) else ""
     if not error and modeled:
         try:
@@ -624,7 +656,8 @@ _with_model = True  # --no-model: skip the cost model and the disassembly it rea
 
 
 def dump_name(row: Row) -> str:
-    return (f"sm{row.arch}-{row.pass_}-{row.batch_kind.replace('-', 'cell')}-{row.dtype}"
+    cell = "" if row.cell == "rnn" else f"{row.cell}-"
+    return (f"sm{row.arch}-{cell}{row.pass_}-{row.batch_kind.replace('-', 'cell')}-{row.dtype}"
             f"-H{row.H}-N{row.N}")
 
 
@@ -634,13 +667,25 @@ def _dump(row: Row, ttgir: str, ptx: str, sass: str) -> None:
             f.write(text)
 
 
-def table(archs, shapes=None, directions: int = 1, jobs: int = 1) -> list:
+def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
+          cells=("rnn", "lstm")) -> list:
     """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given, in
-    this order; `jobs` processes compile them (Triton's on-disk cache is shared among them)."""
+    this order, for the recurrences of `cells`; `jobs` processes compile them (Triton's
+    on-disk cache is shared among them)."""
+    default = shapes is None
     shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
-    cases = [(p, d, H, N, arch, directions, packed) for arch in archs
-             for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes]
-    cases += [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
+    cases = [] if "rnn" not in cells else \
+        [(p, d, H, N, arch, directions, packed) for arch in archs
+         for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes] + \
+        [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
+    # LSTM layers (padded: a packed batch runs the same compiled kernel), where they run our
+    # kernels, with each product (batch 1 and 16).
+    lstm_shapes = [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES
+                   for N in LSTM_BATCHES] if default else shapes
+    cases += [(p, d, H, N, arch, directions, False, True, "lstm") for arch in archs
+              for p in ("forward", "backward") for d, H, N in lstm_shapes
+              if "lstm" in cells and choose(H, N, *DTYPES[d], arch=arch,
+                                            gates=GATES[LSTM.value]).variant == "resident"]
     if jobs <= 1:
         return [measure(*case) for case in cases]
     # Forked workers (no CUDA here). The cases of one pass, dtype and H (every batch, padded
@@ -679,11 +724,12 @@ def _model_cells(r: Row) -> tuple:
 
 
 def _print(rows) -> None:
-    head = ("arch", "pass", "batch", "dtype", "H", "N", "configuration", "regs", "spill B",
-            "smem B", "prog/SM", "programs/capacity", "W_hh", "model µs/step",
+    head = ("arch", "cell", "pass", "batch", "dtype", "H", "N", "configuration", "regs",
+            "spill B", "smem B", "prog/SM", "programs/capacity", "W_hh", "model µs/step",
             "issue cyc/SM", "smem cyc/SM", "L2 KB", "trips", "mma/ffma/mufu/bar per warp",
             "faults")
-    lines = [head] + [(f"sm_{r.arch}", r.pass_, r.batch_kind, r.dtype, r.H, r.N, r.config,
+    lines = [head] + [(f"sm_{r.arch}", r.cell, r.pass_, r.batch_kind, r.dtype, r.H, r.N,
+                       r.config,
                        r.registers, r.spilled_bytes, r.shared_bytes, r.programs_per_sm,
                        f"{r.programs}/{r.capacity}", r.w_hh, *_model_cells(r),
                        "; ".join(r.faults) or "-")
@@ -701,6 +747,9 @@ def main(argv=None) -> int:
                         help="dtype:H:batch[,...] instead of the default table, e.g. fp32:128:16")
     parser.add_argument("--directions", type=int, choices=(1, 2), default=1,
                         help="recurrences of one or two directions (their strides differ)")
+    parser.add_argument("--cells", default="rnn,lstm",
+                        help="the recurrences' cells, rnn and/or lstm (LSTM rows where LSTM "
+                             "layers run our kernels)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="compile in this many processes (e.g. one per core)")
     parser.add_argument("--dump", metavar="DIR", default=None,
@@ -721,7 +770,7 @@ def main(argv=None) -> int:
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
         _dump_dir = args.dump
-    rows = table(archs, args.shapes, args.directions, args.jobs)
+    rows = table(archs, args.shapes, args.directions, args.jobs, args.cells.split(","))
     if args.json:
         print(json.dumps([dict(asdict(r), faults=r.faults) for r in rows], indent=1))
     else:

@@ -81,7 +81,8 @@ def kernels_only(monkeypatch):
     path, which would then be compared with itself. The routing tests turn it back on."""
     monkeypatch.setattr(launch, "poison_outputs", True)
     monkeypatch.setenv("TRITON_RNN_BACKEND", "kernels")
-    for name in ("recurrence_forward", "recurrence_backward", "rnn_cell"):
+    for name in ("recurrence_forward", "recurrence_backward", "rnn_cell", "lstm_forward",
+                 "lstm_backward"):
         original = getattr(reference, name)
 
         def guarded(*args, _original=original, _name=name, **kwargs):

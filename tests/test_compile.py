@@ -14,7 +14,7 @@ import pytest
 
 
 from triton_rnn.kernels.dispatch import choose
-from triton_rnn.kernels.report import SCALAR_SPILL_ALLOWANCE
+from triton_rnn.kernels.report import DTYPES, SCALAR_SPILL_ALLOWANCE
 
 # (dtype, H, batch): every variant (resident and streaming, elementwise and tl.dot; split),
 # float32 with TF32 on ("tf32") and off ("fp32", IEEE) on both sides of each limit, and the
@@ -47,9 +47,11 @@ def report_rows():
     return _report(shapes)
 
 
-def _rows_of(rows, shapes):
+def _rows_of(rows, shapes, cells=("rnn",)):
+    """The rows of these shapes and cells (the report adds LSTM rows where LSTM layers run our
+    kernels)."""
     wanted = set(shapes)
-    return [r for r in rows if (r["dtype"], r["H"], r["N"]) in wanted]
+    return [r for r in rows if (r["dtype"], r["H"], r["N"]) in wanted and r["cell"] in cells]
 
 
 def _report(shapes, directions=1):
@@ -70,11 +72,15 @@ def _report(shapes, directions=1):
 def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions, request):
     if directions == 1:
         returncode, rows = request.getfixturevalue("report_rows")
-        rows = _rows_of(rows, shapes)  # the run's exit code covers W_HH_SHAPES too
     else:
         returncode, rows = _report(shapes, directions)
-    # forward and backward, padded and packed, and the RNNCell kernel, for each shape
-    assert len(rows) == 5 * len(shapes)
+    # forward and backward, padded and packed, and the RNNCell kernel, for each shape; and
+    # forward and backward of an LSTM layer where the shape runs our LSTM kernels
+    lstm = [s for s in shapes if choose(s[1], s[2], *DTYPES[s[0]], arch=90, gates=4).variant
+            == "resident"]
+    assert len(_rows_of(rows, shapes)) == 5 * len(shapes)
+    assert len(_rows_of(rows, lstm, ("lstm",))) == 2 * len(lstm) > 0
+    rows = _rows_of(rows, shapes, ("rnn", "lstm"))  # the exit code covers W_HH_SHAPES too
     faults = [f"{r['pass_']} {r['batch_kind']} {r['dtype']} H={r['H']} N={r['N']} "
               f"{r['config']}: {r['faults']}"
               for r in rows if r["faults"]]

@@ -152,7 +152,8 @@ def test_split_forward_counts_match_a_hand_count(tmp_path):
     one row tile, so 1 round trip (the state) and the barrier's."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, "-m", "triton_rnn.kernels.report", "--arch", "90",
-                           "--json", "--shapes", MODELED_SHAPES, "--dump", str(tmp_path)],
+                           "--json", "--shapes", MODELED_SHAPES, "--dump", str(tmp_path),
+                           "--cells", "rnn"],
                           env=env, capture_output=True, text=True)
     rows = json.loads(proc.stdout)
     assert proc.returncode == 0, proc.stderr

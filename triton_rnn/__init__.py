@@ -1,15 +1,19 @@
-"""triton-rnn: drop-in torch.nn.RNN whose recurrence runs in persistent Triton kernels."""
+"""triton-rnn: drop-in torch.nn.RNN (and nn.LSTM) whose recurrence runs in persistent Triton
+kernels."""
 import torch
 
 from .cell import RNNCell
 from .compile_support import allow_dynamo_to_trace
-from .rnn import RNN, convert
+from .lstm import LSTM
+from .convert import convert
+from .rnn import RNN
 from .routing import backend, get_backend, set_backend, tune
 from .version import __version__
 
 allow_dynamo_to_trace(RNN)
+allow_dynamo_to_trace(LSTM)
 # What users save must load: torch.load's default (weights_only=True) unpickles only the
-# classes it is told are safe. Ours hold nothing but nn.RNN's (nn.RNNCell's) own state.
-torch.serialization.add_safe_globals([RNN, RNNCell])
+# classes it is told are safe. Ours hold nothing but nn.RNN's (nn.LSTM's, nn.RNNCell's) own state.
+torch.serialization.add_safe_globals([RNN, LSTM, RNNCell])
 
-__all__ = ["RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]
+__all__ = ["LSTM", "RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]

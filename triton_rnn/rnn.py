@@ -35,7 +35,59 @@ class PackedLayout:
         return grid.reshape(self.T * self.N, grid.shape[2]).index_select(0, self.index)
 
 
-class RNN(nn.RNN):
+class StackedLayers:
+    """What triton_rnn's multi-layer modules share, over nn.RNNBase's parameter layout: the
+    parameters by name, directions, each layer's weights, and the argument checks."""
+
+    def _params(self) -> list:
+        # By name, not from nn.RNN's _flat_weights list: torch.func.functional_call swaps the
+        # named parameters without updating that list (nn.RNN refreshes it in forward).
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _check_args(self, input: Tensor, hx, params, batch_sizes) -> None:
+        """nn.RNN's (nn.LSTM's) checks, with its exception types and messages; hx: None, the
+        initial state, or LSTM's (h0, c0)."""
+        if hx is not None:
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            self.check_input(input, batch_sizes)
+        states = () if hx is None else hx if isinstance(hx, tuple) else (hx,)
+        for state in states:
+            if state.device != input.device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found "
+                                   f"input tensor at {input.device} and hidden tensor at "
+                                   f"{state.device}")
+        for w in params:
+            if w.device != input.device:
+                raise RuntimeError("Input and parameter tensors are not at the same device, "
+                                   f"found input tensor at {input.device} and parameter tensor "
+                                   f"at {w.device}")
+        for state in states:
+            if state.dtype != params[0].dtype and autocast_dtype(input.device.type) is None:
+                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
+                                   f"{scalar_name(state.dtype)} and "
+                                   f"{scalar_name(params[0].dtype)}")
+
+    def _layer_weights(self, params, layer: int, dtype) -> list:
+        """Per direction of one layer, (W_ih, W_hh, b_ih, b_hh) (biases None without bias):
+        the parameters themselves, read in place, or under autocast their casts made for
+        this call."""
+        per_dir = 4 if self.bias else 2
+        D = self._directions()
+        first = layer * D * per_dir
+        groups = []
+        for d in range(D):
+            group = params[first + d * per_dir:first + (d + 1) * per_dir]
+            if dtype is not None:
+                group = autocast_cast(list(group), dtype)
+            groups.append((*group, None, None)[:4])
+        return groups
+
+
+class RNN(StackedLayers, nn.RNN):
     """Drop-in replacement for torch.nn.RNN: same constructor, parameters, initialisation,
     state_dict, shapes and errors. Only `forward` differs: each layer's input projection is one
     matrix multiply per direction over all timesteps, then one persistent kernel launch per
@@ -86,11 +138,6 @@ class RNN(nn.RNN):
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(h_n, unsorted_indices))
 
-    def _params(self) -> list:
-        # By name, not from nn.RNN's _flat_weights list: torch.func.functional_call swaps the
-        # named parameters without updating that list (nn.RNN refreshes it in forward).
-        return [getattr(self, name) for name in self._flat_weights_names]
-
     def stand_in(self) -> "RNN":
         """A new triton_rnn.RNN of this configuration holding a copy of the weights, read by
         nn.RNN's own names (so parametrized weights give their computed values), with their
@@ -107,28 +154,6 @@ class RNN(nn.RNN):
                 q.requires_grad_(p.requires_grad)
         return clone.train(self.training)
 
-    def _directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def _check_args(self, input: Tensor, hx, params, batch_sizes) -> None:
-        """nn.RNN's checks, with nn.RNN's exception types and messages."""
-        if hx is not None:
-            self.check_forward_args(input, hx, batch_sizes)
-        else:
-            self.check_input(input, batch_sizes)
-        if hx is not None and hx.device != input.device:
-            raise RuntimeError("Input and hidden tensors are not at the same device, found "
-                               f"input tensor at {input.device} and hidden tensor at {hx.device}")
-        for w in params:
-            if w.device != input.device:
-                raise RuntimeError("Input and parameter tensors are not at the same device, "
-                                   f"found input tensor at {input.device} and parameter tensor "
-                                   f"at {w.device}")
-        if hx is not None and hx.dtype != params[0].dtype and \
-                autocast_dtype(input.device.type) is None:
-            raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got "
-                               f"{scalar_name(hx.dtype)} and {scalar_name(params[0].dtype)}")
-
     def _run(self, x: Tensor, hx, params, batch: int, layout, weight_dtype=None):
         """Autocast and the default h0, then the layers."""
         dtype = autocast_dtype(x.device.type)
@@ -142,21 +167,6 @@ class RNN(nn.RNN):
         if hx is None:
             hx = x.new_zeros((self.num_layers * self._directions(), batch, self.hidden_size))
         return self._run_layers(x, hx, params, layout, weight_dtype)
-
-    def _layer_weights(self, params, layer: int, dtype) -> list:
-        """Per direction of one layer, (W_ih, W_hh, b_ih, b_hh) (biases None without bias):
-        the parameters themselves, read in place, or under autocast their casts made for
-        this call."""
-        per_dir = 4 if self.bias else 2
-        D = self._directions()
-        first = layer * D * per_dir
-        groups = []
-        for d in range(D):
-            group = params[first + d * per_dir:first + (d + 1) * per_dir]
-            if dtype is not None:
-                group = autocast_cast(list(group), dtype)
-            groups.append((*group, None, None)[:4])
-        return groups
 
     def _run_layers(self, x: Tensor, hx: Tensor, params, layout, weight_dtype):
         """x: (T, N, I), or (P, I) packed rows when `layout` is given; weight_dtype: the
@@ -189,17 +199,3 @@ class RNN(nn.RNN):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return x, torch.stack(h_n)
-
-
-def convert(model: nn.Module) -> nn.Module:
-    """Turn every torch.nn.RNN (and nn.RNNCell) in `model`, `model` itself included, into a
-    triton_rnn.RNN (RNNCell), in place, and return `model`.
-
-    Each module is re-classed rather than copied, so it keeps its parameter objects, buffers,
-    hooks and training mode, and optimizers already holding its parameters keep working."""
-    from .cell import RNNCell
-    replacements = {nn.RNN: RNN, nn.RNNCell: RNNCell}
-    for module in model.modules():
-        if type(module) in replacements:
-            module.__class__ = replacements[type(module)]
-    return model

@@ -180,6 +180,23 @@ def use_torch(module, input, hx=None) -> bool:
     return call is not None and _measured_choice(module, input, hx, call, tuning)
 
 
+def lstm_uses_torch(module, input) -> bool:
+    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: always under
+    the "torch" policy; under "auto" for CUDA tensors (LSTM classes are not measured yet, and
+    nn.LSTM is never slower than itself); and wherever our kernels do not run the layer yet
+    (proj_size, and hidden sizes past the resident variant: launch.lstm_runs_on_kernels)."""
+    from .kernels import lstm_runs_on_kernels
+    from .nn_rules import autocast_dtype, tf32_allowed
+    policy = get_backend()
+    data = input.data if isinstance(input, PackedSequence) else input
+    if policy == "torch" or not isinstance(data, torch.Tensor) or module.proj_size > 0:
+        return True
+    if policy == "auto" and data.device.type in MEASURED_DEVICES:
+        return True
+    dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
+    return not lstm_runs_on_kernels(module.hidden_size, 1, dtype, tf32_allowed())
+
+
 def _describe(module, input, hx=None):
     """(device, dtype name, hidden, batch, training, packed, directions, layers) of a call,
     or None for an input we do not accept (our argument checks raise nn.RNN's error)."""

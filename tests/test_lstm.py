@@ -1,0 +1,301 @@
+"""triton_rnn.LSTM against nn.LSTM: the module, its kernels (the resident variant), its routing
+to nn.LSTM where no kernel of ours runs the layer, and PyTorch's own samples and error inputs
+for nn.LSTM."""
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_sequence
+
+import triton_rnn
+from conftest import DEVICE
+from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, rel_err
+from triton_rnn import routing
+from triton_rnn.kernels import launch
+
+pytestmark = pytest.mark.resident
+
+
+def lstm_pair(*args, dtype=torch.float64, seed=0, **kwargs):
+    """(ours on DEVICE in dtype, nn.LSTM in float64 on the CPU) holding the same weights."""
+    torch.manual_seed(seed)
+    ours = triton_rnn.LSTM(*args, **kwargs).to(device=DEVICE, dtype=dtype)
+    ref = nn.LSTM(*args, **kwargs).double()
+    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
+    return ours, ref
+
+
+@pytest.fixture
+def kernel_launches(monkeypatch):
+    """The LSTM kernel launches a test makes, counted by pass."""
+    count = {"forward": 0, "backward": 0}
+    for name, pass_ in (("lstm_forward", "forward"), ("lstm_backward", "backward")):
+        original = getattr(launch, name)
+
+        def counted(*args, _original=original, _pass=pass_, **kwargs):
+            count[_pass] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(launch, name, counted)
+    import triton_rnn.lstm_ops as lstm_ops
+    monkeypatch.setattr(lstm_ops, "kernel_forward", launch.lstm_forward)
+    monkeypatch.setattr(lstm_ops, "kernel_backward", launch.lstm_backward)
+    return count
+
+
+def _flatten(value):
+    """The tensors of a forward's result: output (or its packed data), h_n, c_n."""
+    out, (h_n, c_n) = value
+    return [out.data if isinstance(out, nn.utils.rnn.PackedSequence) else out, h_n, c_n]
+
+
+def _compare(ours, ref, inputs, ref_inputs, tolerance, grad_tolerance, leaves, ref_leaves):
+    """Forward values, then the gradients of every input, state and parameter, of one loss
+    that weighs each output differently (so a swapped gradient shows)."""
+    got, expected = _flatten(ours(*inputs)), _flatten(ref(*ref_inputs))
+    for a, b in zip(got, expected):
+        assert rel_err(a, b) < tolerance
+    weights = [torch.randn(b.shape, dtype=torch.float64) for b in expected]
+    sum(((a.double().cpu() * w).sum() for a, w in zip(got, weights))).backward()
+    sum(((b * w).sum() for b, w in zip(expected, weights))).backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert rel_err(p.grad, q.grad) < grad_tolerance, name
+    for a, b in zip(leaves, ref_leaves):
+        assert rel_err(a.grad, b.grad) < grad_tolerance
+
+
+def _leaf(t, dtype=torch.float64):
+    """A copy of t on DEVICE in dtype that gradients accumulate in."""
+    return t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_()
+
+
+# Options of the module as an all-pairs cover: bias, layers, bidirectional, batch_first, the
+# input (padded, packed sorted or not, unbatched), initial states given or not.
+OPTIONS = all_pairs((True, False), (1, 2), (False, True), (False, True),
+                    ("padded", "packed", "packed-unsorted", "unbatched"), (True, False))
+
+
+@pytest.mark.parametrize("bias,layers,bidirectional,batch_first,kind,with_states", OPTIONS,
+                         ids=["-".join(str(v) for v in c) for c in OPTIONS])
+def test_matches_nn_lstm_in_float64(bias, layers, bidirectional, batch_first, kind,
+                                    with_states, kernel_launches):
+    """Every option, at a ragged hidden size (20 of a 32-wide tile), values and gradients."""
+    H, I, T, N = 20, 5, 4, 3
+    ours, ref = lstm_pair(I, H, layers, bias, batch_first, 0.0, bidirectional)
+    torch.manual_seed(1)
+    D = 2 if bidirectional else 1
+    states = [torch.randn(layers * D, N, H, dtype=torch.float64) for _ in range(2)]
+    if kind.startswith("packed"):
+        lengths = [T, T - 1, 2] if kind == "packed" else [2, T, T - 1]
+        seqs = [torch.randn(n, I, dtype=torch.float64) for n in lengths]
+        leaves, ref_leaves = [_leaf(s) for s in seqs], [s.clone().requires_grad_() for s in seqs]
+        x = pack_sequence(leaves, enforce_sorted=kind == "packed")
+        x_ref = pack_sequence(ref_leaves, enforce_sorted=kind == "packed")
+    else:
+        shape = (T, I) if kind == "unbatched" else (N, T, I) if batch_first else (T, N, I)
+        x = torch.randn(shape, dtype=torch.float64)
+        leaves, ref_leaves = [_leaf(x)], [x.clone().requires_grad_()]
+        x, x_ref = leaves[0], ref_leaves[0]
+        if kind == "unbatched":
+            states = [s[:, 0] for s in states]
+    inputs, ref_inputs = [x], [x_ref]
+    if with_states:
+        h = [_leaf(s) for s in states]
+        h_ref = [s.clone().requires_grad_() for s in states]
+        inputs.append(tuple(h))
+        ref_inputs.append(tuple(h_ref))
+        leaves, ref_leaves = leaves + h, ref_leaves + h_ref
+    _compare(ours, ref, inputs, ref_inputs, 1e-9, 1e-9, leaves, ref_leaves)
+    assert kernel_launches == {"forward": layers, "backward": layers}
+
+
+# (dtype, TF32, batch, target): the elementwise product (batch 2) and tl.dot in one or two
+# batch tiles (16, 17), at H = 64 (the largest resident LSTM tile in 16 and 32 bits: four
+# 64 x 64 gate tiles), in both tl.dot layouts: h @ B, and sm_90's W-first (the launcher made to
+# plan for sm_90: W_hh the first operand, transposed state tiles; test_w_first.py).
+DTYPES = [(torch.float32, False, 2, None), (torch.float32, True, 17, 90),
+          (torch.bfloat16, False, 17, None), (torch.float16, False, 16, 90),
+          (torch.float16, False, 2, None)]
+
+
+@pytest.mark.parametrize("dtype,tf32,N,arch", DTYPES,
+                         ids=[f"{str(d)[6:]}{'-tf32' if t else ''}-N{n}{'-sm90' if a else ''}"
+                              for d, t, n, a in DTYPES])
+def test_dtypes_match_float64(dtype, tf32, N, arch, kernel_launches, monkeypatch):
+    H, I, T = 64, 8, 5
+    monkeypatch.setattr(launch, "device_arch", lambda: arch)
+    cfg = launch.choose(H, N, dtype, tf32, arch=arch, gates=4)
+    assert (cfg.variant, cfg.use_dot, cfg.w_first) == ("resident", N >= 16, arch == 90), cfg
+    ours, ref = lstm_pair(I, H, 1, True, False, 0.0, True, dtype=dtype)
+    torch.manual_seed(2)
+    x = torch.randn(T, N, I)
+    leaves, ref_leaves = [_leaf(x, dtype)], [x.double().requires_grad_()]
+    ieee = dtype == torch.float32 and not tf32
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
+        _compare(ours, ref, leaves, ref_leaves, 1e-5 if ieee else TOLERANCE[dtype],
+                 1e-5 if ieee else GRAD_TOLERANCE[dtype], leaves, ref_leaves)
+    assert kernel_launches == {"forward": 1, "backward": 1}
+
+
+def test_training_with_dropout_matches_nn_lstm():
+    """Between layers, with the same dropout masks: on the CPU both draw them with the same
+    generator calls in the same order."""
+    torch.manual_seed(0)
+    ours = triton_rnn.LSTM(3, 6, 3, dropout=0.5).double().train()
+    ref = nn.LSTM(3, 6, 3, dropout=0.5).double().train()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    got = _flatten(ours(x))
+    torch.manual_seed(5)
+    expected = _flatten(ref(x))
+    for a, b in zip(got, expected):
+        assert rel_err(a, b) < 1e-9
+
+
+def test_parameters_are_read_in_place_every_call():
+    """A write through .data (which moves no version counter) is seen by the next call."""
+    ours, ref = lstm_pair(4, 8, 2, bidirectional=True)
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    ours(x.to(DEVICE))
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+            p.data.mul_(-0.7).add_(0.05)
+            q.data.mul_(-0.7).add_(0.05)
+    for a, b in zip(_flatten(ours(x.to(DEVICE))), _flatten(ref(x))):
+        assert rel_err(a, b) < 1e-9
+
+
+def test_backward_is_bitwise_deterministic():
+    ours, _ = lstm_pair(4, 24, 1, bidirectional=True)
+    x = torch.randn(4, 3, 4, dtype=torch.float64, device=DEVICE)
+
+    def grads():
+        ours.zero_grad()
+        out, (h, c) = ours(x)
+        (out.sum() + h.sum() + c.sum()).backward()
+        return [p.grad.clone() for p in ours.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))
+
+
+# ----- routing: nn.LSTM's own path where our kernels do not run the layer ------------------
+
+@pytest.mark.parametrize("kwargs,H", [(dict(proj_size=3), 8), ({}, 100)],
+                         ids=["proj_size", "H100-past-resident"])
+def test_layers_without_a_kernel_run_nn_lstm(kwargs, H, kernel_launches):
+    ours, ref = lstm_pair(4, H, 2, **kwargs)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    for a, b in zip(_flatten(ours(x.to(DEVICE))), _flatten(ref(x))):
+        assert rel_err(a, b) < 1e-12
+    assert kernel_launches["forward"] == 0
+
+
+def test_auto_on_a_measured_device_runs_nn_lstm(monkeypatch, kernel_launches):
+    """Under "auto", LSTM calls on a GPU run nn.LSTM (LSTM classes are not measured yet); the
+    test makes the CPU a measured device."""
+    monkeypatch.setattr(routing, "MEASURED_DEVICES", ("cpu", "cuda"))
+    ours, ref = lstm_pair(4, 8)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    with triton_rnn.backend("auto"):
+        got = _flatten(ours(x.to(DEVICE)))
+    for a, b in zip(got, _flatten(ref(x))):
+        assert rel_err(a, b) < 1e-12
+    assert kernel_launches["forward"] == 0
+    with triton_rnn.backend("kernels"):
+        ours(x.to(DEVICE))
+    assert kernel_launches["forward"] == 1
+
+
+# ----- the module: nn.LSTM's constructor, parameters, state_dict, errors --------------------
+
+def test_is_an_nn_lstm_with_identical_parameters_init_and_repr():
+    torch.manual_seed(0)
+    ref = nn.LSTM(10, 20, 2, False, True, 0.1, True, 5)  # nn.LSTM's positional order
+    torch.manual_seed(0)
+    ours = triton_rnn.LSTM(10, 20, 2, False, True, 0.1, True, 5)
+    assert isinstance(ours, nn.LSTM) and "LSTM" in triton_rnn.__all__
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (_, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b)
+    assert repr(ours) == repr(ref)
+
+
+def test_saved_model_and_state_dict_load_with_torch_defaults():
+    ours = triton_rnn.LSTM(3, 4, 2, bidirectional=True)
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer)  # weights_only=True, PyTorch's default
+    assert type(again) is triton_rnn.LSTM
+    ref = nn.LSTM(3, 4, 2, bidirectional=True)
+    ref.load_state_dict(again.state_dict(), strict=True)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), ref.parameters()))
+
+
+def test_convert_reclasses_nn_lstm_in_place():
+    model = nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 4))
+    lstm_params = [id(p) for p in model[1].parameters()]
+    assert triton_rnn.convert(model) is model and type(model[1]) is triton_rnn.LSTM
+    assert [id(p) for p in model[1].parameters()] == lstm_params
+
+
+# (description, module kwargs, input shape, (h0, c0) shapes or None, input dtype, state dtype)
+BAD_INPUTS = [
+    ("input-rank-4", {}, (5, 2, 4, 1), None, torch.float32, None),
+    ("input-size", {}, (5, 2, 3), None, torch.float32, None),
+    ("h0-shape", {}, (5, 2, 4), ((2, 2, 5), (2, 2, 6)), torch.float32, torch.float32),
+    ("c0-shape", {}, (5, 2, 4), ((2, 2, 6), (2, 3, 6)), torch.float32, torch.float32),
+    ("h0-rank-batched", {}, (5, 2, 4), ((2, 6), (2, 2, 6)), torch.float32, torch.float32),
+    ("c0-rank-unbatched", {}, (5, 4), ((2, 6), (2, 1, 6)), torch.float32, torch.float32),
+    ("input-dtype", {}, (5, 2, 4), None, torch.float64, None),
+    ("input-int", {}, (5, 2, 4), None, torch.int64, None),
+    ("seq-len-0", {}, (0, 2, 4), None, torch.float32, None),
+    ("seq-len-0-batch-first", dict(batch_first=True), (2, 0, 4), None, torch.float32, None),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_raises_what_nn_lstm_raises(case):
+    _, kwargs, shape, states, dtype, state_dtype = case
+    x = torch.zeros(shape, dtype=dtype)
+    hx = None if states is None else tuple(torch.zeros(s, dtype=state_dtype) for s in states)
+    with pytest.raises(Exception) as expected:
+        nn.LSTM(4, 6, 2, **kwargs)(x, hx)
+    ours = triton_rnn.LSTM(4, 6, 2, **kwargs).to(DEVICE)
+    with pytest.raises(type(expected.value)) as got:
+        ours(x.to(DEVICE), None if hx is None else tuple(h.to(DEVICE) for h in hx))
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.xdist_group("torch-module-db")  # one worker imports PyTorch's test utilities
+def test_pytorch_module_info_samples_and_error_inputs():
+    """PyTorch's own ModuleInfo for nn.LSTM (torch.testing._internal.common_modules): every
+    sample's output and states as nn.LSTM's, and every error input raising its error."""
+    from torch.testing._internal.common_modules import module_db
+    import re
+    (info,) = [m for m in module_db if m.module_cls is nn.LSTM]
+    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64,
+                                      requires_grad=False, training=True)
+    assert samples
+    for sample in samples:
+        args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+        ours, ref = lstm_pair(*args, **kwargs)
+        fwd = sample.forward_input
+        moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
+                 tuple(t.to(DEVICE) for t in a) for a in fwd.args]
+        for a, b in zip(_flatten(ours(*moved, **fwd.kwargs)), _flatten(ref(*fwd.args,
+                                                                          **fwd.kwargs))):
+            assert rel_err(a, b) < 1e-9, (args, kwargs)
+    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float64,
+                                           requires_grad=False, training=True)
+    assert errors
+    for error in errors:
+        ctor = error.module_error_input.constructor_input
+        fwd = error.module_error_input.forward_input
+        with pytest.raises(error.error_type) as got:
+            module = triton_rnn.LSTM(*ctor.args, **ctor.kwargs)
+            module(*fwd.args, **fwd.kwargs)
+        assert re.search(error.error_regex, str(got.value)), (ctor.args, ctor.kwargs)
