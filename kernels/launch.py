@@ -435,10 +435,38 @@ def rnn_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, relu: bool, allow_tf32: bool)
     with _on_device(x):
         rnn_cell_forward_kernel[grid](
             x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
-            unused if b_hh is None else b_hh, out, N, I, H,
+            unused if b_hh is None else b_hh, out, *(unused,) * 3, N, I, H,
             x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
             w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
     return out
+
+
+def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
+    """(h', c', gates) of one LSTMCell step for x (N, I), h and c (N, H) or None (zeros),
+    w_ih (4H, I), w_hh (4H, H), biases (4H,) or None, in one launch: gates (N, 4H) are the
+    activations i, f, g, o, which the backward reads."""
+    N, I = x.shape
+    H = w_hh.shape[1]
+    out = _empty((N, H), dtype=x.dtype, device=x.device)
+    c_out = _empty(like=out)
+    gates = _empty((N, 4 * H), dtype=x.dtype, device=x.device)
+    if N == 0:
+        return out, c_out, gates
+    # Rows of x, h, c and the biases with unit feature stride; h and c with one row stride.
+    x = x.contiguous()
+    h, c, b_ih, b_hh = (None if t is None else t.contiguous() for t in (h, c, b_ih, b_hh))
+    cfg = choose_cell(N, x.dtype)
+    options = compile_options(cfg, x.dtype, False, allow_tf32, HAS_H=h is not None,
+                              HAS_BIAS=b_ih is not None, CELL=LSTM.value)
+    grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
+    unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
+    with _on_device(x):
+        rnn_cell_forward_kernel[grid](
+            x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
+            unused if b_hh is None else b_hh, out, unused if c is None else c, c_out, gates,
+            N, I, H, x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
+            w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
+    return out, c_out, gates
 
 
 def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config = None,

@@ -418,7 +418,7 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
     sizes can change the JIT's alignment marks, so their code may differ slightly."""
     T = 2
     lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
-    if cell == "lstm":
+    if cell == "lstm" and pass_ != "cell":
         return _lstm_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D)
     seq = torch.empty((T, N, D * H), dtype=dtype)
     # Each direction's own W_hh, b_hh and projection, as the module passes its parameters
@@ -433,6 +433,11 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
         elif pass_ == "backward":
             launch.recurrence_backward(seq, torch.empty_like(seq), w_hh, lengths, False,
                                        allow_tf32, cfg)
+        elif cell == "lstm":  # LSTMCell, with I = H
+            x, bias = torch.empty((N, H), dtype=dtype), torch.empty(4 * H, dtype=dtype)
+            w = torch.empty((4 * H, H), dtype=dtype)
+            launch.lstm_cell_forward(x, torch.empty_like(x), torch.empty_like(x), w, w, bias,
+                                     bias, allow_tf32)
         else:  # the cell, with I = H
             x, bias = torch.empty((N, H), dtype=dtype), torch.empty(H, dtype=dtype)
             w = torch.empty((H, H), dtype=dtype)
@@ -686,6 +691,10 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
               for p in ("forward", "backward") for d, H, N in lstm_shapes
               if "lstm" in cells and choose(H, N, *DTYPES[d], arch=arch,
                                             gates=GATES[LSTM.value]).variant == "resident"]
+    # LSTMCell: its kernel streams the weights in chunks whatever H, so one H per product
+    cases += [("cell", d, H, N, arch, 1, False, True, "lstm") for arch in archs
+              for d, H, N in ([(d, 64, N) for d in DTYPES for N in LSTM_BATCHES] if default
+                              else shapes) if "lstm" in cells]
     if jobs <= 1:
         return [measure(*case) for case in cases]
     # Forked workers (no CUDA here). The cases of one pass, dtype and H (every batch, padded

@@ -82,7 +82,7 @@ def kernels_only(monkeypatch):
     monkeypatch.setattr(launch, "poison_outputs", True)
     monkeypatch.setenv("TRITON_RNN_BACKEND", "kernels")
     for name in ("recurrence_forward", "recurrence_backward", "rnn_cell", "lstm_forward",
-                 "lstm_backward"):
+                 "lstm_backward", "lstm_cell"):
         original = getattr(reference, name)
 
         def guarded(*args, _original=original, _name=name, **kwargs):

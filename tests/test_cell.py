@@ -1,10 +1,13 @@
-"""triton_rnn.RNNCell against torch.nn.RNNCell: values, gradients, errors; fused kernel."""
+"""triton_rnn.RNNCell and LSTMCell against torch.nn.RNNCell and nn.LSTMCell: values,
+gradients, errors; one fused kernel per call."""
 import pytest
 import torch
 from torch import nn
 
 import triton_rnn
+import triton_rnn.lstm_ops as lstm_ops
 from conftest import DEVICE
+from triton_rnn.kernels import launch
 from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, rel_err
 
 
@@ -153,3 +156,117 @@ def test_nan_propagates_like_nn_rnn_cell(act):
     x[1, 2] = float("nan")
     out, expected = ours(x.to(DEVICE)), ref(x)
     assert torch.equal(out.isnan().cpu(), expected.isnan()) and expected.isnan().any()
+
+
+# ----- LSTMCell ------------------------------------------------------------------------------
+
+def _lstm_pair(*args, dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    ours = triton_rnn.LSTMCell(*args, **kwargs).to(DEVICE, dtype)
+    ref = nn.LSTMCell(*args, **kwargs).double()
+    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
+    return ours, ref
+
+
+def _lstm_out_and_grads(cell, x, hx):
+    """(h', c') and the gradients of a functional weighing both (each its own weights) with
+    respect to the input, h, c and every parameter."""
+    x = x.detach().requires_grad_()
+    hx = None if hx is None else tuple(t.detach().requires_grad_() for t in hx)
+    out = cell(x, hx)
+    g = torch.Generator().manual_seed(2)
+    sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t)).sum()
+        for t in out).backward()
+    grads = {"input": x.grad, "h": None if hx is None else hx[0].grad,
+             "c": None if hx is None else hx[1].grad}
+    grads.update({n: p.grad for n, p in cell.named_parameters()})
+    return out, grads
+
+
+# Each shape (one column tile and several, ragged) in every dtype, bias or not, states or not.
+LSTM_CELL_GRID = all_pairs([(1, 3, 5), (17, 4, 40), (5, 7, 33)],
+                           [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                           [True, False], [True, False])
+
+
+@pytest.mark.parametrize("shape,dtype,bias,states", LSTM_CELL_GRID, ids=[
+    f"N{n}-I{i}-H{h}-{str(d).split('.')[1]}{'' if b else '-nobias'}{'' if s else '-nohx'}"
+    for (n, i, h), d, b, s in LSTM_CELL_GRID])
+def test_lstm_cell_matches_nn_lstm_cell(shape, dtype, bias, states, monkeypatch):
+    (N, I, H) = shape
+    calls = []
+    original = launch.lstm_cell_forward
+    monkeypatch.setattr(lstm_ops, "kernel_cell",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    ours, ref = _lstm_pair(I, H, bias, dtype=dtype)
+    x = torch.randn(N, I, dtype=torch.float64)
+    hx = (torch.randn(N, H, dtype=torch.float64) * 0.5,
+          torch.randn(N, H, dtype=torch.float64)) if states else None
+    out, grads = _lstm_out_and_grads(
+        ours, x.to(DEVICE, dtype), None if hx is None else tuple(t.to(DEVICE, dtype) for t in hx))
+    ref_out, ref_grads = _lstm_out_and_grads(ref, x, hx)
+    assert calls == [1]  # one fused launch per call
+    for a, b in zip(out, ref_out):
+        assert a.dtype == dtype and rel_err(a, b) < TOLERANCE[dtype]
+    for name, g in ref_grads.items():
+        if g is None:
+            assert grads[name] is None, name
+        else:
+            assert rel_err(grads[name], g) < GRAD_TOLERANCE[dtype], name
+
+
+def test_lstm_cell_unbatched_and_convert():
+    ours, ref = _lstm_pair(3, 4)
+    x, h, c = (torch.randn(n, dtype=torch.float64) for n in (3, 4, 4))
+    for a, b in zip(ours(x.to(DEVICE), (h.to(DEVICE), c.to(DEVICE))), ref(x, (h, c))):
+        assert a.shape == (4,) and rel_err(a, b) < 1e-9
+    model = nn.Sequential(nn.LSTMCell(3, 4))
+    assert type(triton_rnn.convert(model)[0]) is triton_rnn.LSTMCell
+    assert isinstance(ours, nn.LSTMCell) and "LSTMCell" in triton_rnn.__all__
+
+
+LSTM_BAD = [("input-3d", (2, 2, 4), ((2, 3), (2, 3))), ("h-3d", (2, 4), ((1, 2, 3), (2, 3))),
+            ("c-3d", (2, 4), ((2, 3), (1, 2, 3))), ("h-batch", (2, 4), ((3, 3), (2, 3))),
+            ("c-batch", (2, 4), ((2, 3), (3, 3))), ("input-size", (2, 5), None),
+            ("h-size", (2, 4), ((2, 5), (2, 3))), ("c-size", (2, 4), ((2, 3), (2, 5))),
+            ("1d-input-2d-states", (4,), ((1, 3), (1, 3)))]
+
+
+@pytest.mark.parametrize("name,x_shape,hx_shapes", LSTM_BAD, ids=[b[0] for b in LSTM_BAD])
+def test_lstm_cell_errors_are_nn_lstm_cells(name, x_shape, hx_shapes):
+    x = torch.randn(x_shape)
+    hx = None if hx_shapes is None else tuple(torch.randn(s) for s in hx_shapes)
+    with pytest.raises(Exception) as expected:
+        nn.LSTMCell(4, 3)(x, hx)
+    with pytest.raises(type(expected.value)) as got:
+        triton_rnn.LSTMCell(4, 3).to(DEVICE)(
+            x.to(DEVICE), None if hx is None else tuple(t.to(DEVICE) for t in hx))
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.xdist_group("torch-module-db")  # one worker imports PyTorch's test utilities
+def test_lstm_cell_module_info_samples_and_error_inputs():
+    """PyTorch's own ModuleInfo for nn.LSTMCell: every sample's (h', c') as nn.LSTMCell's,
+    and every error input raising its error."""
+    import re
+    from torch.testing._internal.common_modules import module_db
+    (info,) = [m for m in module_db if m.module_cls is nn.LSTMCell]
+    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64,
+                                      requires_grad=False, training=True)
+    assert samples
+    for sample in samples:
+        ours, ref = _lstm_pair(*sample.constructor_input.args,
+                               **sample.constructor_input.kwargs)
+        fwd = sample.forward_input
+        moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
+                 tuple(t.to(DEVICE) for t in a) for a in fwd.args]
+        for a, b in zip(ours(*moved, **fwd.kwargs), ref(*fwd.args, **fwd.kwargs)):
+            assert rel_err(a, b) < 1e-9
+    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float64,
+                                           requires_grad=False, training=True)
+    for error in errors:
+        ctor = error.module_error_input.constructor_input
+        fwd = error.module_error_input.forward_input
+        with pytest.raises(error.error_type) as got:
+            triton_rnn.LSTMCell(*ctor.args, **ctor.kwargs)(*fwd.args, **fwd.kwargs)
+        assert re.search(error.error_regex, str(got.value))

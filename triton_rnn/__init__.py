@@ -2,7 +2,7 @@
 kernels."""
 import torch
 
-from .cell import RNNCell
+from .cell import LSTMCell, RNNCell
 from .compile_support import allow_dynamo_to_trace
 from .lstm import LSTM
 from .convert import convert
@@ -13,7 +13,7 @@ from .version import __version__
 allow_dynamo_to_trace(RNN)
 allow_dynamo_to_trace(LSTM)
 # What users save must load: torch.load's default (weights_only=True) unpickles only the
-# classes it is told are safe. Ours hold nothing but nn.RNN's (nn.LSTM's, nn.RNNCell's) own state.
-torch.serialization.add_safe_globals([RNN, LSTM, RNNCell])
+# classes it is told are safe. Ours hold nothing but their torch.nn class's own state.
+torch.serialization.add_safe_globals([RNN, LSTM, RNNCell, LSTMCell])
 
-__all__ = ["LSTM", "RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]
+__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import reference
 from .kernels import lstm_backward as kernel_backward
+from .kernels import lstm_cell_forward as kernel_cell
 from .kernels import lstm_forward as kernel_forward
 from .ops import _directions, _plain_eager, hidden_weight_grad, uses_kernels
 
@@ -131,3 +132,54 @@ def run_lstm(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, c0: Tensor, w_h
     if _plain_eager(proj, proj_r, h0, c0, w_hh, w_hh_r, b_hh, b_hh_r):
         return _EagerLSTM.apply(*args)
     return lstm_recurrence(*args)
+
+
+# ----- LSTMCell: one step, both projections and the state update fused ----------------------
+
+@torch.library.custom_op("triton_rnn::lstm_cell", mutates_args=())
+def lstm_cell(x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+              allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(h', c', gates) of one LSTM step; h, c None mean zeros, biases None none; gates (N, 4H)
+    the activations i, f, g, o (not differentiable)."""
+    if uses_kernels(x):
+        return kernel_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32)
+    return reference.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+@lstm_cell.register_fake
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32):
+    N, H = x.shape[0], w_hh.shape[1]
+    return x.new_empty((N, H)), x.new_empty((N, H)), x.new_empty((N, 4 * H))
+
+
+def _cell_setup_context(ctx, inputs, output):
+    x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32 = inputs
+    h_new, c_new, gates = output
+    ctx.save_for_backward(x, h, c, w_ih, w_hh, c_new, gates)
+    ctx.mark_non_differentiable(gates)
+
+
+def _cell_backward(ctx, dh_new, dc_new, dgates):
+    """The gates' gradients elementwise, then the four products as large-batch GEMMs."""
+    x, h, c, w_ih, w_hh, c_new, gates = ctx.saved_tensors
+    g_i, g_f, g_g, g_o = gates.chunk(4, dim=1)
+    dh_new = torch.zeros_like(c_new) if dh_new is None else dh_new
+    dc = torch.zeros_like(c_new) if dc_new is None else dc_new
+    tc = torch.tanh(c_new)
+    dc = dc + dh_new * g_o * (1 - tc * tc)
+    c_prev = torch.zeros_like(c_new) if c is None else c
+    dz = torch.cat([dc * g_g * g_i * (1 - g_i), dc * c_prev * g_f * (1 - g_f),
+                    dc * g_i * (1 - g_g * g_g), dh_new * tc * g_o * (1 - g_o)], dim=1)
+    need = ctx.needs_input_grad
+    dx = dz @ w_ih if need[0] else None
+    dh = dz @ w_hh if need[1] else None
+    dc_prev = dc * g_f if need[2] else None
+    dw_ih = dz.T @ x if need[3] else None
+    dw_hh = (dz.T @ h if h is not None else torch.zeros_like(w_hh)) if need[4] else None
+    db = dz.sum(0)
+    return (dx, dh, dc_prev, dw_ih, dw_hh, db if need[5] else None, db if need[6] else None,
+            None)
+
+
+lstm_cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)

@@ -142,3 +142,19 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths):
                 dh, dc = torch.where(inside, dh, g), torch.where(inside, dc, dc_t)
         dh0[d], dc0[d] = dh, dc
     return dz, dh0, dc0
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM step as kernels/launch.py's lstm_cell_forward: (h', c', gates); h and c None
+    mean zeros."""
+    z = x @ w_ih.T
+    if h is not None:
+        z = z + h @ w_hh.T
+    if b_ih is not None:
+        z = z + b_ih + b_hh
+    z_i, z_f, z_g, z_o = z.chunk(4, dim=1)
+    gates = torch.cat([torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g),
+                       torch.sigmoid(z_o)], dim=1)
+    g_i, g_f, g_g, g_o = gates.chunk(4, dim=1)
+    c_new = g_i * g_g if c is None else g_f * c + g_i * g_g
+    return g_o * torch.tanh(c_new), c_new, gates
