@@ -299,3 +299,47 @@ def test_pytorch_module_info_samples_and_error_inputs():
             module = triton_rnn.LSTM(*ctor.args, **ctor.kwargs)
             module(*fwd.args, **fwd.kwargs)
         assert re.search(error.error_regex, str(got.value)), (ctor.args, ctor.kwargs)
+
+
+def test_compile_fullgraph_forward_and_backward(kernel_launches):
+    """No graph break at the LSTM (its recurrence is a custom op with a fake implementation):
+    the compiled loss and gradients are eager's, through our kernels."""
+    torch._dynamo.reset()
+    ours, _ = lstm_pair(3, 6, 2, bidirectional=True, batch_first=True)
+    x = torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE)
+
+    def loss(x):
+        out, (h, c) = ours(x)
+        return out.sum() + h.pow(2).sum() + c.pow(3).sum()
+
+    results = []
+    for fn in (loss, torch.compile(loss, fullgraph=True, backend="aot_eager")):
+        ours.zero_grad()
+        value = fn(x)
+        value.backward()
+        results.append((value.detach(), [p.grad.clone() for p in ours.parameters()]))
+    assert rel_err(results[1][0], results[0][0]) < 1e-12
+    for a, b in zip(results[1][1], results[0][1]):
+        assert rel_err(a, b) < 1e-12
+    assert kernel_launches["forward"] >= 4  # two layers, eager and compiled
+
+
+def test_autocast_runs_in_the_autocast_dtype(kernel_launches, dtype=torch.bfloat16):
+    """As nn.LSTM under CUDA's autocast (its LSTM is on autocast's lower-precision list): the
+    input, states and weights cast to the autocast dtype at the call, the results in it, the
+    parameters' gradients in theirs. The reference is nn.LSTM run on those casts (CPU autocast
+    sends nn.LSTM to oneDNN, which rejects them)."""
+    torch.manual_seed(0)
+    ours = triton_rnn.LSTM(4, 6, 2, bidirectional=True).to(DEVICE)
+    ref = nn.LSTM(4, 6, 2, bidirectional=True).to(dtype)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 4)
+    with torch.autocast(DEVICE, dtype=dtype):
+        got = _flatten(ours(x.to(DEVICE)))
+    with torch.backends.mkldnn.flags(enabled=False):
+        expected = _flatten(ref(x.to(dtype)))
+    for a, b in zip(got, expected):
+        assert a.dtype == dtype and rel_err(a, b) < 3e-2
+    got[0].float().sum().backward()
+    assert ours.weight_hh_l0.grad.dtype == torch.float32  # master weights keep their dtype
+    assert kernel_launches == {"forward": 2, "backward": 2}
