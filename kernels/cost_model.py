@@ -263,11 +263,14 @@ def loop_trips(variant: str, H: int, BH: int, rows: int, BN: int = 1) -> list:
 
 
 def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, acc: int, BN: int,
-                 BH: int, S: int = 1, rows: int = 1) -> tuple:
+                 BH: int, S: int = 1, rows: int = 1, gates: int = 1) -> tuple:
     """(L2 bytes read by the whole grid, dependent global round trips) of one step, from the
-    kernels' design (elem: the layer's element bytes; acc: the state's).
+    kernels' design (elem: the layer's element bytes; acc: the state's; gates: the cell's,
+    kernels/cells.py).
     resident: forward reads P_t (P_{t+1} is prefetched: nothing waited for); backward reads
-      dY_t and y_t at the top of the step and waits for them (1).
+      dY_t and y_t at the top of the step and waits for them (1). LSTM (4 gates): forward
+      reads the four gates' P_t; backward dY_t, dL/dc_t, c_t, c_{t-1} and the four gates'
+      activations, waited for at the top of the step (1).
     split: every program reads its group's whole state (S x the state). One row at a time
       (BN = 1): forward per row waits for the state, then for P_t loaded after the reduction
       (2 per row); backward per row waits for dY_t, y_t and its carry (phase 1), then for dz_t
@@ -280,12 +283,16 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       product's other operand (the state forward, dz_t backward); per chunk it waits for the
       first chunk of the product's operands (the pipelined rest is in flight): forward 1 per
       chunk, backward 2 (phase 1's loads, then the product).
-    cell: per program and chunk of each product, the chunk of the weights and the rows of x
-      and h, each chunk waited for (no pipelining: num_stages 1)."""
+    cell: per program and chunk of each product (each gate's two), the chunk of the weights
+      and the rows of x and h, each chunk waited for (no pipelining: num_stages 1)."""
+    if variant not in ("resident", "cell") and gates != 1:
+        raise ValueError(f"no model of the {variant} variant with {gates} gates")
     chunks = triton.cdiv(H, BH)
     state = D * N * H * elem
     if variant == "resident":
-        return (state, 0) if pass_ == "forward" else (2 * state, 1)
+        if pass_ == "forward":
+            return gates * state, 0
+        return (2 if gates == 1 else 4 + gates) * state, 1
     if variant == "split":
         # backward: dY_t and y_t, and one row at a time the carry (on tensor cores only held
         # rows read it, none in a padded batch: the model, of a padded batch, leaves it out)
@@ -301,9 +308,9 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
         if pass_ == "backward":
             per_program += BN * H * (elem + acc)
         return programs * per_program, chunks * (1 if pass_ == "forward" else 2)
-    # the cell: both products, I = H
+    # the cell: both products of each gate, I = H
     programs = triton.cdiv(N, BN) * chunks
-    return programs * 2 * (H * BH * elem + BN * H * elem), 2 * chunks
+    return programs * 2 * gates * (H * BH * elem + BN * H * elem), 2 * gates * chunks
 
 
 def model_us(issue_cycles: float, l2_bytes: float, round_trips: float,

@@ -70,9 +70,17 @@ HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The kernels do not specialise on N (one compiled kernel serves every batch with the same
 # tile); 1, 5, 16 and 256 are the batch classes whose tiles and split plans differ.
 BATCHES = (1, 5, 16, 256)
-# LSTM layers run our (resident) kernels up to H = 64 (32 in fp64): their rows compile the
-# default table's hidden sizes there, at a batch of each product (elementwise, tl.dot).
-LSTM_BATCHES = (1, 16)
+# LSTM layers run our (resident) kernels up to H = 64 (32 in fp64). The default table compiles
+# the largest tiles, which hold the most registers: tl.dot in tf32, bf16 and fp16 (batch 16;
+# W-first on sm_90, 170-224 registers), the elementwise product in IEEE fp32 (which never
+# takes tl.dot with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise
+# tiles compiled the same, 0 B spilled, when checked); and the LSTMCell, whose kernel streams
+# the weights whatever H, at batch 16 (tl.dot) in every dtype and 1 (elementwise) in bf16.
+# Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
+LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64, 16),
+               ("fp64", 32, 1)]
+LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
+    [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
 # 60-170 registers, far from the limit, depending on the Triton version and the JIT's
 # specialisation of a launch; such a frame stays in L1. A tile that does not fit spills far
@@ -570,7 +578,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
             packed: bool = False, split: bool = True, cell: str = "rnn") -> Row:
     """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell).
     split=False: the configuration the launcher falls back to where split does not fit.
-    cell: the recurrence's cell, "rnn" or "lstm" (LSTM_HIDDEN_SIZES: its resident layers)."""
+    cell: the recurrence's cell, "rnn" or "lstm"."""
     dtype, allow_tf32 = DTYPES[dtype_name]
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
@@ -618,9 +626,8 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     batch_kind = "-" if pass_ == "cell" else "packed" if packed else "padded"
     row = Row(arch, pass_, batch_kind, dtype_name, H, N, config, regs, stack, shared,
               per_sm, programs, capacity, w_hh, cell=cell)
-    # The model's constants are an H100's: sm_90 rows only (sm_80 rows leave it at zero). Its
-    # traffic terms (cost_model.step_traffic) are the RNN's: LSTM rows have no model yet.
-    modeled = _with_model and arch == 90 and cell == "rnn"
+    # The model's constants are an H100's: sm_90 rows only (sm_80 rows leave it at zero).
+    modeled = _with_model and arch == 90
     sass = disassemble(cubin) if cubin and (modeled or _dump_dir) else ""
     if not error and modeled:
         try:
@@ -643,7 +650,8 @@ def _model(row: Row, cfg, sass: str, dtype: torch.dtype, D: int, S: int, rows: i
                                     whole_kernel=cfg.variant == "cell")
     l2_bytes, trips = cost_model.step_traffic(
         cfg.variant, pass_, row.H, row.N, D // launches, dtype.itemsize,
-        launch.acc_dtype(dtype).itemsize, cfg.BN, cfg.BH, S, rows)
+        launch.acc_dtype(dtype).itemsize, cfg.BN, cfg.BH, S, rows,
+        GATES[LSTM.value if row.cell == "lstm" else RNN.value])
     cycles = cost_model.issue_cycles(counts.instructions, cfg.num_warps, row.programs,
                                      ARCHS[row.arch]["sms"])
     row.issue_cycles, row.l2_bytes = cycles * launches, l2_bytes * launches
@@ -683,18 +691,16 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
         [(p, d, H, N, arch, directions, packed) for arch in archs
          for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes] + \
         [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
-    # LSTM layers (padded: a packed batch runs the same compiled kernel), where they run our
-    # kernels, with each product (batch 1 and 16).
-    lstm_shapes = [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES
-                   for N in LSTM_BATCHES] if default else shapes
+    # LSTM layers (padded: a packed batch runs the same compiled kernel) where they run our
+    # kernels (LSTM_SHAPES)
+    lstm_shapes = LSTM_SHAPES if default else shapes
     cases += [(p, d, H, N, arch, directions, False, True, "lstm") for arch in archs
               for p in ("forward", "backward") for d, H, N in lstm_shapes
               if "lstm" in cells and choose(H, N, *DTYPES[d], arch=arch,
                                             gates=GATES[LSTM.value]).variant == "resident"]
     # LSTMCell: its kernel streams the weights in chunks whatever H, so one H per product
     cases += [("cell", d, H, N, arch, 1, False, True, "lstm") for arch in archs
-              for d, H, N in ([(d, 64, N) for d in DTYPES for N in LSTM_BATCHES] if default
-                              else shapes) if "lstm" in cells]
+              for d, H, N in (LSTM_CELL_SHAPES if default else shapes) if "lstm" in cells]
     if jobs <= 1:
         return [measure(*case) for case in cases]
     # Forked workers (no CUDA here). The cases of one pass, dtype and H (every batch, padded

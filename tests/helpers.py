@@ -1,5 +1,10 @@
 """Shared pieces of the tests: model pairs, the float64 reference, tolerances."""
+import functools
 import itertools
+import os
+import subprocess
+import sys
+import tempfile
 
 import torch
 from torch import nn
@@ -107,3 +112,42 @@ def one_percent_off(monkeypatch, pass_: str) -> None:
     else:
         monkeypatch.setattr(ops, "kernel_backward", lambda *a, **k: (
             lambda dz, dh0: (dz * 1.01, dh0))(*backward(*a, **k)))
+
+
+_MODULE_INFO_DUMP = """
+import sys, torch
+from torch.testing._internal.common_modules import module_db
+out = {}
+for info in module_db:
+    if info.module_cls.__name__ not in sys.argv[2:]:
+        continue
+    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64,
+                                      requires_grad=False, training=True)
+    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float64,
+                                           requires_grad=False, training=True)
+    out[info.module_cls.__name__] = {
+        "samples": [(s.constructor_input.args, s.constructor_input.kwargs,
+                     s.forward_input.args, s.forward_input.kwargs) for s in samples],
+        "errors": [(e.module_error_input.constructor_input.args,
+                    e.module_error_input.constructor_input.kwargs,
+                    *((None, None) if e.module_error_input.forward_input is None else
+                      (e.module_error_input.forward_input.args,
+                       e.module_error_input.forward_input.kwargs)),
+                    e.error_type.__name__, e.error_regex) for e in errors]}
+torch.save(out, sys.argv[1])
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def pytorch_module_info(*names: str) -> dict:
+    """{torch.nn class name: {"samples": [(constructor args, kwargs, forward args, kwargs)],
+    "errors": [(constructor args, kwargs, forward args, kwargs, exception name, regex)]}}
+    (forward args and kwargs None for an error the constructor raises)
+    from PyTorch's own ModuleInfo (torch.testing._internal.common_modules, float64, CPU),
+    read in a subprocess: importing PyTorch's test utilities freezes torch.backends.cudnn's
+    flags for the rest of the process, which other tests set."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "module_info.pt")
+        subprocess.run([sys.executable, "-c", _MODULE_INFO_DUMP, path, *names], check=True,
+                       env=dict(os.environ, TRITON_INTERPRET="0"))
+        return torch.load(path, weights_only=False)

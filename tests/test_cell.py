@@ -1,5 +1,8 @@
 """triton_rnn.RNNCell and LSTMCell against torch.nn.RNNCell and nn.LSTMCell: values,
 gradients, errors; one fused kernel per call."""
+import builtins
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +11,7 @@ import triton_rnn
 import triton_rnn.lstm_ops as lstm_ops
 from conftest import DEVICE
 from triton_rnn.kernels import launch
-from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, rel_err
+from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, pytorch_module_info, rel_err
 
 
 def _pair(*args, dtype=torch.float64, **kwargs):
@@ -244,29 +247,21 @@ def test_lstm_cell_errors_are_nn_lstm_cells(name, x_shape, hx_shapes):
     assert str(got.value) == str(expected.value)
 
 
-@pytest.mark.xdist_group("torch-module-db")  # one worker imports PyTorch's test utilities
+@pytest.mark.xdist_group("torch-module-db")  # one worker reads PyTorch's test utilities
 def test_lstm_cell_module_info_samples_and_error_inputs():
     """PyTorch's own ModuleInfo for nn.LSTMCell: every sample's (h', c') as nn.LSTMCell's,
     and every error input raising its error."""
-    import re
-    from torch.testing._internal.common_modules import module_db
-    (info,) = [m for m in module_db if m.module_cls is nn.LSTMCell]
-    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64,
-                                      requires_grad=False, training=True)
-    assert samples
-    for sample in samples:
-        ours, ref = _lstm_pair(*sample.constructor_input.args,
-                               **sample.constructor_input.kwargs)
-        fwd = sample.forward_input
+    info = pytorch_module_info("LSTM", "LSTMCell")["LSTMCell"]
+    assert info["samples"] and info["errors"]
+    for args, kwargs, fwd_args, fwd_kwargs in info["samples"]:
+        ours, ref = _lstm_pair(*args, **kwargs)
         moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
-                 tuple(t.to(DEVICE) for t in a) for a in fwd.args]
-        for a, b in zip(ours(*moved, **fwd.kwargs), ref(*fwd.args, **fwd.kwargs)):
+                 tuple(t.to(DEVICE) for t in a) for a in fwd_args]
+        for a, b in zip(ours(*moved, **fwd_kwargs), ref(*fwd_args, **fwd_kwargs)):
             assert rel_err(a, b) < 1e-9
-    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float64,
-                                           requires_grad=False, training=True)
-    for error in errors:
-        ctor = error.module_error_input.constructor_input
-        fwd = error.module_error_input.forward_input
-        with pytest.raises(error.error_type) as got:
-            triton_rnn.LSTMCell(*ctor.args, **ctor.kwargs)(*fwd.args, **fwd.kwargs)
-        assert re.search(error.error_regex, str(got.value))
+    for args, kwargs, fwd_args, fwd_kwargs, error, regex in info["errors"]:
+        with pytest.raises(getattr(builtins, error)) as got:
+            module = triton_rnn.LSTMCell(*args, **kwargs)
+            if fwd_args is not None:  # else the constructor must raise
+                module(*fwd_args, **fwd_kwargs)
+        assert re.search(regex, str(got.value))

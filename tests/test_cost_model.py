@@ -118,6 +118,24 @@ def test_split_traffic_by_design():
     assert traffic[("backward", 1)] == (67 * state, 64 + 2.5)
 
 
+def test_lstm_traffic_by_design():
+    """An LSTM layer on the resident variant, bf16 H = 64, batch 16, one direction: the state
+    is 16 x 64 x 2 B. Forward reads the four gates' P_t (nothing waited for: prefetched);
+    backward dY_t, dL/dc_t, c_t, c_{t-1} and the four gates' activations, waited for at the
+    top of the step. The LSTMCell: both products of each of the four gates, per chunk. No
+    other variant takes the LSTM cell (yet): asking is an error, not an RNN's numbers."""
+    state = 16 * 64 * 2
+    assert cost_model.step_traffic("resident", "forward", 64, 16, 1, 2, 4, 16, 64,
+                                   gates=4) == (4 * state, 0)
+    assert cost_model.step_traffic("resident", "backward", 64, 16, 1, 2, 4, 16, 64,
+                                   gates=4) == (8 * state, 1)
+    rnn_cell = cost_model.step_traffic("cell", "cell", 64, 16, 1, 2, 4, 16, 32)
+    assert cost_model.step_traffic("cell", "cell", 64, 16, 1, 2, 4, 16, 32, gates=4) == \
+        (4 * rnn_cell[0], 4 * rnn_cell[1])
+    with pytest.raises(ValueError, match="no model of the split variant with 4 gates"):
+        cost_model.step_traffic("split", "forward", 256, 16, 1, 2, 4, 16, 256, 8, 16, gates=4)
+
+
 def test_a_sass_without_loops_has_no_step():
     with pytest.raises(ValueError, match="no time loop"):
         cost_model.step_counts(_sass("0000 MOV R1, RZ\n0010 EXIT"), [])

@@ -1,7 +1,9 @@
 """triton_rnn.LSTM against nn.LSTM: the module, its kernels (the resident variant), its routing
 to nn.LSTM where no kernel of ours runs the layer, and PyTorch's own samples and error inputs
 for nn.LSTM."""
+import builtins
 import io
+import re
 
 import pytest
 import torch
@@ -10,8 +12,8 @@ from torch.nn.utils.rnn import pack_sequence
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, rel_err
-from triton_rnn import routing
+from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, pytorch_module_info, rel_err
+from triton_rnn import measure, routing
 from triton_rnn.kernels import launch
 
 pytestmark = pytest.mark.resident
@@ -192,20 +194,67 @@ def test_layers_without_a_kernel_run_nn_lstm(kwargs, H, kernel_launches):
     assert kernel_launches["forward"] == 0
 
 
-def test_auto_on_a_measured_device_runs_nn_lstm(monkeypatch, kernel_launches):
-    """Under "auto", LSTM calls on a GPU run nn.LSTM (LSTM classes are not measured yet); the
-    test makes the CPU a measured device."""
-    monkeypatch.setattr(routing, "MEASURED_DEVICES", ("cpu", "cuda"))
+@pytest.fixture
+def measured_on_cpu(monkeypatch, tmp_path, kernel_launches):
+    """auto measures on the CPU too, into a fresh cache, with a stand-in clock that says
+    clock["kernels"] ms for a run in which our LSTM kernels ran and clock["torch"] else."""
+    monkeypatch.setenv("TRITON_RNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TRITON_RNN_BACKEND", raising=False)
+    monkeypatch.setattr(routing, "MEASURED_DEVICES", ("cuda", "cpu"))
+    clock = {"kernels": 1.0, "torch": 2.0, "timed": 0}
+
+    def timer(run):
+        clock["timed"] += 1
+        before = sum(kernel_launches.values())
+        run()
+        return clock["kernels" if sum(kernel_launches.values()) > before else "torch"]
+
+    monkeypatch.setattr(measure, "timer", timer)
+    routing.forget_loaded_caches()
+    yield clock
+    routing.forget_loaded_caches()
+
+
+@pytest.mark.parametrize("winner", ["kernels", "torch"])
+def test_auto_measures_each_lstm_class_once_and_runs_the_faster(winner, measured_on_cpu,
+                                                                kernel_launches):
+    """An LSTM class is measured on first use (our kernels and nn.LSTM on a stand-in,
+    forward and gradients, after the first-use check), recorded under its own name and
+    followed by later calls."""
+    measured_on_cpu.update(kernels=1.0, torch=3.0) if winner == "kernels" else \
+        measured_on_cpu.update(kernels=3.0, torch=1.0)
+    ours, ref = lstm_pair(4, 8, 1, bidirectional=True)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    got = _flatten(ours(x.to(DEVICE)))
+    assert measured_on_cpu["timed"] >= 2
+    assert list(routing._cache("cpu").classes()) == ["lstm/fp64/H8/N2/training/padded/D2/L1"]
+    assert routing._cache("cpu").get("lstm/fp64/H8/N2/training/padded/D2/L1")["backend"] \
+        == winner
+    launched, timed = kernel_launches["forward"], measured_on_cpu["timed"]
+    again = _flatten(ours(x.to(DEVICE)))
+    assert measured_on_cpu["timed"] == timed  # read from the cache
+    assert (kernel_launches["forward"] > launched) == (winner == "kernels")
+    for a, b, c in zip(got, again, _flatten(ref(x))):
+        assert rel_err(a, c) < 1e-9 and rel_err(b, c) < 1e-9
+
+
+def test_first_use_check_routes_a_wrong_lstm_kernel_to_nn_lstm(measured_on_cpu, monkeypatch):
+    """Our forward made 1% wrong: the first-use check compares it with nn.LSTM's on the same
+    inputs, warns, records the class for nn.LSTM, and the call gets nn.LSTM's values."""
+    import triton_rnn.lstm_ops as lstm_ops
+    forward = lstm_ops.kernel_forward
+    monkeypatch.setattr(lstm_ops, "kernel_forward", lambda *a, **k: tuple(
+        t * 1.01 if i == 0 else t for i, t in enumerate(forward(*a, **k))))
     ours, ref = lstm_pair(4, 8)
     x = torch.randn(3, 2, 4, dtype=torch.float64)
-    with triton_rnn.backend("auto"):
+    with torch.no_grad(), pytest.warns(UserWarning, match="differ from nn.LSTM's on this "
+                                                          "shape; nn.LSTM runs it"):
         got = _flatten(ours(x.to(DEVICE)))
-    for a, b in zip(got, _flatten(ref(x))):
-        assert rel_err(a, b) < 1e-12
-    assert kernel_launches["forward"] == 0
-    with triton_rnn.backend("kernels"):
-        ours(x.to(DEVICE))
-    assert kernel_launches["forward"] == 1
+    entry = routing._cache("cpu").get("lstm/fp64/H8/N2/inference/padded/D1/L1")
+    assert entry["backend"] == "torch" and "first-use check" in entry["reason"]
+    with torch.no_grad():
+        for a, b in zip(got, _flatten(ref(x))):
+            assert rel_err(a, b) < 1e-12
 
 
 # ----- the module: nn.LSTM's constructor, parameters, state_dict, errors --------------------
@@ -270,42 +319,32 @@ def test_bad_input_raises_what_nn_lstm_raises(case):
     assert str(got.value) == str(expected.value)
 
 
-@pytest.mark.xdist_group("torch-module-db")  # one worker imports PyTorch's test utilities
+@pytest.mark.xdist_group("torch-module-db")  # one worker reads PyTorch's test utilities
 def test_pytorch_module_info_samples_and_error_inputs():
     """PyTorch's own ModuleInfo for nn.LSTM (torch.testing._internal.common_modules): every
     sample's output and states as nn.LSTM's, and every error input raising its error."""
-    from torch.testing._internal.common_modules import module_db
-    import re
-    (info,) = [m for m in module_db if m.module_cls is nn.LSTM]
-    samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64,
-                                      requires_grad=False, training=True)
-    assert samples
-    for sample in samples:
-        args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    info = pytorch_module_info("LSTM", "LSTMCell")["LSTM"]
+    assert info["samples"] and info["errors"]
+    for args, kwargs, fwd_args, fwd_kwargs in info["samples"]:
         ours, ref = lstm_pair(*args, **kwargs)
-        fwd = sample.forward_input
         moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
-                 tuple(t.to(DEVICE) for t in a) for a in fwd.args]
-        for a, b in zip(_flatten(ours(*moved, **fwd.kwargs)), _flatten(ref(*fwd.args,
-                                                                          **fwd.kwargs))):
+                 tuple(t.to(DEVICE) for t in a) for a in fwd_args]
+        for a, b in zip(_flatten(ours(*moved, **fwd_kwargs)), _flatten(ref(*fwd_args,
+                                                                          **fwd_kwargs))):
             assert rel_err(a, b) < 1e-9, (args, kwargs)
-    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float64,
-                                           requires_grad=False, training=True)
-    assert errors
-    for error in errors:
-        ctor = error.module_error_input.constructor_input
-        fwd = error.module_error_input.forward_input
-        with pytest.raises(error.error_type) as got:
-            module = triton_rnn.LSTM(*ctor.args, **ctor.kwargs)
-            module(*fwd.args, **fwd.kwargs)
-        assert re.search(error.error_regex, str(got.value)), (ctor.args, ctor.kwargs)
+    for args, kwargs, fwd_args, fwd_kwargs, error, regex in info["errors"]:
+        with pytest.raises(getattr(builtins, error)) as got:
+            module = triton_rnn.LSTM(*args, **kwargs)
+            if fwd_args is not None:  # else the constructor must raise
+                module(*fwd_args, **fwd_kwargs)
+        assert re.search(regex, str(got.value)), (args, kwargs)
 
 
 def test_compile_fullgraph_forward_and_backward(kernel_launches):
     """No graph break at the LSTM (its recurrence is a custom op with a fake implementation):
     the compiled loss and gradients are eager's, through our kernels."""
     torch._dynamo.reset()
-    ours, _ = lstm_pair(3, 6, 2, bidirectional=True, batch_first=True)
+    ours, _ = lstm_pair(3, 6, 2, batch_first=True)
     x = torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE)
 
     def loss(x):
@@ -330,8 +369,8 @@ def test_autocast_runs_in_the_autocast_dtype(kernel_launches, dtype=torch.bfloat
     parameters' gradients in theirs. The reference is nn.LSTM run on those casts (CPU autocast
     sends nn.LSTM to oneDNN, which rejects them)."""
     torch.manual_seed(0)
-    ours = triton_rnn.LSTM(4, 6, 2, bidirectional=True).to(DEVICE)
-    ref = nn.LSTM(4, 6, 2, bidirectional=True).to(dtype)
+    ours = triton_rnn.LSTM(4, 6).to(DEVICE)
+    ref = nn.LSTM(4, 6).to(dtype)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(5, 3, 4)
     with torch.autocast(DEVICE, dtype=dtype):
@@ -342,4 +381,4 @@ def test_autocast_runs_in_the_autocast_dtype(kernel_launches, dtype=torch.bfloat
         assert a.dtype == dtype and rel_err(a, b) < 3e-2
     got[0].float().sum().backward()
     assert ours.weight_hh_l0.grad.dtype == torch.float32  # master weights keep their dtype
-    assert kernel_launches == {"forward": 2, "backward": 2}
+    assert kernel_launches == {"forward": 1, "backward": 1}

@@ -16,11 +16,15 @@ class LSTM(StackedLayers, nn.LSTM):
     one matrix multiply per direction over all timesteps, then one persistent kernel launch
     per layer (both directions together) runs the recurrence with W_hh on-chip, reading the
     parameters as they are at each call. Layers our kernels do not run yet (routing.
-    lstm_uses_torch: proj_size, hidden sizes past the resident variant) and, under the "auto"
-    backend, every call on a GPU, run nn.LSTM's own forward."""
+    lstm_uses_torch: proj_size, hidden sizes past the resident variant) run nn.LSTM's own
+    forward; on a GPU, under the "auto" backend, so do shape classes where nn.LSTM was measured
+    faster, or where our values differed from its own (the first-use check), and classes never
+    measured."""
+
+    cell = "lstm"  # routing's name for the cell (its shape classes)
 
     def forward(self, input, hx=None):
-        if routing.lstm_uses_torch(self, input):
+        if routing.lstm_uses_torch(self, input, hx):
             return super().forward(input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
@@ -61,6 +65,10 @@ class LSTM(StackedLayers, nn.LSTM):
         output, state = self._run(data, hx, params, layout.N, layout)
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(state, unsorted_indices))
+
+    def _constructor_args(self) -> tuple:
+        return (self.input_size, self.hidden_size, self.num_layers, self.bias,
+                self.batch_first, self.dropout, self.bidirectional, self.proj_size)
 
     def _run(self, x: Tensor, hx, params, batch: int, layout, weight_dtype=None):
         """Autocast (as nn.LSTM: the input, states and weights in the autocast dtype, cast at

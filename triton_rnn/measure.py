@@ -1,7 +1,8 @@
-"""Time triton_rnn.RNN's kernels against nn.RNN's own path on one call's shape.
+"""Time triton_rnn.RNN's (LSTM's) kernels against nn.RNN's (nn.LSTM's) own path on one
+call's shape.
 
-What is timed is a stand-in, a fresh triton_rnn.RNN of the same configuration holding a copy of
-the weights, which the module makes itself (RNN.stand_in: this module imports nothing from the
+What is timed is a stand-in, a fresh module of the same class and configuration holding a copy
+of the weights, which the module makes itself (stand_in: this module imports nothing from the
 module layer), on the call's input (and h_0) cut to at most REPRESENTATIVE_STEPS timesteps.
 Inference times a no-grad forward; training a forward plus `torch.autograd.grad` with respect to the
 stand-in's parameters (and the input if it requires grad). So measuring writes no `.grad`,
@@ -47,14 +48,30 @@ def representative(input, batch_first: bool):
     return input.narrow(time_dim, 0, min(input.size(time_dim), REPRESENTATIVE_STEPS))
 
 
-def candidates(clone: nn.RNN, kernels_forward) -> dict:
-    """{name: forward(input, hx)}: our kernels, and nn.RNN's own forward on the same module."""
-    return {"kernels": kernels_forward, "torch": lambda x, h: nn.RNN.forward(clone, x, h)}
+def torch_class(clone) -> type:
+    """The torch.nn class the module replaces (nn.RNN, nn.LSTM)."""
+    return next(c for c in type(clone).__mro__ if c.__module__.startswith("torch.nn."))
+
+
+def candidates(clone: nn.RNNBase, kernels_forward) -> dict:
+    """{name: forward(input, hx)}: our kernels, and the torch.nn class's own forward (nn.RNN's,
+    nn.LSTM's) on the same module."""
+    base = torch_class(clone)
+    return {"kernels": kernels_forward, "torch": lambda x, h: base.forward(clone, x, h)}
+
+
+def _states(value) -> tuple:
+    """h (RNN), or (h, c) (LSTM), as a tuple; () for None."""
+    return () if value is None else value if isinstance(value, tuple) else (value,)
+
+
+STATE_NAMES = (("h_0", "h_n"), ("c_0", "c_n"))
 
 
 def _step(forward, x, h, clone, training: bool):
     """One inference forward, or one forward + gradient, returning (output, h_n, gradients:
-    {"input", "h_0", parameter names: tensor}, empty for inference)."""
+    {"input", "h_0" (LSTM: and "c_0"), parameter names: tensor}, empty for inference); h_n is
+    LSTM's (h_n, c_n)."""
     def run():
         if not training:
             with torch.no_grad():
@@ -63,11 +80,12 @@ def _step(forward, x, h, clone, training: bool):
         data = out.data if isinstance(out, PackedSequence) else out
         wrt = {n: p for n, p in clone.named_parameters() if p.requires_grad}
         x_data = x.data if isinstance(x, PackedSequence) else x
-        wrt.update({n: t for n, t in (("input", x_data), ("h_0", h))
+        wrt.update({n: t for n, t in (("input", x_data),
+                                      *zip((a for a, _ in STATE_NAMES), _states(h)))
                     if t is not None and t.requires_grad})
-        grads = torch.autograd.grad((data, h_n), list(wrt.values()),
-                                    (torch.ones_like(data), torch.ones_like(h_n)),
-                                    allow_unused=True)
+        outputs = (data, *_states(h_n))
+        grads = torch.autograd.grad(outputs, list(wrt.values()),
+                                    [torch.ones_like(t) for t in outputs], allow_unused=True)
         return out, h_n, {n: g for n, g in zip(wrt, grads) if g is not None}
     return run
 
@@ -75,7 +93,8 @@ def _step(forward, x, h, clone, training: bool):
 def _finite(outputs) -> bool:
     out, h_n = outputs[:2]
     out = out.data if isinstance(out, PackedSequence) else out
-    return bool(torch.isfinite(out).all() and torch.isfinite(h_n).all())
+    return bool(torch.isfinite(out).all() and all(torch.isfinite(t).all()
+                                                  for t in _states(h_n)))
 
 
 # The first-use check's bounds: ‖ours − nn.RNN‖ / ‖nn.RNN‖ on the same inputs and weights, per
@@ -95,8 +114,9 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def comparisons(ours, theirs, dtype: str) -> list:
     """(what, relative error, bound) for our output, h_n and each gradient against nn.RNN's
     (a gradient nn.RNN's path lacks counts as an infinite error)."""
-    pairs = [("output", ours[0], theirs[0], OUTPUT_TOLERANCE[dtype]),
-             ("h_n", ours[1], theirs[1], OUTPUT_TOLERANCE[dtype])]
+    pairs = [("output", ours[0], theirs[0], OUTPUT_TOLERANCE[dtype])]
+    pairs += [(name, a, b, OUTPUT_TOLERANCE[dtype]) for (_, name), a, b in
+              zip(STATE_NAMES, _states(ours[1]), _states(theirs[1]))]
     pairs += [(f"grad {name}", g, theirs[2].get(name), GRADIENT_TOLERANCE[dtype])
               for name, g in ours[2].items()]
     found = []
@@ -114,7 +134,7 @@ def mismatches(ours, theirs, dtype: str) -> dict:
             if not error <= bound}
 
 
-def measure(module: nn.RNN, input, hx, training: bool, kernels_forward,
+def measure(module: nn.RNNBase, input, hx, training: bool, kernels_forward,
             dtype: str = "fp64") -> tuple:
     """({candidate: median ms}, whether the result may be kept across processes,
     {what: relative error} where our values left nn.RNN's) for the shape of this call.
@@ -146,7 +166,9 @@ def measure(module: nn.RNN, input, hx, training: bool, kernels_forward,
                                x.batch_sizes, x.sorted_indices, x.unsorted_indices)
         else:
             x = x.detach().requires_grad_(x.requires_grad and training)
-        h = None if hx is None else hx.detach().requires_grad_(hx.requires_grad and training)
+        h = None if hx is None else tuple(
+            t.detach().requires_grad_(t.requires_grad and training) for t in _states(hx))
+        h = h if h is None or isinstance(hx, tuple) else h[0]
         runs, results, times, raised = {}, {}, {}, False
         for name, forward in candidates(clone, kernels_forward(clone)).items():
             runs[name] = _step(forward, x, h, clone, training)
@@ -157,17 +179,18 @@ def measure(module: nn.RNN, input, hx, training: bool, kernels_forward,
                 warnings.warn(f"triton_rnn: {name} failed on this shape and is not used for "
                               f"it: {type(exc).__name__}: {exc}")
         finite = {name: _finite(r) for name, r in results.items()}
+        theirs = f"nn.{torch_class(clone).__name__}"
         for name in list(finite):
             if not finite[name] and finite.get("torch", False):
-                warnings.warn(f"triton_rnn: {name} gave non-finite values where nn.RNN did "
+                warnings.warn(f"triton_rnn: {name} gave non-finite values where {theirs} did "
                               "not; it is not used for this shape")
                 del finite[name]
         wrong = {}
         if "kernels" in finite and finite.get("torch", False):
             wrong = _check(runs, results, clone, dtype)
             if wrong:
-                warnings.warn("triton_rnn: our kernels' values differ from nn.RNN's on this "
-                              "shape; nn.RNN runs it: " + describe(wrong))
+                warnings.warn(f"triton_rnn: our kernels' values differ from {theirs}'s on "
+                              f"this shape; {theirs} runs it: " + describe(wrong))
                 del finite["kernels"]
         for name in finite:
             samples = [timer(runs[name])]

@@ -39,6 +39,21 @@ class StackedLayers:
     """What triton_rnn's multi-layer modules share, over nn.RNNBase's parameter layout: the
     parameters by name, directions, each layer's weights, and the argument checks."""
 
+    def stand_in(self):
+        """A new module of this class and configuration holding a copy of the weights, read by
+        the torch.nn class's own names (so parametrized weights give their computed values),
+        with their requires_grad and this module's training mode: what routing's measurement
+        times."""
+        w = self.weight_ih_l0
+        with torch.inference_mode(False):  # ordinary parameters, even inside inference_mode
+            clone = type(self)(*self._constructor_args(), device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                p, q = getattr(self, name), getattr(clone, name)
+                q.copy_(p)
+                q.requires_grad_(p.requires_grad)
+        return clone.train(self.training)
+
     def _params(self) -> list:
         # By name, not from nn.RNN's _flat_weights list: torch.func.functional_call swaps the
         # named parameters without updating that list (nn.RNN refreshes it in forward).
@@ -95,6 +110,8 @@ class RNN(StackedLayers, nn.RNN):
     reads the parameters as they are then (nothing derived from them is kept between calls).
     PackedSequence input runs in the same kernels, which take per-sequence lengths."""
 
+    cell = "rnn"  # routing's name for the cell (its shape classes)
+
     def forward(self, input, hx=None):
         if routing.use_torch(self, input, hx):
             return super().forward(input, hx)  # nn.RNN's own path is faster for this call
@@ -138,21 +155,9 @@ class RNN(StackedLayers, nn.RNN):
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(h_n, unsorted_indices))
 
-    def stand_in(self) -> "RNN":
-        """A new triton_rnn.RNN of this configuration holding a copy of the weights, read by
-        nn.RNN's own names (so parametrized weights give their computed values), with their
-        requires_grad and this module's training mode: what routing's measurement times."""
-        w = self.weight_ih_l0
-        with torch.inference_mode(False):  # ordinary parameters, even inside inference_mode
-            clone = RNN(self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
-                        self.bias, self.batch_first, self.dropout, self.bidirectional,
-                        device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            for name in self._flat_weights_names:
-                p, q = getattr(self, name), getattr(clone, name)
-                q.copy_(p)
-                q.requires_grad_(p.requires_grad)
-        return clone.train(self.training)
+    def _constructor_args(self) -> tuple:
+        return (self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
+                self.bias, self.batch_first, self.dropout, self.bidirectional)
 
     def _run(self, x: Tensor, hx, params, batch: int, layout, weight_dtype=None):
         """Autocast and the default h0, then the layers."""

@@ -1,4 +1,5 @@
-"""Which path runs a triton_rnn.RNN call: our kernels, or nn.RNN's own (cuDNN on a GPU).
+"""Which path runs a triton_rnn.RNN (LSTM) call: our kernels, or nn.RNN's (nn.LSTM's) own
+(cuDNN on a GPU).
 
 The policy: `TRITON_RNN_BACKEND=auto|kernels|torch` in the environment, overridden in Python by
 `set_backend(...)` or, for a block, `with backend(...)`. "kernels" and "torch" mean what they
@@ -25,6 +26,10 @@ was measured faster on this GPU:
   choice of cuDNN algorithm, not measurements), else nn.RNN.
 - Under `torch.use_deterministic_algorithms(True)` training always runs our kernels, whose
   backward is bitwise deterministic.
+- LSTM: the same, with classes of their own ("lstm/..." in the cache), measured against
+  nn.LSTM, for the layers our kernels run (lstm_uses_torch; the others run nn.LSTM always);
+  the static rule sends LSTM classes never measured to nn.LSTM (no model of our LSTM step
+  yet).
 CPU tensors are not routed under "auto": they run our kernels' CPU path as before.
 
     python -m triton_rnn.routing --show     # this GPU's measured classes
@@ -122,10 +127,11 @@ def shape_class(dtype: torch.dtype, allow_tf32: bool, hidden: int, batch: int,
 
 
 def class_name(dtype: str, hidden: int, batch: int, training: bool, packed: bool,
-               directions: int, layers: int) -> str:
+               directions: int, layers: int, cell: str = "rnn") -> str:
     """The measured class, as the cache names it: "bf16/H512/N16/training/padded/D2/L1"
-    ("N?" for a batch unknown while tracing)."""
-    return (f"{dtype}/H{bucket(hidden)}/N{'?' if batch is None else bucket(batch)}/"
+    ("N?" for a batch unknown while tracing), "lstm/..." for an LSTM's."""
+    return ("" if cell == "rnn" else f"{cell}/") + (
+            f"{dtype}/H{bucket(hidden)}/N{'?' if batch is None else bucket(batch)}/"
             f"{'training' if training else 'inference'}/{'packed' if packed else 'padded'}/"
             f"D{directions}/L{layers}")
 
@@ -141,9 +147,13 @@ def _classes(path: Path = TABLE) -> dict:
 
 
 def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bool,
-                  packed: bool = False, directions: int = 1, layers: int = 1) -> str:
-    """"torch" or "kernels" for a class never measured (see the module docstring)."""
+                  packed: bool = False, directions: int = 1, layers: int = 1,
+                  cell: str = "rnn") -> str:
+    """"torch" or "kernels" for a class never measured (see the module docstring). LSTM
+    classes: "torch" (no model of our LSTM step yet)."""
     from .kernels.dispatch import choose
+    if cell != "rnn":
+        return "torch"
     arch = 90  # what the shipped step table models: taken where the device is unknown
     if device.startswith("cuda"):
         major, minor = torch.cuda.get_device_capability(torch.device(device))
@@ -162,7 +172,8 @@ def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bo
 # ----- the decision -------------------------------------------------------------------------
 
 def use_torch(module, input, hx=None) -> bool:
-    """Whether this call of triton_rnn.RNN `module` runs nn.RNN's own forward."""
+    """Whether this call of triton_rnn.RNN (LSTM) `module` runs nn.RNN's (nn.LSTM's) own
+    forward."""
     if torch.compiler.is_compiling():
         call = _describe(module, input, hx)
         return call is not None and _traced_choice(call)
@@ -180,26 +191,25 @@ def use_torch(module, input, hx=None) -> bool:
     return call is not None and _measured_choice(module, input, hx, call, tuning)
 
 
-def lstm_uses_torch(module, input) -> bool:
-    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: always under
-    the "torch" policy; under "auto" for CUDA tensors (LSTM classes are not measured yet, and
-    nn.LSTM is never slower than itself); and wherever our kernels do not run the layer yet
-    (proj_size, and hidden sizes past the resident variant: launch.lstm_runs_on_kernels)."""
+def lstm_uses_torch(module, input, hx=None) -> bool:
+    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: wherever our
+    kernels do not run the layer yet (proj_size, and hidden sizes past the resident variant:
+    launch.lstm_runs_on_kernels), else as use_torch decides (LSTM classes are measured
+    apart from RNN ones; never measured, the static rule sends them to nn.LSTM)."""
     from .kernels import lstm_runs_on_kernels
     from .nn_rules import autocast_dtype, tf32_allowed
-    policy = get_backend()
     data = input.data if isinstance(input, PackedSequence) else input
-    if policy == "torch" or not isinstance(data, torch.Tensor) or module.proj_size > 0:
-        return True
-    if policy == "auto" and data.device.type in MEASURED_DEVICES:
+    if not isinstance(data, torch.Tensor) or module.proj_size > 0:
         return True
     dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
-    return not lstm_runs_on_kernels(module.hidden_size, 1, dtype, tf32_allowed())
+    if not lstm_runs_on_kernels(module.hidden_size, 1, dtype, tf32_allowed()):
+        return True
+    return use_torch(module, input, hx)
 
 
 def _describe(module, input, hx=None):
-    """(device, dtype name, hidden, batch, training, packed, directions, layers) of a call,
-    or None for an input we do not accept (our argument checks raise nn.RNN's error)."""
+    """(device, dtype name, hidden, batch, training, packed, directions, layers, cell) of a
+    call, or None for an input we do not accept (our argument checks raise nn.RNN's error)."""
     from .nn_rules import autocast_dtype, tf32_allowed
     packed = isinstance(input, PackedSequence)
     data = input.data if packed else input
@@ -217,11 +227,14 @@ def _describe(module, input, hx=None):
     if isinstance(batch, torch.SymInt):  # symbolic outside Dynamo (make_fx, export); Dynamo
         batch = None                      # passes its symbolic sizes on as ints
     dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
+    states = hx if isinstance(hx, tuple) else (hx,)  # LSTM's (h_0, c_0)
     training = torch.is_grad_enabled() and (
-        data.requires_grad or isinstance(hx, torch.Tensor) and hx.requires_grad
+        data.requires_grad or any(isinstance(h, torch.Tensor) and h.requires_grad
+                                  for h in states)
         or any(p.requires_grad for p in module.parameters()))
     return (str(data.device), dtype_name(dtype, tf32_allowed()), module.hidden_size, batch,
-            training, packed, 2 if module.bidirectional else 1, module.num_layers)
+            training, packed, 2 if module.bidirectional else 1, module.num_layers,
+            getattr(module, "cell", "rnn"))
 
 
 def _measured_choice(module, input, hx, call, tuning) -> bool:
@@ -252,9 +265,9 @@ def _traced_choice(call) -> bool:
     the static rule, never a measurement. The batch may be symbolic (dynamic shapes): the
     comparisons with bucket bounds become the graph's guards, so it is traced again only when
     the batch leaves its bucket and the bucket's decision differs."""
-    device, dtype, hidden, batch, training, packed, directions, layers = call
+    device, dtype, hidden, batch, training, packed, directions, layers, cell = call
     exceptions, default = _decisions_while_tracing(device, dtype, hidden, training, packed,
-                                                   directions, layers)
+                                                   directions, layers, cell)
     if batch is not None:
         for bucket_top, decision in exceptions:
             if bucket_top // 2 < batch <= bucket_top:
@@ -264,7 +277,7 @@ def _traced_choice(call) -> bool:
 
 @torch._dynamo.assume_constant_result
 def _decisions_while_tracing(device, dtype, hidden, training, packed, directions,
-                             layers) -> tuple:
+                             layers, cell="rnn") -> tuple:
     """(((batch bucket, use nn.RNN), ...) where it differs from the default, default), read
     once at trace time with no tensor in sight (the tracer treats it as a constant)."""
     policy = get_backend()
@@ -274,15 +287,15 @@ def _decisions_while_tracing(device, dtype, hidden, training, packed, directions
             training and torch.are_deterministic_algorithms_enabled()):
         return (), False
     default = static_choice(device, dtype, hidden, None, training, packed, directions,
-                            layers) == "torch"
+                            layers, cell) == "torch"
     cache = _cache(device)
     exceptions = []
     for bucket_top in (1 << i for i in range(MAX_BATCH_BITS + 1)):
         entry = cache.get(class_name(dtype, hidden, bucket_top, training, packed, directions,
-                                     layers))
+                                     layers, cell))
         decision = (entry["backend"] if entry is not None else
                     static_choice(device, dtype, hidden, bucket_top, training, packed,
-                                  directions, layers)) == "torch"
+                                  directions, layers, cell)) == "torch"
         if decision != default:
             exceptions.append((bucket_top, decision))
     return tuple(exceptions), default
@@ -311,7 +324,7 @@ def _measure_and_record(module, input, hx, call, name: str, cache: RouteCache) -
     elif wrong:  # nn.RNN's own path ran and is right
         choice = "torch"
     else:  # every candidate failed: leave it to the static rule, which raises nn.RNN's error
-        choice = static_choice(device, dtype, hidden, batch, training)
+        choice = static_choice(device, dtype, hidden, batch, training, *call[5:])
     entry = {"backend": choice, "ms": {k: round(v, 6) for k, v in times.items()}}
     if wrong:  # kept with the class: a kernel wrong on this GPU stays routed away from
         entry["reason"] = "our values differ from nn.RNN's (first-use check)"
@@ -322,7 +335,7 @@ def _measure_and_record(module, input, hx, call, name: str, cache: RouteCache) -
         cache.remember(name, entry)
     log.info("triton_rnn: %s on %s: %s -> %s", name, cache.key.get("gpu", device),
              ", ".join(f"{k} {v:.3f} ms" for k, v in times.items()) or "no candidate ran",
-             "nn.RNN" if choice == "torch" else "triton_rnn kernels")
+             f"nn.{type(module).__name__}" if choice == "torch" else "triton_rnn kernels")
     return entry
 
 
@@ -377,8 +390,8 @@ def forget_loaded_caches() -> None:
 # ----- tune ---------------------------------------------------------------------------------
 
 def tune(model, example_inputs, force: bool = False) -> dict:
-    """Measure, ahead of time, every shape class the triton_rnn.RNN modules of `model` meet
-    in one forward of `model` on `example_inputs` (a tensor or a tuple of arguments): once
+    """Measure, ahead of time, every shape class the triton_rnn.RNN and LSTM modules of `model`
+    meet in one forward of `model` on `example_inputs` (a tensor or a tuple of arguments): once
     without gradients (inference classes) and, if any parameter requires grad, once recording
     them (training classes; no backward runs). Use it before torch.compile or CUDA-graph
     capture, which never measure. force: measure classes already in the cache again.
