@@ -38,9 +38,14 @@ The rule, in order (the resource report prints it beside every configuration):
    loop had. Untuned on a GPU so far.
    16-bit with tl.dot stays resident only up to BH = 128: at BH = 256 the tile fits shared
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
+4. Cells (kernels/cells.py): an LSTM layer (4 gates) takes rules 1-3 with its four (BH, BH)
+   gate tiles together in the resident budget of one tile at RESIDENT_MAX_BH (so BH <= 64,
+   32 in fp64), and IEEE fp32 never takes tl.dot; the split and streaming variants do not
+   take the LSTM cell yet (launch.lstm_runs_on_kernels: the module runs those layers on
+   nn.LSTM).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
-shared-memory overflow or errors.
+shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
 """
 from dataclasses import dataclass
 

@@ -1,5 +1,11 @@
 """Persistent recurrence kernels: W_hh stays on-chip and one launch loops over all timesteps.
 
+The cell is a constexpr (CELL, kernels/cells.py). Below, the RNN's; the LSTM's is the same
+loop with four (BH, BH) tiles of B, one per gate (i, f, g, o: W_hh's rows g*H.., s_bg apart),
+four parts of P and of b_hh, the cell state c beside h in ACC, and the gate activations and
+c_t stored every step for the backward, which walks time backwards carrying dL/dh and dL/dc,
+reads them back (with c_{t-1}) and sums the four gates' products for dL/dh_{t-1}.
+
 Forward:  h_t = act(P_t + b_hh + h_{t-1} W_hhᵀ), P = X W_ihᵀ + b_ih (precomputed by one GEMM
 per direction); b_hh is read from the parameter once per program.
 Backward: dz_t = (dY_t + c_t) ⊙ act'(y_t),  c_{t-1} = dz_t W_hh,  dh_0 = c_0.

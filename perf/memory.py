@@ -1,4 +1,5 @@
-"""Bytes saved for backward by triton_rnn.RNN and by torch.nn.RNN, per layer, on this device.
+"""Bytes saved for backward by triton_rnn.RNN and by torch.nn.RNN (and by triton_rnn.LSTM and
+nn.LSTM), per layer, on this device.
 
     python perf/memory.py [--device cuda|cpu]
 
@@ -19,6 +20,8 @@ import triton_rnn  # noqa: E402
 
 SHAPES = [(128, 16, 256, 1, 1), (128, 16, 256, 2, 2)]  # T, N, H (= I), layers, directions
 GPU_SHAPES = SHAPES + [(512, 64, 512, 1, 1), (1024, 64, 1024, 2, 2)]  # too slow interpreted
+# LSTM layers our kernels run (the resident variant: H <= 64)
+LSTM_SHAPES = [(128, 16, 64, 1, 1), (128, 16, 64, 2, 2)]
 
 
 def saved_bytes(model, x) -> int:
@@ -42,17 +45,22 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     backend = "cuDNN" if args.device == "cuda" else "native CPU"
-    print(f"Saved for backward per layer, fp32, device {args.device} (nn.RNN: {backend})")
-    print("| T | N | H (= I) | layers | directions | triton_rnn | nn.RNN | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    for T, N, H, L, D in GPU_SHAPES if args.device == "cuda" else SHAPES:
-        kwargs = dict(input_size=H, hidden_size=H, num_layers=L, bidirectional=D == 2)
-        ours = triton_rnn.RNN(**kwargs).to(args.device)
-        ref = torch.nn.RNN(**kwargs).to(args.device)
-        x = torch.randn(T, N, H, device=args.device, requires_grad=True)
-        a, b = saved_bytes(ours, x) / L, saved_bytes(ref, x) / L
-        print(f"| {T} | {N} | {H} | {L} | {D} | {a / 2**20:.1f} MiB | {b / 2**20:.1f} MiB | "
-              f"{b / a:.2f}x |")
+    for cls, shapes in (("RNN", GPU_SHAPES if args.device == "cuda" else SHAPES),
+                        ("LSTM", LSTM_SHAPES)):
+        print(f"Saved for backward per layer, fp32, device {args.device} (nn.{cls}: {backend})")
+        print(f"| T | N | H (= I) | layers | directions | triton_rnn.{cls} | nn.{cls} | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+        for T, N, H, L, D in shapes:
+            kwargs = dict(input_size=H, hidden_size=H, num_layers=L, bidirectional=D == 2)
+            ours = getattr(triton_rnn, cls)(**kwargs).to(args.device)
+            ref = getattr(torch.nn, cls)(**kwargs).to(args.device)
+            x = torch.randn(T, N, H, device=args.device, requires_grad=True)
+            with triton_rnn.backend("kernels"):  # our kernels' memory, whatever routing picks
+                a = saved_bytes(ours, x) / L
+            b = saved_bytes(ref, x) / L
+            print(f"| {T} | {N} | {H} | {L} | {D} | {a / 2**20:.1f} MiB | {b / 2**20:.1f} MiB "
+                  f"| {b / a:.2f}x |")
+        print()
 
 
 if __name__ == "__main__":

@@ -54,14 +54,15 @@ def _rows_of(rows, shapes, cells=("rnn",)):
     return [r for r in rows if (r["dtype"], r["H"], r["N"]) in wanted and r["cell"] in cells]
 
 
-def _report(shapes, directions=1):
+def _report(shapes, directions=1, cells="rnn,lstm"):
     spec = ",".join(f"{d}:{h}:{n}" for d, h, n in shapes)
     env = dict(os.environ, TRITON_INTERPRET="0")
     # Without the cost model (tests/test_cost_model.py runs it): its disassembly would cost
     # more than these compilations, which CI's gate has cached.
     proc = subprocess.run([sys.executable, "-m", "triton_rnn.kernels.report", "--arch", "90",
                            "--json", "--shapes", spec, "--directions", str(directions),
-                           "--no-model"], env=env, capture_output=True, text=True)
+                           "--no-model", "--cells", cells], env=env, capture_output=True,
+                          text=True)
     rows = json.loads(proc.stdout)
     return proc.returncode, rows
 
@@ -72,17 +73,17 @@ def _report(shapes, directions=1):
 def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions, request):
     if directions == 1:
         returncode, rows = request.getfixturevalue("report_rows")
+        # the LSTMCell kernel, and forward and backward of an LSTM layer where the shape runs
+        # our LSTM kernels (its smaller tiles: the gate compiles the largest)
+        lstm = [s for s in shapes if choose(s[1], s[2], *DTYPES[s[0]], arch=90,
+                                            gates=4).variant == "resident"]
+        lstm_rows = _rows_of(rows, shapes, ("lstm",))
+        assert len([r for r in lstm_rows if r["pass_"] != "cell"]) == 2 * len(lstm) > 0
+        assert len([r for r in lstm_rows if r["pass_"] == "cell"]) == len(shapes)
     else:
-        returncode, rows = _report(shapes, directions)
-    # forward and backward, padded and packed, and the RNNCell kernel, for each shape; the
-    # LSTMCell kernel, and forward and backward of an LSTM layer where the shape runs our LSTM
-    # kernels
-    lstm = [s for s in shapes if choose(s[1], s[2], *DTYPES[s[0]], arch=90, gates=4).variant
-            == "resident"]
+        returncode, rows = _report(shapes, directions, cells="rnn")
+    # forward and backward, padded and packed, and the RNNCell kernel, for each shape
     assert len(_rows_of(rows, shapes)) == 5 * len(shapes)
-    lstm_rows = _rows_of(rows, shapes, ("lstm",))
-    assert len([r for r in lstm_rows if r["pass_"] != "cell"]) == 2 * len(lstm) > 0
-    assert len([r for r in lstm_rows if r["pass_"] == "cell"]) == len(shapes)
     rows = _rows_of(rows, shapes, ("rnn", "lstm"))  # the exit code covers W_HH_SHAPES too
     faults = [f"{r['pass_']} {r['batch_kind']} {r['dtype']} H={r['H']} N={r['N']} "
               f"{r['config']}: {r['faults']}"

@@ -1,12 +1,15 @@
-"""Self-test on this machine's GPU: every variant the dispatcher can pick, against nn.RNN.
+"""Self-test on this machine's GPU: every variant the dispatcher can pick, against nn.RNN
+(and the LSTM's kernels against nn.LSTM).
 
-    python -m triton_rnn.check              # on a CUDA GPU (at most about a minute)
+    python -m triton_rnn.check              # on a CUDA GPU (about a minute)
     python -m triton_rnn.check --interpret  # the same checks, small, in Triton's interpreter
 
 Each row runs one bidirectional layer of triton_rnn.RNN (or a triton_rnn.RNNCell) on our
 kernels and nn.RNN (nn.RNNCell) on the same weights and inputs: resident, split and streaming,
-padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; the
-forward's output and h_n, then the gradients of the input, h_0 and every parameter, each
+padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; then
+triton_rnn.LSTM ("lstm": its resident kernels) and LSTMCell against nn.LSTM and nn.LSTMCell;
+the forward's output and h_n (and c_n), then the gradients of the input, the initial states
+and every parameter, each
 compared by relative error with the bound of the first-use check (measure.py). It prints the
 variant that ran, the largest error over its bound, and on a GPU our µs per step beside
 nn.RNN's (CUDA events, median of 5). It exits non-zero on a mismatch, a launch failure or a
@@ -26,18 +29,27 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from . import measure, routing
-from .cell import RNNCell
+from .cell import LSTMCell, RNNCell
 from .kernels import dispatch, failures, launch
+from .lstm import LSTM
 from .rnn import RNN
 
 DTYPES = ("bf16", "fp16", "tf32", "fp32", "fp64")
-# (variant, dtype, packed): every variant the dispatcher picks, padded and packed, each dtype.
+# (variant, dtype, packed): every variant the dispatcher picks, padded and packed, each dtype;
+# then an LSTM layer (its resident kernels) and the LSTMCell in some dtypes.
 CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, True)
-         for d in DTYPES] + [("cell", d, False) for d in DTYPES]
-BUDGET_S = 55  # no case starts after this; each is a few compiles and a few short runs
+         for d in DTYPES] + [("cell", d, False) for d in DTYPES] + \
+    [("lstm", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
+    [("lstm-cell", d, False) for d in ("fp16", "tf32")]
+BUDGET_S = 70  # no case starts after this; each is a few compiles and a few short runs
 # variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
 # (interpreted: with the limits of _small_limits).
-SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8)}
+SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8),
+         "lstm": (64, 16, 64), "lstm-cell": (256, 40, 1)}
+# variant -> (ours, torch.nn's) and the kernel variant that must run it
+MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
+           "lstm-cell": (LSTMCell, nn.LSTMCell)}
+RUNS_ON = {"lstm": "resident", "lstm-cell": "cell"}
 
 
 def _small_limits():
@@ -70,12 +82,14 @@ class _VariantSeen:
         launch._plan = self._plan
 
 
-def _inputs(T, N, I, D, H, dtype, device, cell):
-    """(x, h_0): (N, I) and (N, H) for the cell, else (T, N, I) and (D, N, H)."""
+def _inputs(T, N, I, D, H, dtype, device, cell, lstm):
+    """(x, states): (N, I) and [(N, H)] for a cell, else (T, N, I) and [(D, N, H)]; LSTM's
+    states are [h_0, c_0]."""
     g = torch.Generator().manual_seed(0)
     shapes = ((N, I), (N, H)) if cell else ((T, N, I), (D, N, H))
-    return tuple(torch.randn(shape, generator=g).to(device, dtype).requires_grad_()
-                 for shape in shapes)
+    x, *states = (torch.randn(shape, generator=g).to(device, dtype).requires_grad_()
+                  for shape in shapes + shapes[1:] * lstm)
+    return x, states
 
 
 def _as_input(x, packed: bool):
@@ -87,17 +101,28 @@ def _as_input(x, packed: bool):
     return pack_padded_sequence(x, lengths, enforce_sorted=False)
 
 
-def _run(model, x, h0, packed: bool, cell: bool):
-    """(output, h_n, {gradient name: gradient}) of one forward and backward."""
-    out = model(_as_input(x, packed), h0)
-    y, h_n = (out, out) if cell else out
+def _hx(states):
+    """The module's hx argument: h_0, or LSTM's (h_0, c_0)."""
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def _run(model, x, states, packed: bool, cell: bool):
+    """(output, h_n (LSTM: (h_n, c_n)), {gradient name: gradient}) of one forward and
+    backward."""
+    out = model(_as_input(x, packed), _hx(states))
+    if cell:  # RNNCell: h'; LSTMCell: (h', c')
+        out = (out[0] if isinstance(out, tuple) else out, out)
+    y, h_n = out
     y = y.data if packed else y
+    finals = h_n if isinstance(h_n, tuple) else (h_n,)
     g = torch.Generator().manual_seed(1)
     weights = torch.randn(y.shape, generator=g).to(y)
-    names = ["input", "h_0"] + [n for n, _ in model.named_parameters()]
-    grads = torch.autograd.grad((y * weights).float().sum() + h_n.float().pow(2).sum(),
-                                [x, h0, *model.parameters()])
-    return y.detach(), h_n.detach(), dict(zip(names, grads))
+    names = ["input", "h_0", "c_0"][:1 + len(states)] + [n for n, _ in model.named_parameters()]
+    grads = torch.autograd.grad((y * weights).float().sum()
+                                + sum(t.float().pow(2).sum() for t in finals),
+                                [x, *states, *model.parameters()])
+    h_n = tuple(t.detach() for t in finals) if len(finals) > 1 else finals[0].detach()
+    return y.detach(), h_n, dict(zip(names, grads))
 
 
 def _us_per_step(call, steps: int) -> float:
@@ -109,34 +134,36 @@ def _us_per_step(call, steps: int) -> float:
 
 def check_case(variant: str, dtype_name: str, packed: bool, device: str,
                interpreted: bool) -> dict:
-    cell = variant == "cell"
+    cell = variant in ("cell", "lstm-cell")
     H_gpu, H_small, T_gpu = SIZES.get(variant, (256, 40, 1))
     H = H_small if interpreted else H_gpu
     T, N, I = (1 if cell else 3 if interpreted else T_gpu), (3 if interpreted else 16), 32
     dtype, tf32 = routing.DTYPES[dtype_name]
     torch.manual_seed(0)
-    ours = (RNNCell(I, H) if cell else RNN(I, H, bidirectional=True)).to(device, dtype)
-    ref = (nn.RNNCell(I, H) if cell else nn.RNN(I, H, bidirectional=True)).to(device, dtype)
+    ours_cls, ref_cls = MODULES.get(variant, (RNN, nn.RNN))
+    kwargs = {} if cell else dict(bidirectional=True)
+    ours = ours_cls(I, H, **kwargs).to(device, dtype)
+    ref = ref_cls(I, H, **kwargs).to(device, dtype)
     ref.load_state_dict(ours.state_dict())
     row = dict(variant=variant, dtype=dtype_name, layout="-" if cell else
                "packed" if packed else "padded", H=H, N=N, T=T)
     packed = packed and not cell
-    x, h0 = _inputs(T, N, I, 2, H, dtype, device, cell)
+    x, states = _inputs(T, N, I, 2, H, dtype, device, cell, variant.startswith("lstm"))
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), _matmul_tf32(tf32), \
             routing.kernels_always(), _VariantSeen() as seen:
-        got = _run(ours, x, h0, packed, cell)
+        got = _run(ours, x, states, packed, cell)
         if device == "cuda":
             failures.check()  # a barrier timeout raises here
         ran = seen.seen[-1] if seen.seen else "cell"
-        want = _run(ref, x, h0, packed, cell)
+        want = _run(ref, x, states, packed, cell)
         errors = measure.mismatches(got, want, dtype_name)
-        row.update(ran=ran, ok=not errors and ran == variant,
+        row.update(ran=ran, ok=not errors and ran == RUNS_ON.get(variant, variant),
                    error=describe_worst(got, want, dtype_name))
         if device == "cuda":  # forward latency, no gradients recorded
-            inp = _as_input(x.detach(), packed)
+            inp, hx = _as_input(x.detach(), packed), _hx([t.detach() for t in states])
             with torch.no_grad():
-                row["ours_us"] = _us_per_step(lambda: ours(inp, h0), T)
-                row["nn_us"] = _us_per_step(lambda: ref(inp, h0), T)
+                row["ours_us"] = _us_per_step(lambda: ours(inp, hx), T)
+                row["nn_us"] = _us_per_step(lambda: ref(inp, hx), T)
     return row
 
 
@@ -183,9 +210,9 @@ def run(cases, device: str, interpreted: bool, out=print) -> int:
     returns how many failed."""
     where = "Triton's interpreter (CPU), small sizes" if interpreted else \
         torch.cuda.get_device_name()
-    out(f"triton_rnn.check on {where}: ours against nn.RNN, same weights and inputs")
+    out(f"triton_rnn.check on {where}: ours against torch.nn's, same weights and inputs")
     out(f"{'variant':10} {'ran':10} {'layout':7} {'dtype':5} {'H':>5} {'N':>3} {'T':>3}  "
-        f"{'result':6} {'largest error':40} {'fwd µs/step':>12} {'nn.RNN':>8}")
+        f"{'result':6} {'largest error':40} {'fwd µs/step':>12} {'torch.nn':>8}")
     saved = _small_limits() if interpreted else None
     start, failed, skipped = time.monotonic(), 0, 0
     try:
