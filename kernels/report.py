@@ -568,6 +568,19 @@ def ordering_faults(ptx: str) -> list:
     return faults
 
 
+_read = {}  # (reader, its arguments) -> what it read
+
+
+def _read_once(reader, *args):
+    """reader(*args), read once per compiled kernel: most rows share their kernel with others
+    (padded and packed, the batch classes of a tile, the cell at every H), and reading its
+    TTGIR or PTX again would find the same."""
+    key = (reader, *args)
+    if key not in _read:
+        _read[key] = reader(*args)
+    return _read[key]
+
+
 def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
     limits = ARCHS[arch]
     return occupancy.programs_per_sm(regs, shared, num_warps, limits["regs_per_sm"],
@@ -594,10 +607,10 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
                                      None if pass_ == "cell" else cfg, cell)
         regs, stack, shared, ptx, ttgir, cubin = compile_resources(*launched, arch)
         error = ""
-        w_hh = w_hh_placement(ttgir, w_hh_pointer(launched[0]),
-                              compiled_arguments(*launched, arch))
+        w_hh = _read_once(w_hh_placement, ttgir, w_hh_pointer(launched[0]),
+                          tuple(compiled_arguments(*launched, arch)))
         if cfg.variant == "split":
-            ordering = ordering_faults(ptx)
+            ordering = _read_once(ordering_faults, ptx)
     except Exception as exc:  # a failure is a finding, not a crash
         regs = stack = shared = 0
         ptx = ttgir = cubin = ""
