@@ -75,6 +75,20 @@ def _active(tt, b_len, W_FIRST: tl.constexpr):
 
 
 @triton.jit
+def _later_gates_weights(p_b, s_bg, s_bk, s_bj, o_h, m_h, ACC: tl.constexpr,
+                         USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                         W_FIRST: tl.constexpr):
+    """_resident_weight of gates 1, 2 and 3 (f, g, o: W_hh's rows from H, 2H, 3H on, s_bg
+    apart in B)."""
+    return (_resident_weight(p_b + s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                             W_FIRST),
+            _resident_weight(p_b + 2 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                             W_FIRST),
+            _resident_weight(p_b + 3 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                             W_FIRST))
+
+
+@triton.jit
 def _bias(p_bias, p_bias_r, i_d, o_h, HB, ACC: tl.constexpr, W_FIRST: tl.constexpr):
     """hidden_bias as a row (or, W_FIRST, a column) of the state tile's shape."""
     b_hb = hidden_bias(p_bias, p_bias_r, i_d, o_h, HB, ACC)
@@ -128,12 +142,8 @@ def rnn_forward_resident_kernel(
     p_p0 = p_proj + time_index(0, T, i_d, False) * s_pt + o_p
     b_p = tl.load(p_p0, mask=m_first, other=0.0)
     if CELL == LSTM:
-        b_b1 = _resident_weight(p_b + s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                                W_FIRST)
-        b_b2 = _resident_weight(p_b + 2 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                                W_FIRST)
-        b_b3 = _resident_weight(p_b + 3 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                                W_FIRST)
+        b_b1, b_b2, b_b3 = _later_gates_weights(p_b, s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT,
+                                                PRECISION, W_FIRST)
         b_hb1 = _bias(p_bias + H, p_bias_r + H, i_d, o_h, HB, ACC, W_FIRST)
         b_hb2 = _bias(p_bias + 2 * H, p_bias_r + 2 * H, i_d, o_h, HB, ACC, W_FIRST)
         b_hb3 = _bias(p_bias + 3 * H, p_bias_r + 3 * H, i_d, o_h, HB, ACC, W_FIRST)
@@ -219,12 +229,8 @@ def rnn_backward_resident_kernel(
     o_x = state_offsets(o_n, s_n, o_h, W_FIRST) + i_d * H
     o_hd = i_d * s_hd + state_offsets(o_n, s_hn, o_h, W_FIRST)
     if CELL == LSTM:
-        b_b1 = _resident_weight(p_b + s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                                W_FIRST)
-        b_b2 = _resident_weight(p_b + 2 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                                W_FIRST)
-        b_b3 = _resident_weight(p_b + 3 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
-                                W_FIRST)
+        b_b1, b_b2, b_b3 = _later_gates_weights(p_b, s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT,
+                                                PRECISION, W_FIRST)
         b_dc = tl.zeros(m_nh.shape, dtype=ACC)  # dL/dc carried into the step being visited
         b_c0 = tl.load(p_c0 + o_hd, mask=m_nh, other=0.0).to(ACC)
         o_z = state_offsets(o_n, s_zn, o_h, W_FIRST) + i_d * 4 * H

@@ -151,3 +151,27 @@ def pytorch_module_info(*names: str) -> dict:
         subprocess.run([sys.executable, "-c", _MODULE_INFO_DUMP, path, *names], check=True,
                        env=dict(os.environ, TRITON_INTERPRET="0"))
         return torch.load(path, weights_only=False)
+
+
+def check_module_info(info: dict, make_pair, outputs, module_cls) -> None:
+    """Every ModuleInfo sample of `info` (pytorch_module_info's) gives the outputs of the
+    torch.nn module's (make_pair(*constructor args) -> (ours on DEVICE, torch.nn's); outputs:
+    a result's tensors), and every error input raises its error from `module_cls`."""
+    import builtins
+    import re
+
+    import pytest
+    assert info["samples"] and info["errors"]
+    for args, kwargs, fwd_args, fwd_kwargs in info["samples"]:
+        ours, ref = make_pair(*args, **kwargs)
+        moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
+                 tuple(t.to(DEVICE) for t in a) for a in fwd_args]
+        for a, b in zip(outputs(ours(*moved, **fwd_kwargs)), outputs(ref(*fwd_args,
+                                                                         **fwd_kwargs))):
+            assert rel_err(a, b) < 1e-9, (args, kwargs)
+    for args, kwargs, fwd_args, fwd_kwargs, error, regex in info["errors"]:
+        with pytest.raises(getattr(builtins, error)) as got:
+            module = module_cls(*args, **kwargs)
+            if fwd_args is not None:  # else the constructor must raise
+                module(*fwd_args, **fwd_kwargs)
+        assert re.search(regex, str(got.value)), (args, kwargs)

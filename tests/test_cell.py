@@ -1,8 +1,5 @@
 """triton_rnn.RNNCell and LSTMCell against torch.nn.RNNCell and nn.LSTMCell: values,
 gradients, errors; one fused kernel per call."""
-import builtins
-import re
-
 import pytest
 import torch
 from torch import nn
@@ -11,7 +8,8 @@ import triton_rnn
 import triton_rnn.lstm_ops as lstm_ops
 from conftest import DEVICE
 from triton_rnn.kernels import launch
-from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, pytorch_module_info, rel_err
+from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_module_info,
+                     pytorch_module_info, rel_err)
 
 
 def _pair(*args, dtype=torch.float64, **kwargs):
@@ -251,17 +249,5 @@ def test_lstm_cell_errors_are_nn_lstm_cells(name, x_shape, hx_shapes):
 def test_lstm_cell_module_info_samples_and_error_inputs():
     """PyTorch's own ModuleInfo for nn.LSTMCell: every sample's (h', c') as nn.LSTMCell's,
     and every error input raising its error."""
-    info = pytorch_module_info("LSTM", "LSTMCell")["LSTMCell"]
-    assert info["samples"] and info["errors"]
-    for args, kwargs, fwd_args, fwd_kwargs in info["samples"]:
-        ours, ref = _lstm_pair(*args, **kwargs)
-        moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
-                 tuple(t.to(DEVICE) for t in a) for a in fwd_args]
-        for a, b in zip(ours(*moved, **fwd_kwargs), ref(*fwd_args, **fwd_kwargs)):
-            assert rel_err(a, b) < 1e-9
-    for args, kwargs, fwd_args, fwd_kwargs, error, regex in info["errors"]:
-        with pytest.raises(getattr(builtins, error)) as got:
-            module = triton_rnn.LSTMCell(*args, **kwargs)
-            if fwd_args is not None:  # else the constructor must raise
-                module(*fwd_args, **fwd_kwargs)
-        assert re.search(regex, str(got.value))
+    check_module_info(pytorch_module_info("LSTM", "LSTMCell")["LSTMCell"], _lstm_pair, list,
+                      triton_rnn.LSTMCell)

@@ -1,9 +1,7 @@
 """triton_rnn.LSTM against nn.LSTM: the module, its kernels (the resident variant), its routing
 to nn.LSTM where no kernel of ours runs the layer, and PyTorch's own samples and error inputs
 for nn.LSTM."""
-import builtins
 import io
-import re
 
 import pytest
 import torch
@@ -12,7 +10,8 @@ from torch.nn.utils.rnn import pack_sequence
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import GRAD_TOLERANCE, TOLERANCE, all_pairs, pytorch_module_info, rel_err
+from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_module_info,
+                     pytorch_module_info, rel_err)
 from triton_rnn import measure, routing
 from triton_rnn.kernels import launch
 
@@ -323,21 +322,8 @@ def test_bad_input_raises_what_nn_lstm_raises(case):
 def test_pytorch_module_info_samples_and_error_inputs():
     """PyTorch's own ModuleInfo for nn.LSTM (torch.testing._internal.common_modules): every
     sample's output and states as nn.LSTM's, and every error input raising its error."""
-    info = pytorch_module_info("LSTM", "LSTMCell")["LSTM"]
-    assert info["samples"] and info["errors"]
-    for args, kwargs, fwd_args, fwd_kwargs in info["samples"]:
-        ours, ref = lstm_pair(*args, **kwargs)
-        moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else
-                 tuple(t.to(DEVICE) for t in a) for a in fwd_args]
-        for a, b in zip(_flatten(ours(*moved, **fwd_kwargs)), _flatten(ref(*fwd_args,
-                                                                          **fwd_kwargs))):
-            assert rel_err(a, b) < 1e-9, (args, kwargs)
-    for args, kwargs, fwd_args, fwd_kwargs, error, regex in info["errors"]:
-        with pytest.raises(getattr(builtins, error)) as got:
-            module = triton_rnn.LSTM(*args, **kwargs)
-            if fwd_args is not None:  # else the constructor must raise
-                module(*fwd_args, **fwd_kwargs)
-        assert re.search(regex, str(got.value)), (args, kwargs)
+    check_module_info(pytorch_module_info("LSTM", "LSTMCell")["LSTM"], lstm_pair, _flatten,
+                      triton_rnn.LSTM)
 
 
 def test_compile_fullgraph_forward_and_backward(kernel_launches):

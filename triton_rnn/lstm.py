@@ -7,7 +7,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import routing
 from .lstm_ops import run_lstm
 from .nn_rules import autocast_cast, autocast_dtype, tf32_allowed
-from .rnn import PackedLayout, StackedLayers
+from .rnn import StackedLayers
 
 
 class LSTM(StackedLayers, nn.LSTM):
@@ -54,17 +54,6 @@ class LSTM(StackedLayers, nn.LSTM):
         if not is_batched:
             output, h_n, c_n = output.squeeze(batch_dim), h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
-
-    def _forward_packed(self, packed: PackedSequence, hx):
-        data, batch_sizes, sorted_indices, unsorted_indices = packed
-        if hx is not None:  # the caller's order -> the packed (sorted) order
-            hx = self.permute_hidden(hx, sorted_indices)
-        params = self._params()
-        self._check_args(data, hx, params, batch_sizes)
-        layout = PackedLayout(batch_sizes, data.device)
-        output, state = self._run(data, hx, params, layout.N, layout)
-        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                self.permute_hidden(state, unsorted_indices))
 
     def _constructor_args(self) -> tuple:
         return (self.input_size, self.hidden_size, self.num_layers, self.bias,

@@ -54,6 +54,19 @@ class StackedLayers:
                 q.requires_grad_(p.requires_grad)
         return clone.train(self.training)
 
+    def _forward_packed(self, packed: PackedSequence, hx):
+        """forward() of a PackedSequence: hx (LSTM: (h_0, c_0)) and the final states in the
+        caller's order, the layers in the packed (sorted) one."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        if hx is not None:  # the caller's order -> the packed (sorted) order
+            hx = self.permute_hidden(hx, sorted_indices)
+        params = self._params()
+        self._check_args(data, hx, params, batch_sizes)
+        layout = PackedLayout(batch_sizes, data.device)
+        output, h_n = self._run(data, hx, params, layout.N, layout)
+        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(h_n, unsorted_indices))
+
     def _params(self) -> list:
         # By name, not from nn.RNN's _flat_weights list: torch.func.functional_call swaps the
         # named parameters without updating that list (nn.RNN refreshes it in forward).
@@ -143,17 +156,6 @@ class RNN(StackedLayers, nn.RNN):
         if not is_batched:
             output, h_n = output.squeeze(batch_dim), h_n.squeeze(1)
         return output, h_n
-
-    def _forward_packed(self, packed: PackedSequence, hx):
-        data, batch_sizes, sorted_indices, unsorted_indices = packed
-        if hx is not None:  # the caller's order -> the packed (sorted) order
-            hx = self.permute_hidden(hx, sorted_indices)
-        params = self._params()
-        self._check_args(data, hx, params, batch_sizes)
-        layout = PackedLayout(batch_sizes, data.device)
-        output, h_n = self._run(data, hx, params, layout.N, layout)
-        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                self.permute_hidden(h_n, unsorted_indices))
 
     def _constructor_args(self) -> tuple:
         return (self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
