@@ -234,6 +234,8 @@ def rnn_backward_resident_kernel(
         b_dc = tl.zeros(m_nh.shape, dtype=ACC)  # dL/dc carried into the step being visited
         b_c0 = tl.load(p_c0 + o_hd, mask=m_nh, other=0.0).to(ACC)
         o_z = state_offsets(o_n, s_zn, o_h, W_FIRST) + i_d * 4 * H
+        b_cn = tl.load(p_cell + time_index(0, T, i_d, True) * s_t + o_x,  # c_t of visit 0
+                       mask=tl.where(T > 0, m_nh, False), other=0.0).to(ACC)
     W_DTYPE: tl.constexpr = p_b.dtype.element_ty
     t = T * 0
     while t < T:  # a `while`, so that W_hh stays in registers (see the forward)
@@ -247,7 +249,6 @@ def rnn_backward_resident_kernel(
             b_cp = tl.load(p_cell + tb * s_t + o_x, mask=tl.where(t + 1 < T, m_nh, False),
                            other=0.0).to(ACC)
             b_cp = tl.where(t + 1 < T, b_cp, b_c0)
-            b_cn = tl.load(p_cell + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
             b_dct = b_dc + tl.load(p_dcell + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
             p_g = p_gates + tt * s_zt + o_z
             d_i, d_f, d_g, d_o, b_dcp = lstm_update_grad(
@@ -272,6 +273,7 @@ def rnn_backward_resident_kernel(
             # a held step passes both gradients through unchanged
             b_c = tl.where(m_act, b_flow, b_g)
             b_dc = tl.where(m_act, b_dcp, b_dct)
+            b_cn = b_cp  # c_{t-1} of this visit is c_t of the next: loaded once
         else:
             b_y = tl.load(p_out + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
             b_dz = tl.where(m_act, activation_grad(b_g, b_y, ACT), 0.0)
