@@ -694,11 +694,12 @@ def _dump(row: Row, ttgir: str, ptx: str, sass: str) -> None:
 
 
 def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
-          cells=("rnn", "lstm")) -> list:
+          cells=("rnn", "lstm"), lstm_shapes=None) -> list:
     """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given, in
-    this order, for the recurrences of `cells`; `jobs` processes compile them (Triton's
-    on-disk cache is shared among them)."""
-    default = shapes is None
+    this order, for the recurrences of `cells` (LSTM rows: of `lstm_shapes` if given, else of
+    the same shapes); `jobs` processes compile them (Triton's on-disk cache is shared among
+    them)."""
+    default = shapes is None and lstm_shapes is None
     shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
     cases = [] if "rnn" not in cells else \
         [(p, d, H, N, arch, directions, packed) for arch in archs
@@ -706,14 +707,14 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
         [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
     # LSTM layers (padded: a packed batch runs the same compiled kernel) where they run our
     # kernels (LSTM_SHAPES)
-    lstm_shapes = LSTM_SHAPES if default else shapes
+    lstm_shapes = LSTM_SHAPES if default else lstm_shapes or shapes
     cases += [(p, d, H, N, arch, directions, False, True, "lstm") for arch in archs
               for p in ("forward", "backward") for d, H, N in lstm_shapes
               if "lstm" in cells and choose(H, N, *DTYPES[d], arch=arch,
                                             gates=GATES[LSTM.value]).variant == "resident"]
     # LSTMCell: its kernel streams the weights in chunks whatever H, so one H per product
     cases += [("cell", d, H, N, arch, 1, False, True, "lstm") for arch in archs
-              for d, H, N in (LSTM_CELL_SHAPES if default else shapes) if "lstm" in cells]
+              for d, H, N in (LSTM_CELL_SHAPES if default else lstm_shapes) if "lstm" in cells]
     if jobs <= 1:
         return [measure(*case) for case in cases]
     # Forked workers (no CUDA here), each taking whole groups of the cases that share a
@@ -796,6 +797,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", default="rnn,lstm",
                         help="the recurrences' cells, rnn and/or lstm (LSTM rows where LSTM "
                              "layers run our kernels)")
+    parser.add_argument("--lstm-shapes", type=_parse_shapes, default=None,
+                        help="dtype:H:batch[,...] of the LSTM rows (default: those of --shapes)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="compile in this many processes (e.g. one per core)")
     parser.add_argument("--dump", metavar="DIR", default=None,
@@ -816,7 +819,8 @@ def main(argv=None) -> int:
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
         _dump_dir = args.dump
-    rows = table(archs, args.shapes, args.directions, args.jobs, args.cells.split(","))
+    rows = table(archs, args.shapes, args.directions, args.jobs, args.cells.split(","),
+                 args.lstm_shapes)
     if args.json:
         print(json.dumps([dict(asdict(r), faults=r.faults) for r in rows], indent=1))
     else:

@@ -27,6 +27,14 @@ SHAPES = [("tf32", 3, 17), ("tf32", 17, 1), ("tf32", 128, 1), ("tf32", 128, 64),
           ("fp16", 4096, 256), ("fp64", 64, 16), ("fp64", 256, 16), ("bf16", 1100, 16)]
 
 
+# LSTM rows (one direction): the LSTM layer's smaller resident tiles (tl.dot BH = 16, the
+# elementwise BH = 32 in TF32 and IEEE fp32; the gate compiles the largest), and the LSTMCell
+# kernel, which streams the weights whatever H (H is no constexpr): in each product and dtype
+# class the gate does not compile, ragged H among them.
+LSTM_TEST_SHAPES = [("tf32", 3, 17), ("tf32", 17, 1), ("fp32", 32, 16), ("fp64", 64, 16),
+                    ("fp16", 256, 1), ("bf16", 1100, 16)]
+
+
 # Two directions double the row stride (2H): a multiple of 16 for H = 24, 40, 72 where H is
 # not, which changes the JIT's specialisation and so the compiled code.
 BIDIRECTIONAL_SHAPES = [("tf32", 24, 1), ("tf32", 40, 16), ("bf16", 72, 16), ("fp64", 24, 5),
@@ -44,7 +52,7 @@ shared_report = pytest.mark.xdist_group("compile-report")
 def report_rows():
     """(exit code, rows) of one report run over SHAPES and W_HH_SHAPES, one direction."""
     shapes = list(dict.fromkeys(SHAPES + W_HH_SHAPES))
-    return _report(shapes)
+    return _report(shapes, lstm_shapes=LSTM_TEST_SHAPES)
 
 
 def _rows_of(rows, shapes, cells=("rnn",)):
@@ -54,15 +62,19 @@ def _rows_of(rows, shapes, cells=("rnn",)):
     return [r for r in rows if (r["dtype"], r["H"], r["N"]) in wanted and r["cell"] in cells]
 
 
-def _report(shapes, directions=1, cells="rnn,lstm"):
-    spec = ",".join(f"{d}:{h}:{n}" for d, h, n in shapes)
+def _spec(shapes):
+    return ",".join(f"{d}:{h}:{n}" for d, h, n in shapes)
+
+
+def _report(shapes, directions=1, cells="rnn,lstm", lstm_shapes=()):
     env = dict(os.environ, TRITON_INTERPRET="0")
     # Without the cost model (tests/test_cost_model.py runs it): its disassembly would cost
     # more than these compilations, which CI's gate has cached.
     proc = subprocess.run([sys.executable, "-m", "triton_rnn.kernels.report", "--arch", "90",
-                           "--json", "--shapes", spec, "--directions", str(directions),
-                           "--no-model", "--cells", cells], env=env, capture_output=True,
-                          text=True)
+                           "--json", "--shapes", _spec(shapes), "--directions", str(directions),
+                           "--no-model", "--cells", cells] +
+                          (["--lstm-shapes", _spec(lstm_shapes)] if lstm_shapes else []),
+                          env=env, capture_output=True, text=True)
     rows = json.loads(proc.stdout)
     return proc.returncode, rows
 
@@ -74,17 +86,18 @@ def test_dispatched_kernels_compile_for_sm90_without_faults(shapes, directions, 
     if directions == 1:
         returncode, rows = request.getfixturevalue("report_rows")
         # the LSTMCell kernel, and forward and backward of an LSTM layer where the shape runs
-        # our LSTM kernels (its smaller tiles: the gate compiles the largest)
-        lstm = [s for s in shapes if choose(s[1], s[2], *DTYPES[s[0]], arch=90,
-                                            gates=4).variant == "resident"]
-        lstm_rows = _rows_of(rows, shapes, ("lstm",))
-        assert len([r for r in lstm_rows if r["pass_"] != "cell"]) == 2 * len(lstm) > 0
-        assert len([r for r in lstm_rows if r["pass_"] == "cell"]) == len(shapes)
+        # our LSTM kernels
+        lstm = [s for s in LSTM_TEST_SHAPES if choose(s[1], s[2], *DTYPES[s[0]], arch=90,
+                                                      gates=4).variant == "resident"]
+        lstm_rows = _rows_of(rows, LSTM_TEST_SHAPES, ("lstm",))
+        assert len([r for r in lstm_rows if r["pass_"] != "cell"]) == 2 * len(lstm) == 6
+        assert len([r for r in lstm_rows if r["pass_"] == "cell"]) == len(LSTM_TEST_SHAPES)
     else:
         returncode, rows = _report(shapes, directions, cells="rnn")
     # forward and backward, padded and packed, and the RNNCell kernel, for each shape
     assert len(_rows_of(rows, shapes)) == 5 * len(shapes)
-    rows = _rows_of(rows, shapes, ("rnn", "lstm"))  # the exit code covers W_HH_SHAPES too
+    # (the exit code covers W_HH_SHAPES too; two directions: no LSTM rows)
+    rows = _rows_of(rows, shapes) + _rows_of(rows, LSTM_TEST_SHAPES, ("lstm",))
     faults = [f"{r['pass_']} {r['batch_kind']} {r['dtype']} H={r['H']} N={r['N']} "
               f"{r['config']}: {r['faults']}"
               for r in rows if r["faults"]]

@@ -94,7 +94,7 @@ def _run_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "PACKED_SWEEP", dict(batch=[16], hidden=[16], seq=[4],
                                                       layers=[1], directions=[1]))
     args = latency.parse_args(["--batch", "1", "16", "--hidden", "16", "--seq", "3",
-                               "--layers", "1", "--directions", "1", "2",
+                               "--layers", "1", "--directions", "1",
                                "--dtypes", "tf32", "bf16", "--out", str(tmp_path)])
     folder = latency.run_sweep(args)
     return json.loads((folder / "results.json").read_text()), folder
@@ -104,8 +104,8 @@ def _run_sweep(tmp_path, monkeypatch):
 def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
     results, _ = sweep
     assert results["environment"] == FAKE_ENV and not results["failures"]
-    assert results["cases_planned"] == 2 * 2 * 2  # dtypes x batch x directions
-    assert len(results["rows"]) == 8 * 2 * 3      # x modes x (ours, auto, nn.RNN)
+    assert results["cases_planned"] == 2 * 2  # dtypes x batch
+    assert len(results["rows"]) == 4 * 2 * 3      # x modes x (ours, auto, nn.RNN)
     expected = {"triton_rnn": ours_ms, "auto": lambda b: min(ours_ms(b), NN_RNN_MS),
                 "nn.RNN": lambda b: NN_RNN_MS}
     for row in results["rows"]:
@@ -120,11 +120,11 @@ def test_table_and_plots_come_from_the_recorded_numbers(sweep):
     results, folder = sweep
     table = (folder / "speedup.md").read_text()
     assert "Stand-in GPU" in table
-    # Per dtype and mode: speedups 2.0 (batch 1) and 0.5 (batch 16), two directions each;
-    # auto: 2.0 and 1.0 (routed to nn.RNN at batch 16).
+    # Per dtype and mode: speedups 2.0 (batch 1) and 0.5 (batch 16); auto: 2.0 and 1.0
+    # (routed to nn.RNN at batch 16).
     for dtype in ("tf32", "bf16"):
         for mode in ("inference", "training"):
-            assert (f"| {dtype} | {mode} | 4 | 1.00x | 0.50x | 2.00x | 2 | 0 | 1.41x | 0 |"
+            assert (f"| {dtype} | {mode} | 2 | 1.00x | 0.50x | 2.00x | 1 | 0 | 1.41x | 0 |"
                     in table)
     assert "| 1 | 333.3 / 0.00 |" in table  # ours at batch 1: 1 ms over T = 3 steps
     for dtype in ("tf32", "bf16"):  # packed/padded ratios, then packed ms of both
