@@ -40,14 +40,19 @@ The rule, in order (the resource report prints it beside every configuration):
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 4. Cells (kernels/cells.py): an LSTM layer (4 gates) takes rules 1-3 with its four (BH, BH)
    gate tiles together in the resident budget of one tile at RESIDENT_MAX_BH (so BH <= 64,
-   32 in fp64), and IEEE fp32 never takes tl.dot; the split and streaming variants do not
-   take the LSTM cell yet (launch.lstm_runs_on_kernels: the module runs those layers on
-   nn.LSTM).
+   32 in fp64), and IEEE fp32 never takes tl.dot. Beyond that, 16-bit and TF32 LSTM layers
+   take the tensor-core split up to BH = 512 (TF32: 256; _split_gates), both passes with the
+   configuration an RNN of the pass's reduction length K gets: the forward multiplies over
+   K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
+   `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
+   holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
+   past the resident limit, and the streaming variant, do not take the LSTM cell yet
+   (launch.lstm_runs_on_kernels: the module runs those layers on nn.LSTM).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -92,6 +97,8 @@ SPLIT_DOT_OPERAND_REGISTERS = 160
 SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448,
                     103: 232448, 120: 101376}
 SHARED_PER_BLOCK_OTHER = 65536
+# Features per program of the split LSTM backward (dispatch rule 4, _split_gates).
+LSTM_BACKWARD_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -106,24 +113,33 @@ class Config:
     w_first: bool = False  # resident tl.dot: W_hh the first operand, transposed state tiles
     k_chunks: int = 1      # split on tensor cores: the state tile's chunks per step (KC)
     b_shared: bool = False  # split on tensor cores: B kept in shared memory, not registers
+    gate_rows: int = 1     # split: rows of B per feature a program owns (LSTM forward: 4)
+
+    @property
+    def features(self) -> int:
+        """split: the hidden features one program owns (its slice)."""
+        return self.R // self.gate_rows
 
     def describe(self) -> str:
         block = {"resident": f"BH={self.BH}", "split": f"R={self.R} BH={self.BH}"}.get(
             self.variant, f"BJ={self.BH}") + (f" KC={self.k_chunks}" if self.k_chunks > 1 else "") \
-            + (" B-shared" if self.b_shared else "")
+            + (" B-shared" if self.b_shared else "") \
+            + (f" gates={self.gate_rows}" if self.gate_rows > 1 else "")
         kind = "dot" if self.use_dot else "elementwise"
         return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
                 f" stages={self.num_stages}" + (" W-first" if self.w_first else ""))
 
 
 def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True,
-           split: bool = True, arch: int = None, gates: int = 1) -> Config:
-    """The configuration rule 1-3 gives; split=False skips the split variant (the launcher's
+           split: bool = True, arch: int = None, gates: int = 1,
+           pass_: str = "forward") -> Config:
+    """The configuration rules 1-4 give; split=False skips the split variant (the launcher's
     fallback where a device cannot hold one group of its programs at once). arch: the target's
     compute capability (90 for sm_90), None when unknown (the interpreter). gates: rows of
     W_hh per hidden feature (cells.GATES: 1 for RNN, 4 for LSTM); a resident program holds
     all of them, so its tiles take the budget of one (BH, BH) tile at RESIDENT_MAX_BH
-    together (LSTM: BH <= 64 in 16 and 32 bits, 32 in fp64)."""
+    together (LSTM: BH <= 64 in 16 and 32 bits, 32 in fp64). pass_: "forward" or "backward",
+    which differ only for a split LSTM layer (rule 4)."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = dtype.itemsize
     resident = gates * BH * BH <= RESIDENT_MAX_BH[elem] ** 2
@@ -149,10 +165,37 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         # (BH < 64 and sm_80 compile to mma.sync, where h @ B keeps W_hh in registers too).
         w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
-    if split and BH <= SPLIT_MAX_BH[elem]:
-        return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch,
-                            ragged=hidden_size % 16 != 0)
+    ragged = hidden_size % 16 != 0
+    if split and gates > 1:
+        cfg = _split_gates(BH, dtype, allow_tf32, arch, ragged, gates, pass_)
+        if cfg is not None:
+            return cfg
+    elif split and BH <= SPLIT_MAX_BH[elem]:
+        return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
+
+
+def _split_gates(BH: int, dtype: torch.dtype, allow_tf32: bool, arch: int, ragged: bool,
+                 gates: int, pass_: str):
+    """Rule 4's split for a cell of several gates, or None where it has none (IEEE fp32 and
+    fp64; the backward's K = gates*BH past SPLIT_MAX_BH or without a configuration): the
+    tensor-core split an RNN with K hidden features gets, in both passes, except that the
+    backward takes R = 16 features per program in 16-bit too and never keeps B in shared
+    memory. Its tile holds nine (R, BN) inputs besides the product (dL/dh_t, dL/dc_t, c_t,
+    c_{t-1} and c0, the four gates): at R = 32 bf16 spilled 56-192 B (H = 65 and 512, sm_90
+    and sm_80); TF32 at K = 2048 (B in shared memory) needs 192 KB of shared memory, more than
+    sm_80 has, and spilled 112 B on sm_90 with Triton 3.6: TF32 LSTM layers take the split
+    to H = 256, 16-bit ones to 512."""
+    if not split_on_tensor_cores(dtype, allow_tf32) or gates * BH > SPLIT_MAX_BH[dtype.itemsize]:
+        return None
+    backward = choose_split_dot(gates * BH, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
+                                ragged=ragged)
+    if backward is not None and backward.b_shared:
+        return None
+    if backward is None or pass_ == "backward":
+        return backward
+    forward = choose_split_dot(BH, dtype, arch=arch, ragged=ragged)
+    return None if forward is None else replace(forward, gate_rows=gates)
 
 
 def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:

@@ -200,7 +200,8 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
     """(config, kernel, grid, constexprs and launch options) of one layer's recurrence: `cfg`,
     or the dispatcher's choice (split=False: its fallback where split does not fit) for the
     current device: callers plan inside _on_device(their output). cell: the CELL of cells.py."""
-    cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch(), gates=GATES[cell])
+    cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch(), gates=GATES[cell],
+                        pass_=pass_)
     flags = {"CELL": cell} if cell != RNN.value else {}
     options = compile_options(cfg, dtype, relu, allow_tf32,
                               HAS_LENGTHS=int(lengths is not None), **flags)
@@ -280,7 +281,7 @@ def _launch_split(pass_, kernel, cfg, options, tensors, sizes, strides, D) -> bo
     failures.check_earlier()
     device = tensors[0].device
     T, N, H = sizes[:3]
-    S = triton.cdiv(H, cfg.R)
+    S = triton.cdiv(H, cfg.features)
     key = (kernel, str(device))
     # [failure flag, one barrier counter per (direction, group)], zero on entry.
     sync = torch.zeros(1 + D * N, dtype=torch.int32, device=device)
@@ -353,10 +354,14 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
         options = _aligned(options, cfg, H, (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2]),
                            w_strides)
         if cfg.variant == "split":
+            # the tensor-core split's LSTM arguments (cell states, gates, carry), unread
+            lstm = ((out,) * 3, _NO_GATES[:2]) if cfg.use_dot else ((), ())
             if _launch_split("forward", kernel, cfg, options,
-                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len),
+                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
+                              *lstm[0]),
                              (T, N, H, HB), (s_pt, s_pn, out.stride(0), out.stride(1),
-                                             h0.stride(0), h0.stride(1), *w_strides), D):
+                                             h0.stride(0), h0.stride(1), *w_strides, *lstm[1]),
+                             D):
                 return out
             cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
                                                allow_tf32, split=False)
@@ -395,10 +400,12 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2]), w_strides)
         if cfg.variant == "split":
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
-            strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1))
+            lstm = ((out,) * 6, _NO_GATES[:2]) if cfg.use_dot else ((), ())  # unread
+            strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1),
+                       *lstm[1])
             if _launch_split("backward", kernel, cfg, options,
-                             (dout, out, *_pair(weights), dz, dh0, carry, p_len), (T, N, H),
-                             strides, D):
+                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, *lstm[0]),
+                             (T, N, H), strides, D):
                 return dz, dh0
             cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
                                                allow_tf32, split=False)
@@ -475,8 +482,9 @@ def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config =
     gate activations i, f, g, o (T, N, D*4H; direction d's at 4H*d) of every step, which the
     backward reads. proj: each direction's (T, N, 4H) = X W_ihᵀ + b_ih; h0, c0 (D, N, H);
     w_hh: each direction's (4H, H); b_hh: None or each direction's (4H,). Arguments as
-    recurrence_forward takes them. Resident variant only (dispatch.choose with 4 gates: BH <=
-    64, 32 in fp64); the module runs other layers on nn.LSTM."""
+    recurrence_forward takes them. The resident variant and the tensor-core split (dispatch
+    rule 4); the module runs other layers on nn.LSTM. None where the device cannot hold one
+    group of a split layer's programs at once (there is no streaming LSTM to fall back to)."""
     D, N, H = h0.shape
     projs = _one_layout(per_direction(proj, 4 * H), unit_last_stride=True)
     weights = _one_layout(per_direction(w_hh))
@@ -490,16 +498,29 @@ def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config =
     h0, c0 = h0.contiguous(), c0.contiguous()
     biases = weights if b_hh is None else \
         _one_layout(per_direction(b_hh), unit_last_stride=True)
+    HB, w_strides = 0 if b_hh is None else H, _weight_operand(weights[0], transpose=True)
+    p_len = lengths_argument(lengths, device)
     with _on_device(out):
         cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
                                            allow_tf32, config, cell=LSTM.value)
-        _resident_only(cfg)
+        lstm_takes(cfg, check=True)
+        if cfg.variant == "split":
+            options = _aligned(options, cfg, H, (*projs[0].stride()[:2], *out.stride()[:2],
+                                                 *h0.stride()[:2], *gates.stride()[:2]),
+                               w_strides)
+            carry = c0.to(acc_dtype(dtype), copy=True)  # c_{t-1}, c0 before the first step
+            if not _launch_split("forward", kernel, cfg, options,
+                                 (*_pair(projs), h0, *_pair(weights), *_pair(biases), out,
+                                  p_len, cells, gates, carry),
+                                 (T, N, H, HB), (*projs[0].stride()[:2], *out.stride()[:2],
+                                                 *h0.stride()[:2], *w_strides,
+                                                 *gates.stride()[:2]), D):
+                return None
+            return out, cells, gates
         kernel[grid](
-            *_pair(projs), h0, *_pair(weights), *_pair(biases), out,
-            lengths_argument(lengths, device), c0, cells, gates, T, N, H,
-            0 if b_hh is None else H, *projs[0].stride()[:2], *h0.stride()[:2],
-            *_weight_operand(weights[0], transpose=True), *out.stride()[:2],
-            H * weights[0].stride(0), *gates.stride()[:2], **options)
+            *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, c0, cells, gates,
+            T, N, H, HB, *projs[0].stride()[:2], *h0.stride()[:2], *w_strides,
+            *out.stride()[:2], H * weights[0].stride(0), *gates.stride()[:2], **options)
     return out, cells, gates
 
 
@@ -507,7 +528,8 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
                   config: Config = None):
     """(dz, dh0, dc0) of one LSTM layer: dz (T, N, D*4H) = dL/d(P_t) of every gate and step
     (= dL/d(b_hh) summed over t and the batch), dh0 and dc0 (D, N, H). dout, dcells: the
-    gradients of out and cells; the rest as lstm_forward took and left them."""
+    gradients of out and cells; the rest as lstm_forward took and left them. None as
+    lstm_forward returns it."""
     T, N, _ = out.shape
     weights = _one_layout(per_direction(w_hh))
     D, H = len(weights), weights[0].shape[1]
@@ -518,28 +540,46 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
     dc0 = _empty(like=c0)
     if N == 0:
         return dz, dh0, dc0
+    p_len, w_strides = lengths_argument(lengths, out.device), \
+        _weight_operand(weights[0], transpose=False)
     with _on_device(out):
         cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
                                            allow_tf32, config, cell=LSTM.value)
-        _resident_only(cfg)
+        lstm_takes(cfg, check=True)
+        if cfg.variant == "split":
+            options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2],
+                                                 *dz.stride()[:2]), w_strides)
+            acc = acc_dtype(out.dtype)
+            carry = _empty((D, N, H), dtype=acc, device=out.device)
+            dc = _empty((D, N, H), dtype=acc, device=out.device)
+            if not _launch_split("backward", kernel, cfg, options,
+                                 (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells,
+                                  dcells, c0, gates, dc0, dc),
+                                 (T, N, H), (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
+                                             *dz.stride()[:2]), D):
+                return None
+            return dz, dh0, dc0
         kernel[grid](
-            dout, out, *_pair(weights), dz, dh0, lengths_argument(lengths, out.device), cells,
-            dcells, c0, gates, dc0, T, N, H, *out.stride()[:2],
-            *_weight_operand(weights[0], transpose=False), *dh0.stride()[:2],
-            H * weights[0].stride(0), *dz.stride()[:2], **options)
+            dout, out, *_pair(weights), dz, dh0, p_len, cells, dcells, c0, gates, dc0, T, N, H,
+            *out.stride()[:2], *w_strides, *dh0.stride()[:2], H * weights[0].stride(0),
+            *dz.stride()[:2], **options)
     return dz, dh0, dc0
 
 
 def lstm_runs_on_kernels(hidden_size: int, batch: int, dtype: torch.dtype,
                          allow_tf32: bool) -> bool:
-    """Whether an LSTM layer of this shape has a kernel: the resident variant only, so far."""
-    return choose(hidden_size, batch, dtype, allow_tf32, arch=device_arch(),
-                  gates=GATES[LSTM.value]).variant == "resident"
+    """Whether an LSTM layer of this shape has kernels: the resident variant, and the
+    tensor-core split (16-bit to H = 512, TF32 to 256; dispatch rule 4)."""
+    return lstm_takes(choose(hidden_size, batch, dtype, allow_tf32, arch=device_arch(),
+                              gates=GATES[LSTM.value]))
 
 
-def _resident_only(cfg: Config) -> None:
-    if cfg.variant != "resident":
+def lstm_takes(cfg: Config, check: bool = False) -> bool:
+    """Whether the LSTM kernels take this configuration; with `check`, raise if not."""
+    takes = cfg.variant == "resident" or (cfg.variant == "split" and cfg.use_dot)
+    if check and not takes:
         raise NotImplementedError(
-            f"triton_rnn: LSTM layers run on the resident kernels only so far (hidden size "
-            f"<= 64, 32 in float64), not on {cfg.describe()}; the module runs larger ones on "
-            "nn.LSTM")
+            f"triton_rnn: LSTM layers run on the resident kernels (hidden size <= 64, 32 in "
+            f"float64) and the tensor-core split (16-bit to hidden size 512, TF32 to 256), not "
+            f"on {cfg.describe()}; the module runs other layers on nn.LSTM")
+    return takes

@@ -70,15 +70,17 @@ HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The kernels do not specialise on N (one compiled kernel serves every batch with the same
 # tile); 1, 5, 16 and 256 are the batch classes whose tiles and split plans differ.
 BATCHES = (1, 5, 16, 256)
-# LSTM layers run our (resident) kernels up to H = 64 (32 in fp64). The default table compiles
-# the largest tiles, which hold the most registers: tl.dot in tf32, bf16 and fp16 (batch 16;
-# W-first on sm_90, 170-224 registers), the elementwise product in IEEE fp32 (which never
-# takes tl.dot with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise
-# tiles compiled the same, 0 B spilled, when checked); and the LSTMCell, whose kernel streams
-# the weights whatever H, at batch 16 (tl.dot) in every dtype and 1 (elementwise) in bf16.
-# Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
+# LSTM layers run our resident kernels up to H = 64 (32 in fp64) and, in 16-bit and TF32,
+# the tensor-core split up to H = 512. The default table compiles the largest tiles, which
+# hold the most registers: resident tl.dot in tf32, bf16 and fp16 (batch 16; W-first on
+# sm_90, 170-224 registers), the elementwise product in IEEE fp32 (which never takes tl.dot
+# with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise tiles compiled
+# the same, 0 B spilled, when checked); the split at its largest, H = 256 in TF32 and 512 in
+# bf16 (the backward's K = 1024 and 2048); and the LSTMCell, whose kernel
+# streams the weights whatever H, at batch 16 (tl.dot) in every dtype and 1 (elementwise) in
+# bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
 LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64, 16),
-               ("fp64", 32, 1)]
+               ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
     [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
@@ -598,7 +600,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
     else:
         cfg = choose(H, N, dtype, allow_tf32, split, arch=arch,
-                     gates=GATES[LSTM.value if cell == "lstm" else RNN.value])
+                     gates=GATES[LSTM.value if cell == "lstm" else RNN.value], pass_=pass_)
         programs = triton.cdiv(N, cfg.BN) * directions
     ordering = []
     w_hh = "-"
@@ -624,9 +626,11 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     config = cfg.describe()
     S, rows, launches = 1, 1, 1
     if cfg.variant == "split" and not error:
-        S = triton.cdiv(H, cfg.R)
+        S = triton.cdiv(H, cfg.features)
         plan = launch.split_plan(S, N, directions, capacity, launch.split_max_groups(cfg, N))
-        if plan is None:  # what the launcher runs instead
+        if plan is None and cell == "lstm":  # no streaming LSTM kernel to run instead
+            error = f"split LSTM needs {S} programs, {capacity} fit: no kernel runs it"
+        elif plan is None:  # what the launcher runs instead
             row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False)
             row.w_hh += f" (split needs {S} programs, {capacity} fit)"
             return row
@@ -710,8 +714,8 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
     lstm_shapes = LSTM_SHAPES if default else lstm_shapes or shapes
     cases += [(p, d, H, N, arch, directions, False, True, "lstm") for arch in archs
               for p in ("forward", "backward") for d, H, N in lstm_shapes
-              if "lstm" in cells and choose(H, N, *DTYPES[d], arch=arch,
-                                            gates=GATES[LSTM.value]).variant == "resident"]
+              if "lstm" in cells and launch.lstm_takes(choose(H, N, *DTYPES[d], arch=arch,
+                                                              gates=GATES[LSTM.value]))]
     # LSTMCell: its kernel streams the weights in chunks whatever H, so one H per product
     cases += [("cell", d, H, N, arch, 1, False, True, "lstm") for arch in archs
               for d, H, N in (LSTM_CELL_SHAPES if default else lstm_shapes) if "lstm" in cells]

@@ -43,45 +43,64 @@ from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
                      sequence_lengths, state_mask, state_offsets, state_operand,
                      tf32_dot_operand, time_index, weight_operand)
+from .cells import LSTM, lstm_update, lstm_update_grad
 from .split import _poison
 
 
 @triton.jit
-def _b_chunk(p_b, s_bk, s_bj, o_j, H, c, PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
-             KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr):
+def _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, c, PRECISION: tl.constexpr,
+             DOT_DTYPE: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr):
     """Chunk c of the program's rows of B as a (KW, R, BKW/KC) tile: element (w, r, i) is
-    B[o_j[r], w*BKW + c*BKW/KC + i], zero outside H, rounded for the product, in DOT_DTYPE."""
+    B[o_j[r], w*BKW + c*BKW/KC + i], zero outside the rows' mask m_j and the reduction length
+    K, rounded for the product, in DOT_DTYPE."""
     o_k = tl.arange(0, KW)[:, None] * BKW + c * (BKW // KC) + tl.arange(0, BKW // KC)[None, :]
     b_b = tl.load(p_b + o_j[None, :, None] * s_bj + o_k[:, None, :] * s_bk,
-                  mask=(o_j < H)[None, :, None] & (o_k < H)[:, None, :], other=0.0)
+                  mask=m_j[None, :, None] & (o_k < K)[:, None, :], other=0.0)
     return weight_operand(b_b, tl.float32, True, PRECISION).to(DOT_DTYPE)
 
 
 @triton.jit
-def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION: tl.constexpr,
+def _rows(H, R: tl.constexpr, GATE_ROWS: tl.constexpr):
+    """This program's rows of B and the hidden feature of each: R rows, of R / GATE_ROWS
+    features; with several gates (the LSTM forward) gate-major, gate g's rows g*H + feature."""
+    if GATE_ROWS == 1:
+        o_j = tl.program_id(0) * R + tl.arange(0, R)  # (< 2^13: int32)
+        return o_j, o_j
+    else:
+        RF: tl.constexpr = R // GATE_ROWS
+        o_r = tl.arange(0, R)
+        o_f = tl.program_id(0) * RF + o_r % RF
+        return (o_r // RF) * H + o_f, o_f
+
+
+@triton.jit
+def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, N, i_d0, PRECISION: tl.constexpr,
              DOT_DTYPE: tl.constexpr, R: tl.constexpr, KW: tl.constexpr, BK: tl.constexpr,
-             KC: tl.constexpr, BN: tl.constexpr):
+             KC: tl.constexpr, BN: tl.constexpr, GATE_ROWS: tl.constexpr = 1):
     """What program (s, g, d) works on (split.py's _program, in row tiles): its direction; the
-    slice count S; its R output features o_j and their mask; its rows of B in KC chunks
-    (unused chunks repeat the first), on-chip for all T steps; its group's barrier counter;
-    its group's first batch row n0, and the rows and mask of the group's first row tile."""
+    slice count S; its R rows o_j of B (_rows: its output features, or with GATE_ROWS > 1
+    every gate's rows of its features) and their mask; its rows of B over the reduction length
+    K in KC chunks (unused chunks repeat the first), on-chip for all T steps; its group's
+    barrier counter; its group's first batch row n0, and the rows and mask of the group's
+    first row tile."""
     i_g = tl.program_id(1)
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)
     BKW: tl.constexpr = BK // KW
-    o_j = tl.program_id(0) * R + tl.arange(0, R)  # this program's features (< 2^13: int32)
+    o_j, o_f = _rows(H, R, GATE_ROWS)
+    m_j = o_f < H
     p_b = direction_pointer(p_b, p_b_r, i_d)
-    b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)
+    b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)
     b_b1 = b_b0
     b_b2 = b_b0
     b_b3 = b_b0
     if KC >= 2:
-        b_b1 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 1, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b1 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 1, PRECISION, DOT_DTYPE, KW, BKW, KC)
     if KC == 4:
-        b_b2 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 2, PRECISION, DOT_DTYPE, KW, BKW, KC)
-        b_b3 = _b_chunk(p_b, s_bk, s_bj, o_j, H, 3, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b2 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 2, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b3 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 3, PRECISION, DOT_DTYPE, KW, BKW, KC)
     n0 = i_g.to(tl.int64) * ROWS
     o_first, m_first = _tile(n0, 0, ROWS, N, BN)
-    return (i_d, tl.num_programs(0), o_j, o_j < H, b_b0, b_b1, b_b2, b_b3,
+    return (i_d, tl.num_programs(0), o_j, m_j, b_b0, b_b1, b_b2, b_b3,
             p_sync + 1 + i_d * G + i_g, n0, o_first, m_first)
 
 
@@ -94,18 +113,20 @@ def _spread(b_z, R: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, H, W_DTYPE: tl.constexpr,
+def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, K, W_DTYPE: tl.constexpr,
              DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
-             KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr):
-    """(R, BN) fp32: Σ_k B[j, k] s[n, k] for the program's rows j and the state s of the BN
-    rows from n_first (s[n, k] at p_rows + n*s_row + k; m_n masks them), read from L2 (.cg)
-    after the barrier."""
+             KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
+             SPREAD: tl.constexpr = True):
+    """(R, BN) fp32: Σ_k B[j, k] s[n, k] (k < K) for the program's rows j and the state s of
+    the BN rows from n_first (s[n, k] at p_rows + n*s_row + k; m_n masks them), read from L2
+    (.cg) after the barrier; spread over the threads (_spread) unless SPREAD is off (the
+    LSTM's gates take their rows apart by gathers, which spread them too)."""
     o_k = tl.arange(0, KW)[:, None] * BKW + tl.arange(0, BKW // KC)[None, :]
     p_s = p_rows + (n_first + tl.arange(0, BN).to(tl.int64))[None, None, :] * s_row
     b_z = tl.zeros((KW, R, BN), tl.float32)
     for c in tl.static_range(KC):
         o_kc = o_k + c * (BKW // KC)
-        b_s = tl.load(p_s + o_kc[:, :, None], mask=(o_kc < H)[:, :, None] & m_n[None, None, :],
+        b_s = tl.load(p_s + o_kc[:, :, None], mask=(o_kc < K)[:, :, None] & m_n[None, None, :],
                       other=0.0, cache_modifier=".cg")
         if PRECISION == "tf32":  # as state_operand rounds it, in one instruction
             b_s = tf32_dot_operand(b_s)
@@ -120,7 +141,17 @@ def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, H, W_DTYPE: tl
         else:
             b_b = b_b3
         b_z = tl.dot(b_b, b_s, b_z, input_precision=PRECISION, out_dtype=tl.float32)
-    return _spread(tl.sum(b_z, 0), R, BN)
+    if SPREAD:
+        return _spread(tl.sum(b_z, 0), R, BN)
+    else:
+        return tl.sum(b_z, 0)
+
+
+@triton.jit
+def _gate(b_z, g: tl.constexpr, RF: tl.constexpr, BN: tl.constexpr):
+    """Gate g's (RF, BN) rows of gate-major (GATES * RF, BN) pre-activations, by a gather
+    whose index layout spreads them over the threads (as _spread does)."""
+    return tl.gather(b_z, tl.broadcast_to(g * RF + tl.arange(0, RF)[:, None], (RF, BN)), 0)
 
 
 @triton.jit
@@ -144,24 +175,57 @@ def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra, EXCHANGED: tl.constexpr = F
 
 @triton.jit
 def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_prev, p_out, s_n,
-                  p_len, o_j, m_j, n0, i0, tt, T, N, H, ROWS, W_DTYPE: tl.constexpr,
-                  ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
-                  KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
-                  DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+                  p_cell, p_carry, s_cn, p_gates, s_gn, p_len, o_j, m_j, n0, i0, tt, T, N, H,
+                  ROWS, W_DTYPE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                  PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
+                  BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
+                  DOT_DTYPE: tl.constexpr, HAS_LENGTHS, CELL: tl.constexpr):
     """Step tt of the forward for the row tile from n0 + i0: h_tt = act(P_tt + B h_{tt-1} +
-    b_hh) of this program's features (P_tt of the first tile is b_p0, loaded a step ahead)."""
+    b_hh) of this program's features (P_tt of the first tile is b_p0, loaded a step ahead).
+    LSTM: the R rows are the four gates of R/4 features (P and b_hh at the same rows); c_{tt-1}
+    comes from the program's own fp32 carry (p_carry, row stride s_cn; c0 before the first
+    step), and h_tt, c_tt (p_out, p_cell) and the gates (p_gates, row stride s_gn) are stored."""
     o_n, m_n = _tile(n0, i0, ROWS, N, BN)
     # Loads that do not wait for the product are issued before it: P_t of a later tile, and
     # the previous state of rows outside their sequence (which hold it).
     b_p = _features(p_proj, o_n, s_pn, o_j, m_n, m_j, i0 > 0)
     held = (tt >= sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS))[None, :]
-    b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
-    b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE, DOT_DTYPE,
-                   PRECISION, R, KW, BKW, KC, BN)
-    b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
-    b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
-    tl.store(p_out + state_offsets(o_n, s_n, o_j, True), convert(b_new, p_out.dtype.element_ty),
-             mask=state_mask(m_n, m_j, True))
+    if CELL == LSTM:
+        RF: tl.constexpr = R // 4
+        o_f = tl.program_id(0) * RF + tl.arange(0, RF)
+        m_c = state_mask(m_n, o_f < H, True)
+        o_c = state_offsets(o_n, s_cn, o_f, True)
+        b_old = _features(p_prev, o_n, s_prev, o_f, m_n, o_f < H, held, True)
+        b_c = tl.load(p_carry + o_c, mask=m_c, other=0.0)
+        b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
+                       DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN, False)
+        b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
+        g_i, g_f, g_g, g_o, c_new, h_new = lstm_update(
+            _gate(b_z, 0, RF, BN), _gate(b_z, 1, RF, BN), _gate(b_z, 2, RF, BN),
+            _gate(b_z, 3, RF, BN), b_c)
+        b_h = tl.where(held, b_old.to(ACC), h_new)  # a held row keeps h and c
+        b_c = tl.where(held, b_c, c_new)
+        # the carry's loads may replicate values across warps and its stores come from one of
+        # them: every load above before any store below
+        tl.debug_barrier()
+        o_s = state_offsets(o_n, s_n, o_f, True)
+        tl.store(p_out + o_s, convert(b_h, p_out.dtype.element_ty), mask=m_c)
+        tl.store(p_cell + o_s, convert(b_c, p_cell.dtype.element_ty), mask=m_c)
+        tl.store(p_carry + o_c, b_c, mask=m_c)
+        p_g = p_gates + state_offsets(o_n, s_gn, o_f, True)
+        GATE_DTYPE: tl.constexpr = p_gates.dtype.element_ty
+        tl.store(p_g, convert(g_i, GATE_DTYPE), mask=m_c)
+        tl.store(p_g + H, convert(g_f, GATE_DTYPE), mask=m_c)
+        tl.store(p_g + 2 * H, convert(g_g, GATE_DTYPE), mask=m_c)
+        tl.store(p_g + 3 * H, convert(g_o, GATE_DTYPE), mask=m_c)
+    else:
+        b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
+        b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
+                       DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN)
+        b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
+        b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
+        tl.store(p_out + state_offsets(o_n, s_n, o_j, True),
+                 convert(b_new, p_out.dtype.element_ty), mask=state_mask(m_n, m_j, True))
 
 
 @triton.jit(do_not_specialize=["T", "N", "HB", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
@@ -169,33 +233,48 @@ def rnn_forward_split_dot_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
     p_h0,
     p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
-    p_bias, p_bias_r,    # each direction's b_hh (H,), read where HB > 0
-    p_out, p_len, p_sync,
+    p_bias, p_bias_r,    # each direction's b_hh (G*H,), read where HB > 0
+    p_out, p_len,
+    p_cell, p_gates,     # LSTM: c_t (T, N, D*H) as out; the gate activations (T, N, D*4H)
+    p_carry,             # LSTM: c_{t-1} (D, N, H) in ACC as h0, c0 on entry
+    p_sync,
     T, N, H, HB,
     ROWS,                # batch rows per group
     i_d0, G,             # this launch's first direction; batch groups
     s_pt, s_pn,          # P: time and batch strides
-    s_t, s_n,            # out (T, N, D*H)
-    s_hd, s_hn,          # h0 (D, N, H)
+    s_t, s_n,            # out (T, N, D*H), and the cell states
+    s_hd, s_hn,          # h0 (D, N, H), and the carry
     s_bk, s_bj,          # B
+    s_gt, s_gn,          # LSTM: the gate activations
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     B_SHARED: tl.constexpr = False, ALIGN: tl.constexpr = 1, ALIGN_BK: tl.constexpr = 1,
-    ALIGN_BJ: tl.constexpr = 1,
+    ALIGN_BJ: tl.constexpr = 1, CELL: tl.constexpr = 0,
 ):
+    """CELL (cells.py): RNN, or LSTM, whose programs each hold every gate's rows of R/4
+    features (the cell update needs no exchange): only h is exchanged, c stays with the
+    program that owns its feature."""
     H, s_pt, s_pn, s_t, s_n = aligned(H, ALIGN), aligned(s_pt, ALIGN), aligned(s_pn, ALIGN), \
         aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
+    GATE_ROWS: tl.constexpr = 4 if CELL == LSTM else 1
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
-        p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
-        KC, BN)
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW,
+        BK, KC, BN, GATE_ROWS)
     BKW: tl.constexpr = BK // KW
-    b_hb = tl.load(direction_pointer(p_bias, p_bias_r, i_d) + o_j, mask=o_j < HB,
+    if CELL == LSTM:  # HB is 0 or H: a row's bias is there when its feature's is
+        m_hb = tl.where(HB > 0, m_j, False)
+    else:
+        m_hb = o_j < HB
+    b_hb = tl.load(direction_pointer(p_bias, p_bias_r, i_d) + o_j, mask=m_hb,
                    other=0.0).to(ACC)[:, None]
     p_h0 = p_h0 + i_d * s_hd
+    p_carry = p_carry + i_d * s_hd
+    p_gates = p_gates + i_d * 4 * H
     p_out = p_out + i_d * H  # this direction's features
+    p_cell = p_cell + i_d * H
     p_proj = direction_pointer(p_proj, p_proj_r, i_d)
     b_p0 = _features(p_proj + time_index(0, T, i_d, False) * s_pt, o_first, s_pn, o_j,
                      m_first, m_j, T > 0)  # P_t of the first row tile, loaded one step ahead
@@ -210,16 +289,18 @@ def rnn_forward_split_dot_kernel(
         if B_SHARED:  # a for loop: Triton keeps B in shared memory and re-reads it
             for i0 in range(0, ROWS, BN):
                 _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
-                              p_prev, s_prev, p_out + tt * s_t, s_n, p_len, o_j, m_j, n0, i0,
-                              tt, T, N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION,
-                              R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                              p_prev, s_prev, p_out + tt * s_t, s_n, p_cell + tt * s_t, p_carry,
+                              s_hn, p_gates + tt * s_gt, s_gn, p_len, o_j, m_j, n0, i0, tt, T,
+                              N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
+                              BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS, CELL)
         else:  # a while loop: in a for loop Triton re-reads B from shared memory
             i0 = ROWS * 0
             while i0 < ROWS:
                 _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
-                              p_prev, s_prev, p_out + tt * s_t, s_n, p_len, o_j, m_j, n0, i0,
-                              tt, T, N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION,
-                              R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                              p_prev, s_prev, p_out + tt * s_t, s_n, p_cell + tt * s_t, p_carry,
+                              s_hn, p_gates + tt * s_gt, s_gn, p_len, o_j, m_j, n0, i0, tt, T,
+                              N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
+                              BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS, CELL)
                 i0 += BN
         if t < T - 1:  # the last step's state is read by no program
             b_p0 = _features(p_proj + time_index(t + 1, T, i_d, False) * s_pt, o_first, s_pn,
@@ -228,7 +309,13 @@ def rnn_forward_split_dot_kernel(
         t += 1
     if ok == 0:
         tl.store(p_sync, 1)
-        _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
+        if CELL == LSTM:
+            RF: tl.constexpr = R // 4
+            o_f = tl.program_id(0) * RF + tl.arange(0, RF)
+            _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_f, False, RF)
+            _poison(p_cell, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_f, False, RF)
+        else:
+            _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_j, False, R)
 
 
 @triton.jit
@@ -280,42 +367,122 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
              convert(b_dz, p_dz.dtype.element_ty), mask=m_c)
 
 
+@triton.jit
+def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
+                        p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn,
+                        p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
+                        W_DTYPE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                        R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
+                        BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+    """_backward_tile for the LSTM: the flow into step tt is dL/dh_tt = Σ over all four gates'
+    rows of W_hh times every slice's dz of the step visited before (K = 4H: dz (T, N, D*4H),
+    row stride s_zn, p_dz at this direction's gates); dL/dc_tt is this program's own, carried
+    in ACC through p_dc (zero before visit 0). From them, the step's saved gates, c_tt and
+    c_{tt-1} (c0 before the first step), its four gates' dz and dL/dc_{tt-1}; a row held at tt
+    passes both gradients through. At v = T the flow is dh0 and the carried dL/dc is dc0."""
+    o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+    m_c = state_mask(m_n, m_j, True)
+    o_c = state_offsets(o_n, s_hn, o_j, True)
+    tt, tt_before = time_index(v, T, i_d, True), time_index(v - 1, T, i_d, True)
+    tt_prev = time_index(v + 1, T, i_d, True)  # the step before tt in time
+    o_now = tt * s_t + o_x
+    lengths = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
+    held_before = tl.where(v > 0, tt_before >= lengths, False)[None, :]
+    now = v < T
+    # Loads that do not wait for the product, issued before it
+    b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
+    b_dc = tl.load(p_dc + o_c, mask=tl.where(v > 0, m_c, False), other=0.0)
+    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, tl.where(i0 > 0, now, False))
+    b_dcell = _features(p_dcell + o_now, o_n, s_n, o_j, m_n, m_j, now)
+    b_cn = _features(p_cell + o_now, o_n, s_n, o_j, m_n, m_j, now)
+    b_cp = tl.where(v + 1 < T,
+                    _features(p_cell + tt_prev * s_t + o_x, o_n, s_n, o_j, m_n, m_j, v + 1 < T),
+                    _features(p_c0, o_n, s_hn, o_j, m_n, m_j, v + 1 == T))
+    p_g = p_gates + tt * s_zt
+    g_i = _features(p_g, o_n, s_zn, o_j, m_n, m_j, now)
+    g_f = _features(p_g + H, o_n, s_zn, o_j, m_n, m_j, now)
+    g_g = _features(p_g + 2 * H, o_n, s_zn, o_j, m_n, m_j, now)
+    g_o = _features(p_g + 3 * H, o_n, s_zn, o_j, m_n, m_j, now)
+    b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0,
+                      tl.where(v > 0, m_n, False), 4 * H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
+                      BKW, KC, BN)
+    # nothing flows in at v = 0 (a zero, not a product of zeros: see _backward_tile)
+    b_flow = tl.where(held_before, b_carried, tl.where(v > 0, b_flow, 0.0))
+    # the carries' loads may replicate values across warps and their stores come from one of
+    # them: every load above before any store below
+    tl.debug_barrier()
+    m_end = tl.where(v == T, m_c, False)
+    tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty), mask=m_end)
+    tl.store(p_dc0 + o_c, convert(b_dc, p_dc0.dtype.element_ty), mask=m_end)
+    b_dh = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
+    b_dct = b_dc + b_dcell.to(ACC)
+    d_i, d_f, d_g, d_o, b_dcp = lstm_update_grad(b_dh, b_dct, g_i.to(ACC), g_f.to(ACC),
+                                                 g_g.to(ACC), g_o.to(ACC), b_cn.to(ACC),
+                                                 b_cp.to(ACC))
+    active = (tt < lengths)[None, :]
+    m_c = tl.where(now, m_c, False)
+    tl.store(p_carry + o_c, b_dh, mask=m_c & ~active)
+    tl.store(p_dc + o_c, tl.where(active, b_dcp, b_dct), mask=m_c)
+    p_d = p_dz + tt * s_zt + state_offsets(o_n, s_zn, o_j, True)
+    DZ_DTYPE: tl.constexpr = p_dz.dtype.element_ty
+    tl.store(p_d, convert(tl.where(active, d_i, 0.0), DZ_DTYPE), mask=m_c)
+    tl.store(p_d + H, convert(tl.where(active, d_f, 0.0), DZ_DTYPE), mask=m_c)
+    tl.store(p_d + 2 * H, convert(tl.where(active, d_g, 0.0), DZ_DTYPE), mask=m_c)
+    tl.store(p_d + 3 * H, convert(tl.where(active, d_o, 0.0), DZ_DTYPE), mask=m_c)
+
+
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_backward_split_dot_kernel(
     p_dout, p_out,
     p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
-    p_dz, p_dh0, p_carry, p_len, p_sync,
+    p_dz, p_dh0, p_carry, p_len,
+    p_cell, p_dcell,     # LSTM: c_t as the forward left it; dL/dc_t (T, N, D*H) as dout
+    p_c0, p_gates,       # LSTM: c0 (D, N, H) as dh0; the gate activations (T, N, D*4H) as dz
+    p_dc0, p_dc,         # LSTM: dL/dc0; dL/dc carried, in ACC (D, N, H) as dh0
+    p_sync,
     T, N, H,
     ROWS,                # batch rows per group
     i_d0, G,             # this launch's first direction; batch groups
-    s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
+    s_t, s_n,            # dout, out (RNN: and dz) share the contiguous (T, N, D*H) layout
     s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 and carry (D, N, H)
+    s_zt, s_zn,          # LSTM: dz and the gate activations
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KW: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr,
     B_SHARED: tl.constexpr = False, ALIGN: tl.constexpr = 1, ALIGN_BK: tl.constexpr = 1,
-    ALIGN_BJ: tl.constexpr = 1,
+    ALIGN_BJ: tl.constexpr = 1, CELL: tl.constexpr = 0,
 ):
     """split.py's backward (its exchange of dz_t and barrier) with its two phases fused per
     row tile (_backward_tile): after visit v-1's barrier a tile waits for one load, every
     slice's dz of the step visited before, multiplies it and at once computes its dz of visit
     v, which the next barrier exchanges. Visits 0..T (T + 1 of them; the last writes dh0), T
     barriers in between. The carry buffer holds only what rows past their sequence (packed
-    input) pass through; split.py's holds every row's carried gradient."""
+    input) pass through; split.py's holds every row's carried gradient.
+    LSTM (CELL): each program owns R features and holds W_hh's columns of them over all four
+    gates' rows (K = 4H; _lstm_backward_tile)."""
     H, s_t, s_n = aligned(H, ALIGN), aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
-        p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW, BK,
-        KC, BN)
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, 4 * H if CELL == LSTM else H, G, ROWS, N, i_d0,
+        PRECISION, DOT_DTYPE, R, KW, BK, KC, BN)
     BKW: tl.constexpr = BK // KW
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
+    if CELL == LSTM:
+        p_dc = p_dc + i_d * s_hd
+        p_dc0 = p_dc0 + i_d * s_hd
+        p_c0 = p_c0 + i_d * s_hd
+        p_gates = p_gates + i_d * 4 * H
+        p_dz = p_dz + i_d * 4 * H
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
     o_step = time_index(0, T, i_d, True) * s_t + o_x
     b_g0 = _features(p_dout + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)  # a visit ahead
-    b_y0 = _features(p_out + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)
+    if CELL == LSTM:
+        b_y0 = b_g0  # (unused)
+    else:
+        b_y0 = _features(p_out + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)
     v = T * 0
     ok = v == 0
     while (v <= T) & ok:
@@ -323,29 +490,51 @@ def rnn_backward_split_dot_kernel(
         # unless B is meant to stay in shared memory (see the forward).
         if B_SHARED:
             for i0 in range(0, ROWS, BN):
-                _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
-                               p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H,
-                               ROWS, i_d, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
-                               BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                if CELL == LSTM:
+                    _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry,
+                                        p_dc, p_dh0, p_dc0, p_cell, p_c0, p_gates, p_dcell,
+                                        s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j, m_j, n0,
+                                        i0, v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACC,
+                                        PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                else:
+                    _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz,
+                                   p_carry, p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0,
+                                   v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACT, ACC,
+                                   PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
         else:
             i0 = ROWS * 0
             while i0 < ROWS:
-                _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
-                               p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H,
-                               ROWS, i_d, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
-                               BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                if CELL == LSTM:
+                    _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry,
+                                        p_dc, p_dh0, p_dc0, p_cell, p_c0, p_gates, p_dcell,
+                                        s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j, m_j, n0,
+                                        i0, v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACC,
+                                        PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                else:
+                    _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz,
+                                   p_carry, p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0,
+                                   v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACT, ACC,
+                                   PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
                 i0 += BN
         if v < T:  # dz of this visit, from every slice, is what the next one multiplies
             o_next = time_index(v + 1, T, i_d, True) * s_t + o_x
             b_g0 = _features(p_dout + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
-            b_y0 = _features(p_out + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
+            if CELL != LSTM:
+                b_y0 = _features(p_out + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
             ok = arrive_and_wait(p_cnt, S * (v + 1), MAX_POLLS)
         v += 1
     if ok == 0:  # visit v and later never ran: their dz, and dh0, are NaN
         tl.store(p_sync, 1)
-        _poison(p_dz + i_d * H, s_t, s_n, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
+        if CELL == LSTM:
+            for g in tl.static_range(4):
+                _poison(p_dz + g * H, s_zt, s_zn, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
+        else:
+            _poison(p_dz + i_d * H, s_t, s_n, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
         for i0 in range(0, ROWS, BN):
             o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_j, True),
-                     tl.full((R, BN), float("nan"), p_dh0.dtype.element_ty),
+            nan = tl.full((R, BN), float("nan"), p_dh0.dtype.element_ty)
+            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_j, True), nan,
                      mask=state_mask(m_n, m_j, True))
+            if CELL == LSTM:
+                tl.store(p_dc0 + state_offsets(o_n, s_hn, o_j, True), nan,
+                         mask=state_mask(m_n, m_j, True))

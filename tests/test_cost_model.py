@@ -122,8 +122,12 @@ def test_lstm_traffic_by_design():
     """An LSTM layer on the resident variant, bf16 H = 64, batch 16, one direction: the state
     is 16 x 64 x 2 B. Forward reads the four gates' P_t (nothing waited for: prefetched);
     backward dY_t, dL/dc_t, c_t, c_{t-1} and the four gates' activations, waited for at the
-    top of the step. The LSTMCell: both products of each of the four gates, per chunk. No
-    other variant takes the LSTM cell (yet): asking is an error, not an RNN's numbers."""
+    top of the step. The LSTMCell: both products of each of the four gates, per chunk.
+    The tensor-core split at H = 256, S = 32 slices, one tile of 16 rows: forward the four
+    gates' P_t, the fp32 c carry (2 x the bf16 state) and S x h; backward dY_t, dL/dc_t, c_t,
+    c_{t-1}, the four activations, the fp32 dL/dc carry and S x the four gates' dz; one round
+    trip and the barrier each. The streaming and one-row split variants do not take the LSTM
+    cell: asking is an error, not an RNN's numbers."""
     state = 16 * 64 * 2
     assert cost_model.step_traffic("resident", "forward", 64, 16, 1, 2, 4, 16, 64,
                                    gates=4) == (4 * state, 0)
@@ -132,8 +136,15 @@ def test_lstm_traffic_by_design():
     rnn_cell = cost_model.step_traffic("cell", "cell", 64, 16, 1, 2, 4, 16, 32)
     assert cost_model.step_traffic("cell", "cell", 64, 16, 1, 2, 4, 16, 32, gates=4) == \
         (4 * rnn_cell[0], 4 * rnn_cell[1])
-    with pytest.raises(ValueError, match="no model of the split variant with 4 gates"):
-        cost_model.step_traffic("split", "forward", 256, 16, 1, 2, 4, 16, 256, 8, 16, gates=4)
+    state = 16 * 256 * 2
+    assert cost_model.step_traffic("split", "forward", 256, 16, 1, 2, 4, 16, 256, 32, 16,
+                                   gates=4) == ((4 + 2 + 32) * state, 1 + 2.5)
+    assert cost_model.step_traffic("split", "backward", 256, 16, 1, 2, 4, 16, 1024, 32, 16,
+                                   gates=4) == ((8 + 2 + 32 * 4) * state, 1 + 2.5)
+    for variant, BN in (("split", 1), ("streaming", 16)):
+        with pytest.raises(ValueError, match=f"no model of the {variant} variant with 4 gates"):
+            cost_model.step_traffic(variant, "forward", 256, 16, 1, 2, 4, BN, 256, 8, 16,
+                                    gates=4)
 
 
 def test_a_sass_without_loops_has_no_step():

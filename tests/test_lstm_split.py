@@ -1,0 +1,232 @@
+"""LSTM layers on the tensor-core split (kernels/split_dot.py with CELL = LSTM): every gate's
+rows of a feature in the program that owns it, c kept there in fp32, only h exchanged
+(forward) and every gate's dz (backward, K = 4H).
+
+Through the concurrent interpreter at H = 40 (the dispatcher's resident limit lowered:
+small_variant), whose tensor-core split rounds its operands exactly as the resident kernels'
+tl.dot does: TF32 results equal the resident kernels' up to the order of fp32 sums. The
+natural limits (H 65-512 in 16-bit and TF32) are asserted below; the compile gate compiles the
+largest (kernels/report.py, LSTM_SHAPES)."""
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import triton_rnn
+from conftest import DEVICE
+from helpers import rel_err
+# the references themselves, bound before conftest's guard wraps them (a guarded call with
+# tensors the kernels handle fails the test: here they are the comparison, on purpose)
+from triton_rnn.reference import lstm_backward as reference_backward
+from triton_rnn.reference import lstm_forward as reference_forward
+from triton_rnn.kernels import concurrent_interpreter as ci
+from triton_rnn.kernels import dispatch, launch, split_dot
+from triton_rnn.kernels.dispatch import choose, choose_split_dot
+from triton_rnn.kernels.failures import SplitBarrierTimeout
+
+from test_concurrent_interpreter import SENTINEL, _arrive_unless_first_program
+
+H = 40
+
+
+def _layer(T, N, D, dtype, packed, hidden=H, seed=0):
+    """One LSTM layer's kernel inputs: projections, h0, c0, W_hh, b_hh, lengths (unsorted)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, dtype=torch.float64, generator=g) * scale).to(dtype)
+
+    projs = [randn(T, N, 4 * hidden) for _ in range(D)]
+    weights = [randn(4 * hidden, hidden, scale=hidden ** -0.5) for _ in range(D)]
+    biases = [randn(4 * hidden) for _ in range(D)]
+    h0, c0 = randn(D, N, hidden), randn(D, N, hidden)
+    lengths = torch.randint(1, T + 1, (N,), generator=g, dtype=torch.int32) if packed else None
+    return projs, h0, c0, weights, biases, lengths
+
+
+def _gradients(out, seed=1):
+    """dL/dout and dL/dcells: random, in the layer's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+            for _ in range(2)]
+
+
+def _run(layer, allow_tf32=True):
+    """(out, cells, gates, dz, dh0, dc0) of the launchers."""
+    projs, h0, c0, weights, biases, lengths = layer
+    out, cells, gates = launch.lstm_forward(projs, h0, c0, weights, lengths, allow_tf32,
+                                            b_hh=biases)
+    return (out, cells, gates, *launch.lstm_backward(*_gradients(out), out, cells, gates, c0,
+                                                     weights, lengths, allow_tf32))
+
+
+def _reference(layer, result):
+    """The float64 reference of _run on the same inputs and gradients (its backward from the
+    kernels' own saved states and gates, as the backward kernel reads them)."""
+    projs, h0, c0, weights, biases, lengths = layer
+    wide = lambda ts: [t.double() for t in ts]  # noqa: E731
+    forward = reference_forward(wide(projs), h0.double(), c0.double(), wide(weights),
+                                     lengths, b_hh=wide(biases))
+    out, cells, gates = (t.double() for t in result[:3])
+    return (*forward, *reference_backward(*wide(_gradients(result[0])), out, cells, gates,
+                                          c0.double(), wide(weights), lengths))
+
+
+NAMES = ("out", "cells", "gates", "dz", "dh0", "dc0")
+
+
+def _split_ran(launches, passes=("forward", "backward")):
+    return [p for p in passes if launches[p] and launches[p][-1] == "split"]
+
+
+@pytest.fixture
+def variants(monkeypatch):
+    """The variant each launcher ran, by pass (through _plan)."""
+    ran = {"forward": [], "backward": []}
+    plan = launch._plan
+
+    def recording_plan(pass_, *args, **kwargs):
+        planned = plan(pass_, *args, **kwargs)
+        ran[pass_].append(planned[0].variant)
+        return planned
+
+    monkeypatch.setattr(launch, "_plan", recording_plan)
+    return ran
+
+
+def test_split_lstm_equals_the_resident_kernels_in_tf32(small_variant, variants):
+    """Two directions, a packed (unsorted) batch, biases: the split's h, c, gates and every
+    gradient are the resident kernels' (the same TF32-rounded products, summed in another
+    order)."""
+    layer = _layer(T=3, N=5, D=2, dtype=torch.float32, packed=True)
+    resident = _run(layer)
+    assert variants["forward"] == ["resident"] and variants["backward"] == ["resident"]
+    small_variant("split")
+    split = _run(layer)
+    assert _split_ran(variants) == ["forward", "backward"]
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, split, resident)}
+    # accumulation-order noise, which now and then moves a value across a TF32 rounding
+    # boundary of an operand (test_numerics.py's AGREE); unrounded operands differ by 3e-4
+    assert all(e < 1e-4 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
+                         ids=["bf16", "fp16"])
+def test_split_lstm_row_tiles_match_float64(dtype, tol, small_variant, variants):
+    """33 rows, two batch groups of 17: two row tiles in each, the second of one row; 16-bit
+    values against the float64 reference on the same inputs, to the dtype's rounding."""
+    small_variant("split")
+    layer = _layer(T=2, N=33, D=1, dtype=dtype, packed=False)
+    result = _run(layer, allow_tf32=False)
+    assert _split_ran(variants) == ["forward", "backward"]
+    for name, a, b in zip(NAMES, result, _reference(layer, result)):
+        assert rel_err(a, b) < tol, name
+
+
+def test_split_lstm_module_matches_nn_lstm(small_variant, variants):
+    """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
+    nn.LSTM's in float64, to TF32's rounding."""
+    small_variant("split")
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, H, bidirectional=True).double()
+    ours = triton_rnn.LSTM(3, H, bidirectional=True).to(DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    outputs = []
+    for model, inp in ((ours, x.float().to(DEVICE)), (ref, x)):
+        out, (h_n, c_n) = model(inp)
+        (out.sin().sum() + h_n.pow(2).sum() + c_n.pow(2).sum()).backward()
+        outputs.append([out, h_n, c_n] + [p.grad for p in model.parameters()])
+    assert _split_ran(variants) == ["forward", "backward"]
+    for a, b in zip(*outputs):
+        assert rel_err(a.double().cpu(), b) < 2e-2
+
+
+@pytest.mark.parametrize("arch", [90, 80, None], ids=["sm90", "sm80", "interpreter"])
+def test_dispatch_takes_16_bit_lstm_layers_to_512_and_tf32_to_256(arch, monkeypatch):
+    monkeypatch.setattr(launch, "device_arch", lambda: arch)
+    for dtype, tf32, largest in ((torch.bfloat16, False, 512), (torch.float16, False, 512),
+                                 (torch.float32, True, 256)):
+        for hidden in (65, 200, largest):
+            forward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4)
+            backward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_="backward")
+            assert forward.variant == backward.variant == "split" and forward.use_dot
+            assert forward.gate_rows == 4 and backward.gate_rows == 1 and backward.R == 16
+            assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
+            assert not backward.b_shared
+            assert launch.lstm_runs_on_kernels(hidden, 16, dtype, tf32)
+        assert not launch.lstm_runs_on_kernels(largest + 1, 16, dtype, tf32)
+    for dtype, tf32 in ((torch.float32, False), (torch.float64, False)):
+        assert not launch.lstm_runs_on_kernels(65, 16, dtype, tf32)
+
+
+def triton_next_pow2(n):
+    return 1 << (n - 1).bit_length()
+
+
+# ----- a faulty barrier: the split LSTM raises and poisons, never a silent wrong result ----
+
+FAULT_H, FAULT_N = 20, 17  # forward 5 slices of 4 features, backward 2 of 16; 2 groups
+
+
+@pytest.fixture
+def sentinel_launches(monkeypatch):
+    """Small bound on the waits; each concurrent launch's named arguments recorded and its
+    outputs set to SENTINEL first, so that NaN afterwards is the kernel's."""
+    monkeypatch.setattr(launch, "MAX_POLLS_INTERPRETED", 300)
+    launches, original = [], ci.launch
+
+    def recording_launch(kernel, grid, *args, **kwargs):
+        named = dict(zip(kernel.arg_names, args))
+        outputs = ("p_dz", "p_dh0", "p_dc0") if "p_dz" in named else ("p_out", "p_cell")
+        for name in outputs:
+            named[name].fill_(SENTINEL)
+        launches.append((grid, named))
+        return original(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(ci, "launch", recording_launch)
+    return launches
+
+
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_split_lstm_missing_arrival_raises_and_poisons(pass_, monkeypatch, sentinel_launches):
+    """Program (0, 0, 0) never arrives: the launcher raises SplitBarrierTimeout within
+    seconds; group 0's results after the first step it could not compute are NaN (backward:
+    dh0 and dc0 too), its first step and the other group are the reference's."""
+    layer = _layer(T=3, N=FAULT_N, D=1, dtype=torch.float32, packed=False, hidden=FAULT_H)
+    projs, h0, c0, weights, biases, _ = layer
+    forward = replace(choose_split_dot(32, torch.float32), gate_rows=4)
+    backward = choose_split_dot(128, torch.float32)
+    out, cells, gates = launch.lstm_forward(projs, h0, c0, weights, None, True, forward,
+                                            biases)
+    dout, dcells = _gradients(out)
+    expected = (out.double(), cells.double()) if pass_ == "forward" else [
+        t.double() for t in launch.lstm_backward(dout, dcells, out, cells, gates, c0, weights,
+                                                 None, True, backward)]
+    sentinel_launches.clear()
+    monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
+    start = time.monotonic()
+    with pytest.raises(SplitBarrierTimeout):
+        if pass_ == "forward":
+            launch.lstm_forward(projs, h0, c0, weights, None, True, forward, biases)
+        else:
+            launch.lstm_backward(dout, dcells, out, cells, gates, c0, weights, None, True,
+                                 backward)
+    assert time.monotonic() - start < 30.0
+    (grid, named), = sentinel_launches
+    rows = named["ROWS"]
+    assert grid[1] == 2 and named["p_sync"][0] == 1
+    names = ("p_out", "p_cell") if pass_ == "forward" else ("p_dz", "p_dh0", "p_dc0")
+    first = 0 if pass_ == "forward" else 2  # the step computed before the first wait
+    for name, exp in zip(names, expected):
+        got = named[name].double()
+        if name in ("p_dh0", "p_dc0"):
+            assert torch.isnan(got[:, :rows]).all(), name
+            assert rel_err(got[:, rows:], exp[:, rows:]) < 1e-6, name
+            continue
+        assert rel_err(got[first, :rows], exp[first, :rows]) < 1e-6, name
+        later = [t for t in range(3) if t != first]
+        assert torch.isnan(got[later, :rows]).all(), name
+        assert rel_err(got[:, rows:], exp[:, rows:]) < 1e-6, name
