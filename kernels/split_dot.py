@@ -32,6 +32,16 @@ previous step's barrier wait. After the wait, a row tile waits for the exchanged
 fused per tile); the loads issued before its product (P_t, or dY_t and y_t, of a later tile; a
 held row's previous state, or what it carried) are the other loads of a step.
 
+The cell is a constexpr (CELL, kernels/cells.py). LSTM forward: a program's R rows of B are
+the four gates' rows of R/4 features (gate-major, `_rows`), so the cell update needs nothing
+from other programs; the product is taken apart into its gates by gathers (`_gate`, which
+spread them over the threads as `_spread` does), c_{t-1} comes from the program's own fp32
+carry (c0 on entry), and h_t, c_t and the gate activations are stored for the backward. Only
+h is exchanged. LSTM backward: a program owns R features and holds W_hh's columns of them
+over all four gates' rows (K = 4H): its product takes every slice's dz of all four gates
+from the step visited before, and dL/dc is carried in an fp32 buffer of its own
+(`_lstm_backward_tile`). What spilled and what fits: dispatch rule 4.
+
 Numerics are split.py's (blocks.py): the exchanged state is rounded as the product's operand
 (state_operand), B once before the loop (weight_operand); under the interpreter a 16-bit
 product runs in fp32 on the same 16-bit values (DOT_DTYPE), whose products are exact.
