@@ -80,6 +80,43 @@ def _report(shapes, directions=1, cells="rnn,lstm", lstm_shapes=()):
     return proc.returncode, rows
 
 
+# Runs scripts (source, argv) one after another in one fresh process (kernels are only
+# compilable with the interpreter off): what each printed (its JSON), or its traceback.
+_RUN_SCRIPTS = r"""
+import contextlib, io, json, sys, traceback
+results = {}
+for name, (source, argv) in json.loads(sys.stdin.read()).items():
+    sys.argv, printed = ["-c", *argv], io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(source, name, "exec"), {"__name__": "__main__"})
+        results[name] = {"json": json.loads(printed.getvalue())}
+    except Exception:
+        results[name] = {"error": traceback.format_exc()}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="session")
+def compiled_scripts():
+    """name -> the JSON of the compiled-code checks below (_PTX_CHECK and _REAL_TTGIR for
+    sm_90 and sm_80, _PREFETCH_CHECK), all run in one process: one import of torch and the
+    kernels instead of five. A script that failed fails the test that reads it."""
+    scripts = {f"{kind}-sm{arch}": (source, [str(arch)]) for arch in (90, 80)
+               for kind, source in (("ptx", _PTX_CHECK), ("ttgir", _REAL_TTGIR))}
+    scripts["prefetch"] = (_PREFETCH_CHECK, [])
+    proc = subprocess.run([sys.executable, "-c", _RUN_SCRIPTS], input=json.dumps(scripts),
+                          env=dict(os.environ, TRITON_INTERPRET="0"), capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+
+    def result(name):
+        assert "error" not in results[name], results[name].get("error")
+        return results[name]["json"]
+    return result
+
+
 @pytest.mark.parametrize("shapes,directions", [(SHAPES, 1), (BIDIRECTIONAL_SHAPES, 2)],
                          ids=["one-direction", "two-directions"])
 @shared_report
@@ -165,19 +202,17 @@ print(json.dumps(found))
 
 
 @pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
-def test_ptx_ordering_check_catches_what_threads_cannot(arch):
+@shared_report
+def test_ptx_ordering_check_catches_what_threads_cannot(arch, compiled_scripts):
     """Both split kernels' PTX (tensor cores and one row at a time, forward and backward) has
     the barrier's release arrival, acquire wait, L2-coherent exchange loads and CTA barriers
     where they belong; removing any one of them is reported."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run([sys.executable, "-c", _PTX_CHECK, str(arch)], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    for pass_, faults in json.loads(proc.stdout).items():
+    found = compiled_scripts(f"ptx-sm{arch}")
+    for pass_, faults in found.items():
         assert faults.pop("as compiled") == [], pass_
-        for name, found in faults.items():
-            assert found, f"{pass_}: {name} not caught"
-    assert len(json.loads(proc.stdout)) == 4
+        for name, caught in faults.items():
+            assert caught, f"{pass_}: {name} not caught"
+    assert len(found) == 4
 
 
 # --- The W_hh column: where W_hh lives during the loop, read from the compiled TTGIR ---------
@@ -356,15 +391,12 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("arch", [90, 80], ids=["sm_90", "sm_80"])
-def test_w_hh_column_follows_the_compiled_loop_of_the_resident_dot(arch):
+@shared_report
+def test_w_hh_column_follows_the_compiled_loop_of_the_resident_dot(arch, compiled_scripts):
     """The resident tl.dot kernels (tf32, H = 128, batch 16): W_hh is on-chip; where it is
     re-read from shared memory each step (an in-loop ttg.local_load), hoisting those loads out
     of the loop in the TTGIR text turns the column into registers: it follows the code."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run([sys.executable, "-c", _REAL_TTGIR, str(arch)], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    for pass_, r in json.loads(proc.stdout).items():
+    for pass_, r in compiled_scripts(f"ttgir-sm{arch}").items():
         assert r["found"] in ("on-chip: shared memory, re-read each step",
                               "on-chip: registers"), (pass_, r)
         if r["found"].startswith("on-chip: shared"):
@@ -437,15 +469,12 @@ print(json.dumps(found))
 """
 
 
-def test_resident_forward_prefetches_the_next_step():
+@shared_report
+def test_resident_forward_prefetches_the_next_step(compiled_scripts):
     """The resident forward's time loop loads P_{t+1} before step t's product (dot and
     elementwise, 32- and 16-bit), in the sm_90 code Triton 3.6 and 3.9 compile: in the TTGIR
     the loop carries a value loaded inside it into the next iteration, and in the PTX the
     loop's first global load comes before its first mma / multiply."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run([sys.executable, "-c", _PREFETCH_CHECK], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    for config, (carried_load, load_first) in json.loads(proc.stdout).items():
+    for config, (carried_load, load_first) in compiled_scripts("prefetch").items():
         assert carried_load, f"{config}: no loop-carried load in the time loop (no prefetch)"
         assert load_first, f"{config}: the product comes before the next step's load"
