@@ -41,7 +41,8 @@ The rule, in order (the resource report prints it beside every configuration):
 4. Cells (kernels/cells.py): an LSTM layer (4 gates) takes rules 1-3 with its four (BH, BH)
    gate tiles together in the resident budget of one tile at RESIDENT_MAX_BH (so BH <= 64,
    32 in fp64), and IEEE fp32 never takes tl.dot. Beyond that, 16-bit and TF32 LSTM layers
-   take the tensor-core split up to BH = 512 (TF32: 256; _split_gates), both passes with the
+   take the tensor-core split up to BH = 1024 in 16-bit on sm_90 (512 elsewhere) and 256 in
+   TF32 (_split_gates), both passes with the
    configuration an RNN of the pass's reduction length K gets: the forward multiplies over
    K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
@@ -97,8 +98,10 @@ SPLIT_DOT_OPERAND_REGISTERS = 160
 SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448,
                     103: 232448, 120: 101376}
 SHARED_PER_BLOCK_OTHER = 65536
-# Features per program of the split LSTM backward (dispatch rule 4, _split_gates).
+# Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
+# by element bytes (dispatch rule 4, _split_gates).
 LSTM_BACKWARD_ROWS = 16
+LSTM_SPLIT_MAX_K = {2: 4096, 4: 1024, 8: 0}
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     ragged = hidden_size % 16 != 0
     if split and gates > 1:
-        cfg = _split_gates(BH, dtype, allow_tf32, arch, ragged, gates, pass_)
+        cfg = _split_gates(hidden_size, dtype, allow_tf32, arch, gates, pass_)
         if cfg is not None:
             return cfg
     elif split and BH <= SPLIT_MAX_BH[elem]:
@@ -175,26 +178,38 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
 
-def _split_gates(BH: int, dtype: torch.dtype, allow_tf32: bool, arch: int, ragged: bool,
+def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: int,
                  gates: int, pass_: str):
     """Rule 4's split for a cell of several gates, or None where it has none (IEEE fp32 and
     fp64; the backward's K = gates*BH past SPLIT_MAX_BH or without a configuration): the
     tensor-core split an RNN with K hidden features gets, in both passes, except that the
-    backward takes R = 16 features per program in 16-bit too and never keeps B in shared
-    memory. Its tile holds nine (R, BN) inputs besides the product (dL/dh_t, dL/dc_t, c_t,
-    c_{t-1} and c0, the four gates): at R = 32 bf16 spilled 56-192 B (H = 65 and 512, sm_90
-    and sm_80); TF32 at K = 2048 (B in shared memory) needs 192 KB of shared memory, more than
-    sm_80 has, and spilled 112 B on sm_90 with Triton 3.6: TF32 LSTM layers take the split
-    to H = 256, 16-bit ones to 512."""
-    if not split_on_tensor_cores(dtype, allow_tf32) or gates * BH > SPLIT_MAX_BH[dtype.itemsize]:
+    backward takes R = 16 features per program in 16-bit too, and keeps B in shared memory
+    only at K = 4096. Its tile holds nine (R, BN) inputs besides the product (dL/dh_t, dL/dc_t,
+    c_t, c_{t-1} and c0, the four gates): at R = 32 bf16 spilled 56-192 B (H = 65 and 512,
+    sm_90 and sm_80). TF32 at K = 2048 (B in shared memory) needs 192 KB of shared memory,
+    more than sm_80 has, and spilled 112 B on sm_90 with Triton 3.6: TF32 LSTM layers take the
+    split to H = 256. 16-bit at K = 4096 (H 513-1024): B (16 x 4096, 128 KB) in registers
+    spilled 408-528 B whatever KC; in shared memory with KC = 4 (160 KB in all) it compiled
+    with 0 B (3.6) and 32 B (3.9) on sm_90 but spilled 80-104 B on sm_80, so only GPUs with
+    sm_90's shared memory per block take it; elsewhere 16-bit LSTM layers take the split to
+    H = 512."""
+    BH = max(16, triton.next_power_of_2(hidden_size))
+    K = gates * BH
+    if not split_on_tensor_cores(dtype, allow_tf32) or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
         return None
-    backward = choose_split_dot(gates * BH, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
-                                ragged=ragged)
-    if backward is not None and backward.b_shared:
-        return None
+    if K > SPLIT_MAX_BH[dtype.itemsize]:
+        shared = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else 0)
+        backward = _split_dot_shared(K, LSTM_BACKWARD_ROWS, arch, dtype.itemsize, 4) \
+            if shared >= SHARED_PER_BLOCK[90] else None
+    else:
+        # the backward's rows (dz's, of the four gates) are 4H long
+        backward = choose_split_dot(K, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
+                                    ragged=gates * hidden_size % 16 != 0)
+        if backward is not None and backward.b_shared:
+            return None
     if backward is None or pass_ == "backward":
         return backward
-    forward = choose_split_dot(BH, dtype, arch=arch, ragged=ragged)
+    forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0)
     return None if forward is None else replace(forward, gate_rows=gates)
 
 

@@ -569,7 +569,8 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
 def lstm_runs_on_kernels(hidden_size: int, batch: int, dtype: torch.dtype,
                          allow_tf32: bool) -> bool:
     """Whether an LSTM layer of this shape has kernels: the resident variant, and the
-    tensor-core split (16-bit to H = 512, TF32 to 256; dispatch rule 4)."""
+    tensor-core split (16-bit to H = 1024 on sm_90, 512 elsewhere; TF32 to 256; dispatch rule
+    4)."""
     return lstm_takes(choose(hidden_size, batch, dtype, allow_tf32, arch=device_arch(),
                               gates=GATES[LSTM.value]))
 
@@ -580,6 +581,7 @@ def lstm_takes(cfg: Config, check: bool = False) -> bool:
     if check and not takes:
         raise NotImplementedError(
             f"triton_rnn: LSTM layers run on the resident kernels (hidden size <= 64, 32 in "
-            f"float64) and the tensor-core split (16-bit to hidden size 512, TF32 to 256), not "
+            f"float64) and the tensor-core split (16-bit to hidden size 512, 1024 on sm_90; TF32 "
+            f"to 256), not "
             f"on {cfg.describe()}; the module runs other layers on nn.LSTM")
     return takes

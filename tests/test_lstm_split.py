@@ -125,6 +125,23 @@ def test_split_lstm_row_tiles_match_float64(dtype, tol, small_variant, variants)
         assert rel_err(a, b) < tol, name
 
 
+def test_split_lstm_backward_with_b_in_shared_memory(small_variant, variants):
+    """The backward's form for K = 4096 (B in shared memory, re-read each step, in KC = 4
+    state chunks: its row-tile loop is a `for`), here at H = 40 in bf16: the same dz, dh0 and
+    dc0 as the float64 reference to bf16's rounding."""
+    small_variant("split")
+    layer = _layer(T=3, N=5, D=1, dtype=torch.bfloat16, packed=True)
+    projs, h0, c0, weights, biases, lengths = layer
+    out, cells, gates = launch.lstm_forward(projs, h0, c0, weights, lengths, False,
+                                            b_hh=biases)
+    shared = replace(choose(H, 5, torch.bfloat16, False, gates=4, pass_="backward"),
+                     b_shared=True, k_chunks=4, num_warps=16)
+    result = (out, cells, gates, *launch.lstm_backward(*_gradients(out), out, cells, gates, c0,
+                                                       weights, lengths, False, shared))
+    for name, a, b in list(zip(NAMES, result, _reference(layer, result)))[3:]:
+        assert rel_err(a, b) < 2e-2, name
+
+
 def test_split_lstm_module_matches_nn_lstm(small_variant, variants):
     """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
     nn.LSTM's in float64, to TF32's rounding."""
@@ -145,17 +162,23 @@ def test_split_lstm_module_matches_nn_lstm(small_variant, variants):
 
 
 @pytest.mark.parametrize("arch", [90, 80, None], ids=["sm90", "sm80", "interpreter"])
-def test_dispatch_takes_16_bit_lstm_layers_to_512_and_tf32_to_256(arch, monkeypatch):
+def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_tf32_to_256(arch, monkeypatch):
+    """16-bit to H = 1024 where the device has sm_90's shared memory per block (B in shared
+    memory at K = 4096; the interpreter is taken as sm_90), else 512; TF32 to 256; IEEE fp32
+    and fp64 not at all."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
-    for dtype, tf32, largest in ((torch.bfloat16, False, 512), (torch.float16, False, 512),
+    wide = 512 if arch == 80 else 1024
+    for dtype, tf32, largest in ((torch.bfloat16, False, wide), (torch.float16, False, wide),
                                  (torch.float32, True, 256)):
-        for hidden in (65, 200, largest):
+        for hidden in (65, 200, 500, largest):
+            if hidden > largest:
+                continue
             forward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4)
             backward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_="backward")
             assert forward.variant == backward.variant == "split" and forward.use_dot
             assert forward.gate_rows == 4 and backward.gate_rows == 1 and backward.R == 16
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
-            assert not backward.b_shared
+            assert backward.b_shared == (backward.BH == 4096), backward
             assert launch.lstm_runs_on_kernels(hidden, 16, dtype, tf32)
         assert not launch.lstm_runs_on_kernels(largest + 1, 16, dtype, tf32)
     for dtype, tf32 in ((torch.float32, False), (torch.float64, False)):
