@@ -441,6 +441,26 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
     tl.store(p_d + 3 * H, convert(tl.where(active, d_o, 0.0), DZ_DTYPE), mask=m_c)
 
 
+@triton.jit
+def _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0, p_dc,
+                p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x,
+                o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr,
+                ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
+                BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS, CELL: tl.constexpr):
+    """Visit v of the backward for one row tile: the cell's tile function."""
+    if CELL == LSTM:
+        _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
+                            p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn,
+                            p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC,
+                            PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+    else:
+        _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
+                       s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
+                       W_DTYPE, ACT, ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE,
+                       HAS_LENGTHS)
+
+
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_backward_split_dot_kernel(
     p_dout, p_out,
@@ -500,31 +520,19 @@ def rnn_backward_split_dot_kernel(
         # unless B is meant to stay in shared memory (see the forward).
         if B_SHARED:
             for i0 in range(0, ROWS, BN):
-                if CELL == LSTM:
-                    _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry,
-                                        p_dc, p_dh0, p_dc0, p_cell, p_c0, p_gates, p_dcell,
-                                        s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j, m_j, n0,
-                                        i0, v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACC,
-                                        PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
-                else:
-                    _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz,
-                                   p_carry, p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0,
-                                   v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACT, ACC,
-                                   PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
+                            p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn,
+                            s_zt, s_zn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
+                            p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW, BKW, KC, BN,
+                            DOT_DTYPE, HAS_LENGTHS, CELL)
         else:
             i0 = ROWS * 0
             while i0 < ROWS:
-                if CELL == LSTM:
-                    _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry,
-                                        p_dc, p_dh0, p_dc0, p_cell, p_c0, p_gates, p_dcell,
-                                        s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j, m_j, n0,
-                                        i0, v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACC,
-                                        PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
-                else:
-                    _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz,
-                                   p_carry, p_dh0, s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0,
-                                   v, T, N, H, ROWS, i_d, p_b.dtype.element_ty, ACT, ACC,
-                                   PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
+                            p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn,
+                            s_zt, s_zn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
+                            p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW, BKW, KC, BN,
+                            DOT_DTYPE, HAS_LENGTHS, CELL)
                 i0 += BN
         if v < T:  # dz of this visit, from every slice, is what the next one multiplies
             o_next = time_index(v + 1, T, i_d, True) * s_t + o_x

@@ -378,7 +378,7 @@ def test_autocast_runs_in_the_autocast_dtype(kernel_launches, dtype=torch.bfloat
 def test_cuda_graph_training_step_matches_eager(H, dtype, kernel_launches):
     """A captured forward + backward of a two-layer, two-direction LSTM on our kernels (the
     resident variant; the tensor-core split) gives eager's loss and gradients on new data."""
-    from test_toolchain import _capture
+    from test_toolchain import _capture, replays_match_eager
     torch.manual_seed(0)
     model = triton_rnn.LSTM(8, H, 2, bidirectional=True).to("cuda", dtype)
     static_x = torch.randn(10, 16, 8, device="cuda", dtype=dtype)
@@ -394,11 +394,4 @@ def test_cuda_graph_training_step_matches_eager(H, dtype, kernel_launches):
         p.grad = torch.zeros_like(p)
     graph, static_loss = _capture(step)
     assert kernel_launches["forward"] > 0 and kernel_launches["backward"] > 0
-    for _ in range(2):
-        static_x.copy_(torch.randn_like(static_x))
-        graph.replay()
-        captured = [p.grad.clone() for p in model.parameters()]
-        eager_loss = step()
-        assert rel_err(static_loss, eager_loss) < 1e-6
-        for g, p in zip(captured, model.parameters()):
-            assert rel_err(g.float(), p.grad.float()) < 1e-6
+    replays_match_eager(graph, static_loss, static_x, step, list(model.parameters()))
