@@ -199,6 +199,21 @@ def state_mask(m_n, m_h, W_FIRST: tl.constexpr):
 
 
 @triton.jit
+def program_rows(H, R: tl.constexpr, GATE_ROWS: tl.constexpr):
+    """A split program's R rows of B and the hidden feature of each: R / GATE_ROWS features
+    (program_id(0)'s slice); with several gates (the LSTM forward) gate-major, gate g's rows
+    g*H + feature. Offsets within a row of H (< 2^13) stay int32."""
+    if GATE_ROWS == 1:
+        o_j = tl.program_id(0) * R + tl.arange(0, R)
+        return o_j, o_j
+    else:
+        RF: tl.constexpr = R // GATE_ROWS
+        o_r = tl.arange(0, R)
+        o_f = tl.program_id(0) * RF + o_r % RF
+        return (o_r // RF) * H + o_f, o_f
+
+
+@triton.jit
 def batch_tile(N, BN: tl.constexpr):
     """This program's direction (grid axis 1) and batch rows (axis 0): (i_d, o_n, m_n), with
     int64 offsets so that T·N·H may pass 2³¹."""

@@ -47,8 +47,9 @@ The rule, in order (the resource report prints it beside every configuration):
    K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
-   past the resident limit, and the streaming variant, do not take the LSTM cell yet
-   (launch.lstm_runs_on_kernels: the module runs those layers on nn.LSTM).
+   take split.py (one batch row at a time) the same way, to BH = 256.
+   The streaming variant does not take the LSTM cell yet (launch.lstm_runs_on_kernels: the
+   module runs larger layers on nn.LSTM).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
@@ -101,7 +102,7 @@ SHARED_PER_BLOCK_OTHER = 65536
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates).
 LSTM_BACKWARD_ROWS = 16
-LSTM_SPLIT_MAX_K = {2: 4096, 4: 1024, 8: 0}
+LSTM_SPLIT_MAX_K = {2: 4096, 4: 1024, 8: 1024}
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
 
 def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: int,
                  gates: int, pass_: str):
-    """Rule 4's split for a cell of several gates, or None where it has none (IEEE fp32 and
-    fp64; the backward's K = gates*BH past SPLIT_MAX_BH or without a configuration): the
-    tensor-core split an RNN with K hidden features gets, in both passes, except that the
+    """Rule 4's split for a cell of several gates, or None where it has none (the backward's
+    K = gates*BH past what a split program holds). IEEE fp32 and fp64: split.py's
+    configuration for an RNN of K hidden features, to H = 256.
+    16-bit and TF32: the tensor-core split an RNN with K hidden features gets, in both
+    passes, except that the
     backward takes R = 16 features per program in 16-bit too, and keeps B in shared memory
     only at K = 4096. Its tile holds nine (R, BN) inputs besides the product (dL/dh_t, dL/dc_t,
     c_t, c_{t-1} and c0, the four gates): at R = 32 bf16 spilled 56-192 B (H = 65 and 512,
@@ -195,7 +198,18 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     H = 512."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     K = gates * BH
-    if not split_on_tensor_cores(dtype, allow_tf32) or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
+    if not split_on_tensor_cores(dtype, allow_tf32):
+        if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
+            return None
+        # IEEE fp32 and fp64: split.py, one batch row at a time, as an RNN of K features; the
+        # backward with 8 features per program, whose nine inputs per row every thread holds
+        # whole (16: 48-176 B spilled in fp32 at H = 100-512), without the RNN's register cap
+        # (launch.compile_options). At H = 512 fp32 still spilled 48 B (16 warps, sm_90) and
+        # its forward's 128 programs did not fit an A100: to H = 256.
+        if pass_ == "backward":
+            return choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
+        return replace(choose_split(BH, dtype, allow_tf32=False, arch=arch), gate_rows=gates)
+    if K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
         return None
     if K > SPLIT_MAX_BH[dtype.itemsize]:
         shared = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else 0)

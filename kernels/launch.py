@@ -101,8 +101,9 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
             PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags, **dot,
             MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
-            maxnreg=min(255, 65536 // (32 * cfg.num_warps)) if cfg.use_dot
-            else SPLIT_MAX_REGISTERS,
+            # (split.py's LSTM rows hold nine inputs and their addresses at once: uncapped)
+            maxnreg=min(255, 65536 // (32 * cfg.num_warps))
+            if cfg.use_dot or flags.get("CELL", RNN.value) != RNN.value else SPLIT_MAX_REGISTERS,
             # An oversize grid then fails at launch instead of waiting at its first barrier.
             launch_cooperative_grid=True)
     block = {"BH": cfg.BH, "W_FIRST": cfg.w_first} if cfg.variant == "resident" else {
@@ -354,8 +355,8 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
         options = _aligned(options, cfg, H, (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2]),
                            w_strides)
         if cfg.variant == "split":
-            # the tensor-core split's LSTM arguments (cell states, gates, carry), unread
-            lstm = ((out,) * 3, _NO_GATES[:2]) if cfg.use_dot else ((), ())
+            # the split kernels' LSTM arguments (cell states, gates, carry), unread
+            lstm = ((out,) * 3, _NO_GATES[:2])
             if _launch_split("forward", kernel, cfg, options,
                              (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
                               *lstm[0]),
@@ -400,7 +401,7 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2]), w_strides)
         if cfg.variant == "split":
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
-            lstm = ((out,) * 6, _NO_GATES[:2]) if cfg.use_dot else ((), ())  # unread
+            lstm = ((out,) * 6, _NO_GATES[:2])  # the split kernels' LSTM arguments, unread
             strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1),
                        *lstm[1])
             if _launch_split("backward", kernel, cfg, options,
@@ -551,7 +552,7 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
                                                  *dz.stride()[:2]), w_strides)
             acc = acc_dtype(out.dtype)
             carry = _empty((D, N, H), dtype=acc, device=out.device)
-            dc = _empty((D, N, H), dtype=acc, device=out.device)
+            dc = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dc, carried
             if not _launch_split("backward", kernel, cfg, options,
                                  (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells,
                                   dcells, c0, gates, dc0, dc),
@@ -568,20 +569,20 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
 
 def lstm_runs_on_kernels(hidden_size: int, batch: int, dtype: torch.dtype,
                          allow_tf32: bool) -> bool:
-    """Whether an LSTM layer of this shape has kernels: the resident variant, and the
-    tensor-core split (16-bit to H = 1024 on sm_90, 512 elsewhere; TF32 to 256; dispatch rule
-    4)."""
+    """Whether an LSTM layer of this shape has kernels: the resident variant, and the split
+    (16-bit to H = 1024 on sm_90, 512 elsewhere; TF32, IEEE fp32 and fp64 to 256; dispatch
+    rule 4)."""
     return lstm_takes(choose(hidden_size, batch, dtype, allow_tf32, arch=device_arch(),
                               gates=GATES[LSTM.value]))
 
 
 def lstm_takes(cfg: Config, check: bool = False) -> bool:
     """Whether the LSTM kernels take this configuration; with `check`, raise if not."""
-    takes = cfg.variant == "resident" or (cfg.variant == "split" and cfg.use_dot)
+    takes = cfg.variant in ("resident", "split")
     if check and not takes:
         raise NotImplementedError(
             f"triton_rnn: LSTM layers run on the resident kernels (hidden size <= 64, 32 in "
-            f"float64) and the tensor-core split (16-bit to hidden size 512, 1024 on sm_90; TF32 "
-            f"to 256), not "
+            f"float64) and the split (16-bit to hidden size 512, 1024 on sm_90; others to 256), "
+            f"not "
             f"on {cfg.describe()}; the module runs other layers on nn.LSTM")
     return takes

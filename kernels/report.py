@@ -70,18 +70,19 @@ HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The kernels do not specialise on N (one compiled kernel serves every batch with the same
 # tile); 1, 5, 16 and 256 are the batch classes whose tiles and split plans differ.
 BATCHES = (1, 5, 16, 256)
-# LSTM layers run our resident kernels up to H = 64 (32 in fp64) and, in 16-bit and TF32,
-# the tensor-core split up to H = 512. The default table compiles the largest tiles, which
+# LSTM layers run our resident kernels up to H = 64 (32 in fp64) and the split beyond
+# (dispatch rule 4). The default table compiles the largest tiles, which
 # hold the most registers: resident tl.dot in tf32, bf16 and fp16 (batch 16; W-first on
 # sm_90, 170-224 registers), the elementwise product in IEEE fp32 (which never takes tl.dot
 # with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise tiles compiled
 # the same, 0 B spilled, when checked); the split at its largest, H = 256 in TF32 and 512 and
-# 1024 in bf16 (the backward's K = 1024, 2048 and 4096; 1024 on sm_90 only); and the LSTMCell,
-# whose kernel
+# 1024 in bf16 (the backward's K = 1024, 2048 and 4096; 1024 on sm_90 only) on tensor cores,
+# H = 256 in IEEE fp32 and fp64 one row at a time (split.py); and the LSTMCell, whose kernel
 # streams the weights whatever H, at batch 16 (tl.dot) in every dtype and 1 (elementwise) in
 # bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
 LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64, 16),
-               ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16), ("bf16", 1024, 16)]
+               ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
+               ("fp32", 256, 16), ("fp64", 256, 16)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
     [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at

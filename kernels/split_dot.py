@@ -33,13 +33,13 @@ fused per tile); the loads issued before its product (P_t, or dY_t and y_t, of a
 held row's previous state, or what it carried) are the other loads of a step.
 
 The cell is a constexpr (CELL, kernels/cells.py). LSTM forward: a program's R rows of B are
-the four gates' rows of R/4 features (gate-major, `_rows`), so the cell update needs nothing
-from other programs; the product is taken apart into its gates by gathers (`_gate`, which
-spread them over the threads as `_spread` does), c_{t-1} comes from the program's own fp32
-carry (c0 on entry), and h_t, c_t and the gate activations are stored for the backward. Only
-h is exchanged. LSTM backward: a program owns R features and holds W_hh's columns of them
-over all four gates' rows (K = 4H): its product takes every slice's dz of all four gates
-from the step visited before, and dL/dc is carried in an fp32 buffer of its own
+the four gates' rows of R/4 features (gate-major, `blocks.program_rows`), so the cell update
+needs nothing from other programs; the product is taken apart into its gates by gathers
+(`_gate`, which spread them over the threads as `_spread` does), c_{t-1} comes from the
+program's own fp32 carry (c0 on entry), and h_t, c_t and the gate activations are stored for
+the backward. Only h is exchanged. LSTM backward: a program owns R features and holds W_hh's
+columns of them over all four gates' rows (K = 4H): its product takes every slice's dz of all
+four gates from the step visited before, and dL/dc is carried in an fp32 buffer of its own
 (`_lstm_backward_tile`). What spilled and what fits: dispatch rule 4.
 
 Numerics are split.py's (blocks.py): the exchanged state is rounded as the product's operand
@@ -51,7 +51,7 @@ import triton.language as tl
 
 from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
-                     sequence_lengths, state_mask, state_offsets, state_operand,
+                     program_rows, sequence_lengths, state_mask, state_offsets, state_operand,
                      tf32_dot_operand, time_index, weight_operand)
 from .cells import LSTM, lstm_update, lstm_update_grad
 from .split import _poison
@@ -70,25 +70,11 @@ def _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, c, PRECISION: tl.constexpr,
 
 
 @triton.jit
-def _rows(H, R: tl.constexpr, GATE_ROWS: tl.constexpr):
-    """This program's rows of B and the hidden feature of each: R rows, of R / GATE_ROWS
-    features; with several gates (the LSTM forward) gate-major, gate g's rows g*H + feature."""
-    if GATE_ROWS == 1:
-        o_j = tl.program_id(0) * R + tl.arange(0, R)  # (< 2^13: int32)
-        return o_j, o_j
-    else:
-        RF: tl.constexpr = R // GATE_ROWS
-        o_r = tl.arange(0, R)
-        o_f = tl.program_id(0) * RF + o_r % RF
-        return (o_r // RF) * H + o_f, o_f
-
-
-@triton.jit
 def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, N, i_d0, PRECISION: tl.constexpr,
              DOT_DTYPE: tl.constexpr, R: tl.constexpr, KW: tl.constexpr, BK: tl.constexpr,
              KC: tl.constexpr, BN: tl.constexpr, GATE_ROWS: tl.constexpr = 1):
     """What program (s, g, d) works on (split.py's _program, in row tiles): its direction; the
-    slice count S; its R rows o_j of B (_rows: its output features, or with GATE_ROWS > 1
+    slice count S; its R rows o_j of B (program_rows: its output features, or with GATE_ROWS > 1
     every gate's rows of its features) and their mask; its rows of B over the reduction length
     K in KC chunks (unused chunks repeat the first), on-chip for all T steps; its group's
     barrier counter; its group's first batch row n0, and the rows and mask of the group's
@@ -96,7 +82,7 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, N, i_d0, PRECISION: 
     i_g = tl.program_id(1)
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)
     BKW: tl.constexpr = BK // KW
-    o_j, o_f = _rows(H, R, GATE_ROWS)
+    o_j, o_f = program_rows(H, R, GATE_ROWS)
     m_j = o_f < H
     p_b = direction_pointer(p_b, p_b_r, i_d)
     b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)

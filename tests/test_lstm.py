@@ -183,8 +183,8 @@ def test_backward_is_bitwise_deterministic():
 
 # ----- routing: nn.LSTM's own path where our kernels do not run the layer ------------------
 
-@pytest.mark.parametrize("kwargs,H", [(dict(proj_size=3), 8), ({}, 100)],
-                         ids=["proj_size", "H100-past-resident"])
+@pytest.mark.parametrize("kwargs,H", [(dict(proj_size=3), 8), ({}, 300)],
+                         ids=["proj_size", "H300-past-the-split"])
 def test_layers_without_a_kernel_run_nn_lstm(kwargs, H, kernel_launches):
     ours, ref = lstm_pair(4, H, 2, **kwargs)
     x = torch.randn(3, 2, 4, dtype=torch.float64)

@@ -1,6 +1,7 @@
-"""LSTM layers on the tensor-core split (kernels/split_dot.py with CELL = LSTM): every gate's
-rows of a feature in the program that owns it, c kept there in fp32, only h exchanged
-(forward) and every gate's dz (backward, K = 4H).
+"""LSTM layers on the split variant (kernels/split_dot.py on tensor cores, kernels/split.py one
+batch row at a time in IEEE fp32 and fp64, both with CELL = LSTM): every gate's rows of a
+feature in the program that owns it, c kept there in fp32, only h exchanged (forward) and
+every gate's dz (backward, K = 4H).
 
 Through the concurrent interpreter at H = 40 (the dispatcher's resident limit lowered:
 small_variant), whose tensor-core split rounds its operands exactly as the resident kernels'
@@ -22,8 +23,8 @@ from helpers import rel_err
 from triton_rnn.reference import lstm_backward as reference_backward
 from triton_rnn.reference import lstm_forward as reference_forward
 from triton_rnn.kernels import concurrent_interpreter as ci
-from triton_rnn.kernels import dispatch, launch, split_dot
-from triton_rnn.kernels.dispatch import choose, choose_split_dot
+from triton_rnn.kernels import dispatch, launch, split, split_dot
+from triton_rnn.kernels.dispatch import choose, choose_split, choose_split_dot
 from triton_rnn.kernels.failures import SplitBarrierTimeout
 
 from test_concurrent_interpreter import SENTINEL, _arrive_unless_first_program
@@ -125,6 +126,20 @@ def test_split_lstm_row_tiles_match_float64(dtype, tol, small_variant, variants)
         assert rel_err(a, b) < tol, name
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)],
+                         ids=["fp64", "fp32"])
+def test_split_lstm_on_cuda_cores_matches_float64(dtype, tol, small_variant, variants):
+    """split.py's LSTM (IEEE fp32 and fp64, one batch row at a time), a packed unsorted batch:
+    values and gradients as the float64 reference's, to the dtype's noise."""
+    small_variant("split")
+    layer = _layer(T=3, N=3, D=1, dtype=dtype, packed=True)
+    result = _run(layer, allow_tf32=False)
+    assert _split_ran(variants) == ["forward", "backward"]
+    assert not choose(H, 3, dtype, False, gates=4).use_dot
+    for name, a, b in zip(NAMES, result, _reference(layer, result)):
+        assert rel_err(a, b) < tol, name
+
+
 def test_split_lstm_backward_with_b_in_shared_memory(small_variant, variants):
     """The backward's form for K = 4096 (B in shared memory, re-read each step, in KC = 4
     state chunks: its row-tile loop is a `for`), here at H = 40 in bf16: the same dz, dh0 and
@@ -162,27 +177,31 @@ def test_split_lstm_module_matches_nn_lstm(small_variant, variants):
 
 
 @pytest.mark.parametrize("arch", [90, 80, None], ids=["sm90", "sm80", "interpreter"])
-def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_tf32_to_256(arch, monkeypatch):
-    """16-bit to H = 1024 where the device has sm_90's shared memory per block (B in shared
-    memory at K = 4096; the interpreter is taken as sm_90), else 512; TF32 to 256; IEEE fp32
-    and fp64 not at all."""
+def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arch,
+                                                                               monkeypatch):
+    """On tensor cores, 16-bit to H = 1024 where the device has sm_90's shared memory per block
+    (B in shared memory at K = 4096; the interpreter is taken as sm_90), else 512, and TF32 to
+    256; one batch row at a time (split.py), IEEE fp32 and fp64 to 256, the backward with 8
+    features per program."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     wide = 512 if arch == 80 else 1024
     for dtype, tf32, largest in ((torch.bfloat16, False, wide), (torch.float16, False, wide),
-                                 (torch.float32, True, 256)):
+                                 (torch.float32, True, 256), (torch.float32, False, 256),
+                                 (torch.float64, False, 256)):
+        on_tensor_cores = dtype != torch.float64 and (dtype != torch.float32 or tf32)
         for hidden in (65, 200, 500, largest):
             if hidden > largest:
                 continue
             forward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4)
             backward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_="backward")
-            assert forward.variant == backward.variant == "split" and forward.use_dot
-            assert forward.gate_rows == 4 and backward.gate_rows == 1 and backward.R == 16
+            assert forward.variant == backward.variant == "split"
+            assert forward.use_dot == backward.use_dot == on_tensor_cores
+            assert forward.gate_rows == 4 and backward.gate_rows == 1
+            assert backward.R == (16 if on_tensor_cores else 8)
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
             assert backward.b_shared == (backward.BH == 4096), backward
             assert launch.lstm_runs_on_kernels(hidden, 16, dtype, tf32)
         assert not launch.lstm_runs_on_kernels(largest + 1, 16, dtype, tf32)
-    for dtype, tf32 in ((torch.float32, False), (torch.float64, False)):
-        assert not launch.lstm_runs_on_kernels(65, 16, dtype, tf32)
 
 
 def triton_next_pow2(n):
@@ -191,7 +210,15 @@ def triton_next_pow2(n):
 
 # ----- a faulty barrier: the split LSTM raises and poisons, never a silent wrong result ----
 
-FAULT_H, FAULT_N = 20, 17  # forward 5 slices of 4 features, backward 2 of 16; 2 groups
+FAULT_H = 20
+# (dtype, batch, forward config, backward config): on tensor cores, TF32, two groups of 9 and
+# 8 rows (forward 5 slices of 4 features, backward 2 of 16); split.py, fp64, two groups of one
+# row (forward 5 slices of 4 features, backward 3 of 8)
+FAULT_FORMS = {
+    "tiles": (torch.float32, 17, replace(choose_split_dot(32, torch.float32), gate_rows=4),
+              choose_split_dot(128, torch.float32)),
+    "rows": (torch.float64, 2, replace(choose_split(32, torch.float64), gate_rows=4),
+             choose_split(128, torch.float64, rows=8))}
 
 
 @pytest.fixture
@@ -213,15 +240,16 @@ def sentinel_launches(monkeypatch):
     return launches
 
 
+@pytest.mark.parametrize("form", list(FAULT_FORMS))
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_split_lstm_missing_arrival_raises_and_poisons(pass_, monkeypatch, sentinel_launches):
+def test_split_lstm_missing_arrival_raises_and_poisons(pass_, form, monkeypatch,
+                                                       sentinel_launches):
     """Program (0, 0, 0) never arrives: the launcher raises SplitBarrierTimeout within
     seconds; group 0's results after the first step it could not compute are NaN (backward:
     dh0 and dc0 too), its first step and the other group are the reference's."""
-    layer = _layer(T=3, N=FAULT_N, D=1, dtype=torch.float32, packed=False, hidden=FAULT_H)
+    dtype, batch, forward, backward = FAULT_FORMS[form]
+    layer = _layer(T=3, N=batch, D=1, dtype=dtype, packed=False, hidden=FAULT_H)
     projs, h0, c0, weights, biases, _ = layer
-    forward = replace(choose_split_dot(32, torch.float32), gate_rows=4)
-    backward = choose_split_dot(128, torch.float32)
     out, cells, gates = launch.lstm_forward(projs, h0, c0, weights, None, True, forward,
                                             biases)
     dout, dcells = _gradients(out)
@@ -230,6 +258,7 @@ def test_split_lstm_missing_arrival_raises_and_poisons(pass_, monkeypatch, senti
                                                  None, True, backward)]
     sentinel_launches.clear()
     monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
+    monkeypatch.setattr(split, "arrive_and_wait", _arrive_unless_first_program)
     start = time.monotonic()
     with pytest.raises(SplitBarrierTimeout):
         if pass_ == "forward":

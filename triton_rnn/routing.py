@@ -194,8 +194,7 @@ def use_torch(module, input, hx=None) -> bool:
 def lstm_uses_torch(module, input, hx=None) -> bool:
     """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: wherever our
     kernels do not run the layer yet (proj_size, and the shapes launch.lstm_runs_on_kernels
-    refuses: past the resident variant in IEEE fp32 and fp64, past the split's H = 1024 (512
-    off sm_90) in 16-bit and 256 in TF32), else as use_torch decides (LSTM classes are measured
+    refuses: past the split's H = 1024 (512 off sm_90) in 16-bit and 256 in the other dtypes), else as use_torch decides (LSTM classes are measured
     apart from RNN ones; never measured, the static rule sends them to nn.LSTM)."""
     from .kernels import lstm_runs_on_kernels
     from .nn_rules import autocast_dtype, tf32_allowed
