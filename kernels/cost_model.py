@@ -278,17 +278,17 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       exchanged state alone (forward h_{t-1}; backward dz of the step visited before, its two
       phases fused per tile): the other loads (P_t; dY_t, y_t and the carry) are issued before
       it, the first tile's P_t (dY_t, y_t) before the barrier: 1 per tile. Each step ends at
-      the barrier (2.5). LSTM (4 gates, tensor cores only): forward, the four gates' P_t and
-      the program's own fp32 c_{t-1} besides the exchanged h; backward, dY_t, dL/dc_t, c_t,
-      c_{t-1}, the four gates' activations and its own fp32 dL/dc, and every slice's dz of all
-      four gates (4 x the state, S times); 1 per tile (the exchanged state) as for RNN.
+      the barrier (2.5). LSTM (4 gates): forward, the four gates' P_t and the program's own
+      fp32 c_{t-1} besides the exchanged h; backward, dY_t, dL/dc_t, c_t, c_{t-1}, the four
+      gates' activations and its own fp32 dL/dc (one row at a time, the carry too), and every
+      slice's dz of all four gates (4 x the state, S times); round trips as for RNN.
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
       product's other operand (the state forward, dz_t backward); per chunk it waits for the
       first chunk of the product's operands (the pipelined rest is in flight): forward 1 per
       chunk, backward 2 (phase 1's loads, then the product).
     cell: per program and chunk of each product (each gate's two), the chunk of the weights
       and the rows of x and h, each chunk waited for (no pipelining: num_stages 1)."""
-    if gates != 1 and (variant == "streaming" or (variant == "split" and BN == 1)):
+    if gates != 1 and variant == "streaming":
         raise ValueError(f"no model of the {variant} variant with {gates} gates")
     chunks = triton.cdiv(H, BH)
     state = D * N * H * elem
@@ -307,7 +307,7 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
             own_carry = D * N * H * acc
             if pass_ == "forward":
                 return gates * state + own_carry + S * state, trips
-            return (4 + gates) * state + own_carry + S * gates * state, trips
+            return (4 + gates) * state + own_carry + carry + S * gates * state, trips
         return own + S * state, trips
     programs = triton.cdiv(N, BN) * D
     if variant == "streaming":
