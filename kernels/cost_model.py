@@ -285,11 +285,13 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
       product's other operand (the state forward, dz_t backward); per chunk it waits for the
       first chunk of the product's operands (the pipelined rest is in flight): forward 1 per
-      chunk, backward 2 (phase 1's loads, then the product).
+      chunk, backward 2 (phase 1's loads, then the product). LSTM (4 gates): all four gates'
+      rows of W_hh, and per chunk four products one after another, each re-reading the
+      operand's rows and waiting for its first chunk (forward 4 per chunk, backward 1 + 4);
+      forward reads the four gates' P_t and c_{t-1} (the state's dtype), backward phase 1
+      what the resident backward reads plus the dL/dh and dL/dc carries.
     cell: per program and chunk of each product (each gate's two), the chunk of the weights
       and the rows of x and h, each chunk waited for (no pipelining: num_stages 1)."""
-    if gates != 1 and variant == "streaming":
-        raise ValueError(f"no model of the {variant} variant with {gates} gates")
     chunks = triton.cdiv(H, BH)
     state = D * N * H * elem
     if variant == "resident":
@@ -313,10 +315,16 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     if variant == "streaming":
         # the product's rows: the fp32 (fp64) state forward, dz_t (the layer's dtype) backward
         rows_read = acc if pass_ == "forward" else elem
-        per_program = H * H * elem + chunks * BN * H * rows_read + BN * H * elem
-        if pass_ == "backward":
-            per_program += BN * H * (elem + acc)
-        return programs * per_program, chunks * (1 if pass_ == "forward" else 2)
+        per_program = gates * (H * H * elem + chunks * BN * H * rows_read)
+        row = BN * H
+        if pass_ == "forward":  # P_t (LSTM: and c_{t-1})
+            per_program += gates * row * elem + (0 if gates == 1 else row * acc)
+            return programs * per_program, chunks * gates
+        # phase 1: dY_t and y_t and the dL/dh carry (LSTM: dL/dc_t, c_t, c_{t-1}, the gates'
+        # activations and the dL/dc carry instead of y_t)
+        per_program += (2 if gates == 1 else 4 + gates) * row * elem + \
+            (1 if gates == 1 else 2) * row * acc
+        return programs * per_program, chunks * (1 + gates)
     # the cell: both products of each gate, I = H
     programs = triton.cdiv(N, BN) * chunks
     return programs * 2 * gates * (H * BH * elem + BN * H * elem), 2 * gates * chunks

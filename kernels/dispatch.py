@@ -40,16 +40,16 @@ The rule, in order (the resource report prints it beside every configuration):
    memory but the compiled kernel spills (152-216 B with 8 or 16 warps on sm_90).
 4. Cells (kernels/cells.py): an LSTM layer (4 gates) takes rules 1-3 with its four (BH, BH)
    gate tiles together in the resident budget of one tile at RESIDENT_MAX_BH (so BH <= 64,
-   32 in fp64), and IEEE fp32 never takes tl.dot. Beyond that, 16-bit and TF32 LSTM layers
-   take the tensor-core split up to BH = 1024 in 16-bit on sm_90 (512 elsewhere) and 256 in
-   TF32 (_split_gates), both passes with the
-   configuration an RNN of the pass's reduction length K gets: the forward multiplies over
+   32 in fp64), and IEEE fp32 never takes tl.dot (TF32 tiles take it, but not W-first: it
+   held 230-255 registers). Beyond that, 16-bit and TF32 LSTM layers take the tensor-core
+   split up to BH = 1024 in 16-bit on sm_90 (512 elsewhere) and 256 in TF32 (_split_gates),
+   both passes with the configuration an RNN of the pass's reduction length K gets: the forward multiplies over
    K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
-   take split.py (one batch row at a time) the same way, to BH = 256.
-   The streaming variant does not take the LSTM cell yet (launch.lstm_runs_on_kernels: the
-   module runs larger layers on nn.LSTM).
+   take split.py (one batch row at a time) the same way, to BH = 256. Larger LSTM layers
+   stream (rule 3's configuration; streaming.py multiplies the four gates' chunks one after
+   another), as do split layers whose programs a device cannot hold at once.
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
@@ -167,7 +167,10 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         # sm_90, BH >= 64: zᵀ = W_hh hᵀ, W_hh the first tl.dot operand, so that the warpgroup
         # MMA takes it from registers and only the small state tile from shared memory
         # (BH < 64 and sm_80 compile to mma.sync, where h @ B keeps W_hh in registers too).
-        w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH
+        # LSTM tiles in TF32 stay h @ B: W-first held 230-255 registers and spilled 8-24 B on
+        # sm_90 (Triton 3.6 and 3.9) where h @ B holds 174-197 and spills none.
+        w_first = use_dot and arch is not None and arch >= 90 and BH >= WGMMA_MIN_BH and \
+            not (gates > 1 and elem == 4)
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     ragged = hidden_size % 16 != 0
     if split and gates > 1:

@@ -375,9 +375,10 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
             state = _empty((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             state[:, 1] = h0
             kernel[grid](
-                *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len, T, N, H, HB,
+                *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len,
+                out, out, state, T, N, H, HB,  # (the LSTM's cell states, gates, c: unread)
                 s_pt, s_pn, *w_strides, out.stride(0), out.stride(1), *state.stride()[:3],
-                **options)
+                *_NO_GATES, **options)
     return out
 
 
@@ -418,8 +419,10 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         else:
             state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             kernel[grid](
-                dout, out, *_pair(weights), dz, state, p_len, T, N, H, out.stride(0),
-                out.stride(1), *w_strides, *state.stride()[:3], **options)
+                dout, out, *_pair(weights), dz, state, p_len,
+                out, out, out, out, state, T, N, H,  # (the LSTM's tensors: unread)
+                out.stride(0), out.stride(1), *w_strides, *state.stride()[:3], 0, 0, *_NO_GATES,
+                **options)
             dh0.copy_(state[:, (T - 1) % 2])
     return dz, dh0
 
@@ -483,9 +486,8 @@ def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config =
     gate activations i, f, g, o (T, N, D*4H; direction d's at 4H*d) of every step, which the
     backward reads. proj: each direction's (T, N, 4H) = X W_ihᵀ + b_ih; h0, c0 (D, N, H);
     w_hh: each direction's (4H, H); b_hh: None or each direction's (4H,). Arguments as
-    recurrence_forward takes them. The resident variant and the tensor-core split (dispatch
-    rule 4); the module runs other layers on nn.LSTM. None where the device cannot hold one
-    group of a split layer's programs at once (there is no streaming LSTM to fall back to)."""
+    recurrence_forward takes them. The variant dispatch rule 4 gives; a split layer whose
+    programs the device cannot hold at once streams instead, as an RNN layer does."""
     D, N, H = h0.shape
     projs = _one_layout(per_direction(proj, 4 * H), unit_last_stride=True)
     weights = _one_layout(per_direction(w_hh))
@@ -504,19 +506,28 @@ def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config =
     with _on_device(out):
         cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
                                            allow_tf32, config, cell=LSTM.value)
-        lstm_takes(cfg, check=True)
         if cfg.variant == "split":
             options = _aligned(options, cfg, H, (*projs[0].stride()[:2], *out.stride()[:2],
                                                  *h0.stride()[:2], *gates.stride()[:2]),
                                w_strides)
             carry = c0.to(acc_dtype(dtype), copy=True)  # c_{t-1}, c0 before the first step
-            if not _launch_split("forward", kernel, cfg, options,
-                                 (*_pair(projs), h0, *_pair(weights), *_pair(biases), out,
-                                  p_len, cells, gates, carry),
-                                 (T, N, H, HB), (*projs[0].stride()[:2], *out.stride()[:2],
-                                                 *h0.stride()[:2], *w_strides,
-                                                 *gates.stride()[:2]), D):
-                return None
+            if _launch_split("forward", kernel, cfg, options,
+                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
+                              cells, gates, carry),
+                             (T, N, H, HB), (*projs[0].stride()[:2], *out.stride()[:2],
+                                             *h0.stride()[:2], *w_strides,
+                                             *gates.stride()[:2]), D):
+                return out, cells, gates
+            cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
+                                               allow_tf32, split=False, cell=LSTM.value)
+        if cfg.variant == "streaming":
+            acc = acc_dtype(dtype)
+            state, cstate = (_empty((D, 2, N, H), dtype=acc, device=device) for _ in range(2))
+            state[:, 1], cstate[:, 1] = h0, c0
+            kernel[grid](
+                *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len, cells, gates,
+                cstate, T, N, H, HB, *projs[0].stride()[:2], *w_strides, *out.stride()[:2],
+                *state.stride()[:3], H * weights[0].stride(0), *gates.stride()[:2], **options)
             return out, cells, gates
         kernel[grid](
             *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, c0, cells, gates,
@@ -529,8 +540,7 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
                   config: Config = None):
     """(dz, dh0, dc0) of one LSTM layer: dz (T, N, D*4H) = dL/d(P_t) of every gate and step
     (= dL/d(b_hh) summed over t and the batch), dh0 and dc0 (D, N, H). dout, dcells: the
-    gradients of out and cells; the rest as lstm_forward took and left them. None as
-    lstm_forward returns it."""
+    gradients of out and cells; the rest as lstm_forward took and left them."""
     T, N, _ = out.shape
     weights = _one_layout(per_direction(w_hh))
     D, H = len(weights), weights[0].shape[1]
@@ -546,43 +556,32 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
     with _on_device(out):
         cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
                                            allow_tf32, config, cell=LSTM.value)
-        lstm_takes(cfg, check=True)
         if cfg.variant == "split":
             options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2],
                                                  *dz.stride()[:2]), w_strides)
             acc = acc_dtype(out.dtype)
             carry = _empty((D, N, H), dtype=acc, device=out.device)
             dc = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dc, carried
-            if not _launch_split("backward", kernel, cfg, options,
-                                 (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells,
-                                  dcells, c0, gates, dc0, dc),
-                                 (T, N, H), (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
-                                             *dz.stride()[:2]), D):
-                return None
+            if _launch_split("backward", kernel, cfg, options,
+                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells, dcells,
+                              c0, gates, dc0, dc),
+                             (T, N, H), (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
+                                         *dz.stride()[:2]), D):
+                return dz, dh0, dc0
+            cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
+                                               allow_tf32, split=False, cell=LSTM.value)
+        if cfg.variant == "streaming":
+            state, dcstate = (torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype),
+                                          device=out.device) for _ in range(2))
+            kernel[grid](
+                dout, out, *_pair(weights), dz, state, p_len, cells, dcells, c0, gates, dcstate,
+                T, N, H, *out.stride()[:2], *w_strides, *state.stride()[:3], *c0.stride()[:2],
+                H * weights[0].stride(0), *dz.stride()[:2], **options)
+            dh0.copy_(state[:, (T - 1) % 2])
+            dc0.copy_(dcstate[:, (T - 1) % 2])
             return dz, dh0, dc0
         kernel[grid](
             dout, out, *_pair(weights), dz, dh0, p_len, cells, dcells, c0, gates, dc0, T, N, H,
             *out.stride()[:2], *w_strides, *dh0.stride()[:2], H * weights[0].stride(0),
             *dz.stride()[:2], **options)
     return dz, dh0, dc0
-
-
-def lstm_runs_on_kernels(hidden_size: int, batch: int, dtype: torch.dtype,
-                         allow_tf32: bool) -> bool:
-    """Whether an LSTM layer of this shape has kernels: the resident variant, and the split
-    (16-bit to H = 1024 on sm_90, 512 elsewhere; TF32, IEEE fp32 and fp64 to 256; dispatch
-    rule 4)."""
-    return lstm_takes(choose(hidden_size, batch, dtype, allow_tf32, arch=device_arch(),
-                              gates=GATES[LSTM.value]))
-
-
-def lstm_takes(cfg: Config, check: bool = False) -> bool:
-    """Whether the LSTM kernels take this configuration; with `check`, raise if not."""
-    takes = cfg.variant in ("resident", "split")
-    if check and not takes:
-        raise NotImplementedError(
-            f"triton_rnn: LSTM layers run on the resident kernels (hidden size <= 64, 32 in "
-            f"float64) and the split (16-bit to hidden size 512, 1024 on sm_90; others to 256), "
-            f"not "
-            f"on {cfg.describe()}; the module runs other layers on nn.LSTM")
-    return takes

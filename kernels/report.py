@@ -70,19 +70,22 @@ HIDDEN_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 # The kernels do not specialise on N (one compiled kernel serves every batch with the same
 # tile); 1, 5, 16 and 256 are the batch classes whose tiles and split plans differ.
 BATCHES = (1, 5, 16, 256)
-# LSTM layers run our resident kernels up to H = 64 (32 in fp64) and the split beyond
-# (dispatch rule 4). The default table compiles the largest tiles, which
-# hold the most registers: resident tl.dot in tf32, bf16 and fp16 (batch 16; W-first on
+# LSTM layers run our resident kernels up to H = 64 (32 in fp64), the split beyond and
+# streaming past the split (dispatch rule 4). The default table compiles the largest tiles,
+# which hold the most registers: resident tl.dot in tf32, bf16 and fp16 (batch 16; W-first on
 # sm_90, 170-224 registers), the elementwise product in IEEE fp32 (which never takes tl.dot
 # with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise tiles compiled
 # the same, 0 B spilled, when checked); the split at its largest, H = 256 in TF32 and 512 and
 # 1024 in bf16 (the backward's K = 1024, 2048 and 4096; 1024 on sm_90 only) on tensor cores,
-# H = 256 in IEEE fp32 and fp64 one row at a time (split.py); and the LSTMCell, whose kernel
-# streams the weights whatever H, at batch 16 (tl.dot) in every dtype and 1 (elementwise) in
-# bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
+# H = 256 in IEEE fp32 and fp64 one row at a time (split.py); streaming past the split, whose
+# W_hh chunks are streamed whatever H (one H per product and dtype class: tl.dot in bf16,
+# TF32 and fp64, the elementwise product in IEEE fp32; bf16 1024 streams on sm_80); and the
+# LSTMCell, whose kernel streams the weights whatever H, at batch 16 (tl.dot) in every dtype
+# and 1 (elementwise) in bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
 LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64, 16),
                ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
-               ("fp32", 256, 16), ("fp64", 256, 16)]
+               ("fp32", 256, 16), ("fp64", 256, 16),
+               ("bf16", 2048, 16), ("tf32", 512, 16), ("fp32", 512, 1), ("fp64", 512, 16)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
     [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
@@ -402,7 +405,7 @@ def _captured_launches():
 
 
 def _lstm_launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, lengths,
-                           allow_tf32: bool, D: int):
+                           allow_tf32: bool, D: int, cfg):
     """_launch_arguments for an LSTM layer (lstm_forward / lstm_backward)."""
     T = 2
     seq, gates, states = (torch.empty((T, N, D * H), dtype=dtype),
@@ -413,11 +416,11 @@ def _lstm_launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, lengt
         if pass_ == "forward":
             launch.lstm_forward([torch.empty((T, N, 4 * H), dtype=dtype) for _ in range(D)],
                                 states, torch.empty_like(states), w_hh, lengths, allow_tf32,
-                                b_hh=[torch.empty(4 * H, dtype=dtype) for _ in range(D)])
+                                cfg, b_hh=[torch.empty(4 * H, dtype=dtype) for _ in range(D)])
         else:
             launch.lstm_backward(seq, torch.empty_like(seq), torch.empty_like(seq),
                                  torch.empty_like(seq), gates, states, w_hh, lengths,
-                                 allow_tf32)
+                                 allow_tf32, cfg)
     (launched,) = launches
     return launched
 
@@ -431,7 +434,7 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
     T = 2
     lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
     if cell == "lstm" and pass_ != "cell":
-        return _lstm_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D)
+        return _lstm_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D, cfg)
     seq = torch.empty((T, N, D * H), dtype=dtype)
     # Each direction's own W_hh, b_hh and projection, as the module passes its parameters
     # (a bias or none compile the same code: the kernels take its length at run time).
@@ -630,10 +633,9 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     if cfg.variant == "split" and not error:
         S = triton.cdiv(H, cfg.features)
         plan = launch.split_plan(S, N, directions, capacity, launch.split_max_groups(cfg, N))
-        if plan is None and cell == "lstm":  # no streaming LSTM kernel to run instead
-            error = f"split LSTM needs {S} programs, {capacity} fit: no kernel runs it"
-        elif plan is None:  # what the launcher runs instead
-            row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False)
+        if plan is None:  # what the launcher runs instead
+            row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False,
+                          cell=cell)
             row.w_hh += f" (split needs {S} programs, {capacity} fit)"
             return row
         else:
@@ -711,13 +713,10 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
         [(p, d, H, N, arch, directions, packed) for arch in archs
          for p in ("forward", "backward") for packed in (False, True) for d, H, N in shapes] + \
         [("cell", d, H, N, arch, 1, False) for arch in archs for d, H, N in shapes]
-    # LSTM layers (padded: a packed batch runs the same compiled kernel) where they run our
-    # kernels (LSTM_SHAPES)
+    # LSTM layers (padded: a packed batch runs the same compiled kernel; LSTM_SHAPES)
     lstm_shapes = LSTM_SHAPES if default else lstm_shapes or shapes
     cases += [(p, d, H, N, arch, directions, False, True, "lstm") for arch in archs
-              for p in ("forward", "backward") for d, H, N in lstm_shapes
-              if "lstm" in cells and launch.lstm_takes(choose(H, N, *DTYPES[d], arch=arch,
-                                                              gates=GATES[LSTM.value]))]
+              for p in ("forward", "backward") for d, H, N in lstm_shapes if "lstm" in cells]
     # LSTMCell: its kernel streams the weights in chunks whatever H, so one H per product
     cases += [("cell", d, H, N, arch, 1, False, True, "lstm") for arch in archs
               for d, H, N in (LSTM_CELL_SHAPES if default else lstm_shapes) if "lstm" in cells]

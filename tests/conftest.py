@@ -44,7 +44,7 @@ if COVERAGE:
 
 # Test files that are about one kernel variant (the quick loop: python -m pytest -m split).
 VARIANT_FILES = {"test_split.py": "split", "test_split_gpu.py": "split",
-                 "test_lstm_split.py": "split",
+                 "test_lstm_split.py": "split", "test_lstm_streaming.py": "streaming",
                  "test_concurrent_interpreter.py": "split", "test_cell.py": "cell",
                  "test_w_first.py": "resident"}
 VARIANTS = ("resident", "split", "streaming", "cell")
@@ -107,12 +107,19 @@ def small_variant(monkeypatch):
     def force(variant):
         monkeypatch.setattr(dispatch, "RESIDENT_MAX_BH", dict.fromkeys(dispatch.RESIDENT_MAX_BH, 32))
         if variant == "streaming":
-            monkeypatch.setattr(dispatch, "SPLIT_MAX_BH", dict.fromkeys(dispatch.SPLIT_MAX_BH, 0))
+            _no_split(monkeypatch)
     return force
 
 
 @pytest.fixture
 def no_split(monkeypatch):
     """Layers the split variant would run take the streaming variant instead (its fallback)."""
+    _no_split(monkeypatch)
+
+
+def _no_split(monkeypatch):
+    """The dispatcher's split limits set to zero: RNN (SPLIT_MAX_BH) and LSTM layers (their
+    reduction length K, LSTM_SPLIT_MAX_K)."""
     from triton_rnn.kernels import dispatch
-    monkeypatch.setattr(dispatch, "SPLIT_MAX_BH", dict.fromkeys(dispatch.SPLIT_MAX_BH, 0))
+    for limits in ("SPLIT_MAX_BH", "LSTM_SPLIT_MAX_K"):
+        monkeypatch.setattr(dispatch, limits, dict.fromkeys(getattr(dispatch, limits), 0))

@@ -127,8 +127,11 @@ def test_lstm_traffic_by_design():
     gates' P_t, the fp32 c carry (2 x the bf16 state) and S x h; backward dY_t, dL/dc_t, c_t,
     c_{t-1}, the four activations, the fp32 dL/dc carry and S x the four gates' dz; one round
     trip and the barrier each. One row at a time (split.py, fp32 state), 16 rows: 2 round
-    trips a row, the backward reading the dL/dh carry too. The streaming variant does not take
-    the LSTM cell: asking is an error, not an RNN's numbers."""
+    trips a row, the backward reading the dL/dh carry too. Streaming, H = 256 in chunks of 32,
+    one tile of 16 rows: all four gates' W_hh (4 x 256 x 256 x 2 B) and, per chunk, the four
+    products' rows of the operand (fp32 h forward, bf16 dz backward), each product waiting
+    for its first chunk; forward the four gates' P_t and the fp32 c_{t-1}, backward dY_t,
+    dL/dc_t, c_t, c_{t-1}, the four activations and the fp32 dL/dh and dL/dc carries."""
     state = 16 * 64 * 2
     assert cost_model.step_traffic("resident", "forward", 64, 16, 1, 2, 4, 16, 64,
                                    gates=4) == (4 * state, 0)
@@ -147,8 +150,13 @@ def test_lstm_traffic_by_design():
                                    gates=4) == ((4 + 1 + 64) * state, 2 * 16 + 2.5)
     assert cost_model.step_traffic("split", "backward", 256, 16, 1, 4, 4, 1, 1024, 32, 16,
                                    gates=4) == ((8 + 1 + 1 + 32 * 4) * state, 2 * 16 + 2.5)
-    with pytest.raises(ValueError, match="no model of the streaming variant with 4 gates"):
-        cost_model.step_traffic("streaming", "forward", 256, 16, 1, 2, 4, 16, 32, gates=4)
+    w_hh, state = 4 * 256 * 256 * 2, 16 * 256 * 2
+    assert cost_model.step_traffic("streaming", "forward", 256, 16, 1, 2, 4, 16, 32,
+                                   gates=4) == (w_hh + 8 * 4 * 2 * state + (4 + 2) * state,
+                                                8 * 4)
+    assert cost_model.step_traffic("streaming", "backward", 256, 16, 1, 2, 4, 16, 32,
+                                   gates=4) == (w_hh + 8 * 4 * state + (8 + 2 * 2) * state,
+                                                8 * 5)
 
 
 def test_a_sass_without_loops_has_no_step():

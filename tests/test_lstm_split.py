@@ -182,7 +182,7 @@ def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arc
     """On tensor cores, 16-bit to H = 1024 where the device has sm_90's shared memory per block
     (B in shared memory at K = 4096; the interpreter is taken as sm_90), else 512, and TF32 to
     256; one batch row at a time (split.py), IEEE fp32 and fp64 to 256, the backward with 8
-    features per program."""
+    features per program; streaming past those."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     wide = 512 if arch == 80 else 1024
     for dtype, tf32, largest in ((torch.bfloat16, False, wide), (torch.float16, False, wide),
@@ -200,8 +200,9 @@ def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arc
             assert backward.R == (16 if on_tensor_cores else 8)
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
             assert backward.b_shared == (backward.BH == 4096), backward
-            assert launch.lstm_runs_on_kernels(hidden, 16, dtype, tf32)
-        assert not launch.lstm_runs_on_kernels(largest + 1, 16, dtype, tf32)
+        past = [choose(largest + 1, 16, dtype, tf32, arch=arch, gates=4, pass_=p)
+                for p in ("forward", "backward")]
+        assert [cfg.variant for cfg in past] == ["streaming"] * 2
 
 
 def triton_next_pow2(n):

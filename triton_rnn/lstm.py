@@ -15,9 +15,8 @@ class LSTM(StackedLayers, nn.LSTM):
     state_dict, shapes and errors; only `forward` differs. Each layer's input projection is
     one matrix multiply per direction over all timesteps, then one persistent kernel launch
     per layer (both directions together) runs the recurrence with W_hh on-chip, reading the
-    parameters as they are at each call. Layers our kernels do not run yet (routing.
-    lstm_uses_torch: proj_size, hidden sizes past the resident variant) run nn.LSTM's own
-    forward; on a GPU, under the "auto" backend, so do shape classes where nn.LSTM was measured
+    parameters as they are at each call. Layers with proj_size, which our kernels do not
+    run yet (routing.lstm_uses_torch), run nn.LSTM's own forward; on a GPU, under the "auto" backend, so do shape classes where nn.LSTM was measured
     faster, or where our values differed from its own (the first-use check), and classes never
     measured."""
 

@@ -14,7 +14,6 @@ Backward saves out, cells, gates, h0, c0 and the W_hh parameters: dz (every gate
 comes from the backward kernel, then dW_hh = Σ_t dz_tᵀ h_{t-1} is one large matrix multiply
 per direction and db_hh = Σ dz.
 """
-import warnings
 from typing import Optional
 
 import torch
@@ -31,25 +30,8 @@ def _lstm_impl(proj, proj_r, h0, c0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, allow_
     projs, weights = _directions(proj, proj_r), _directions(w_hh, w_hh_r)
     biases = _directions(b_hh, b_hh_r)
     if uses_kernels(proj):
-        result = kernel_forward(projs, h0, c0, weights, lengths, allow_tf32, b_hh=biases)
-        if result is not None:
-            return result
-        _warn_no_room("forward", h0.shape)
+        return kernel_forward(projs, h0, c0, weights, lengths, allow_tf32, b_hh=biases)
     return reference.lstm_forward(projs, h0, c0, weights, lengths, b_hh=biases)
-
-
-_warned = set()
-
-
-def _warn_no_room(pass_: str, shape) -> None:
-    """A split LSTM layer whose programs the device cannot hold at once (a small or shared
-    GPU) runs on triton_rnn.reference: there is no streaming LSTM kernel yet."""
-    if pass_ not in _warned:
-        _warned.add(pass_)
-        D, N, H = shape
-        warnings.warn(f"triton_rnn: this device cannot hold one group of the split LSTM "
-                      f"{pass_} kernel's programs at once (H={H}, batch {N}); the layer runs "
-                      "on PyTorch operations instead (slower, the same values)")
 
 
 @torch.library.custom_op("triton_rnn::lstm_recurrence", mutates_args=())
@@ -77,11 +59,8 @@ def lstm_recurrence_backward(dout: Tensor, dcells: Tensor, out: Tensor, cells: T
     d's in its features 4H*d..), h0 and c0."""
     weights = _directions(w_hh, w_hh_r)
     if uses_kernels(out):
-        result = kernel_backward(dout, dcells, out, cells, gates, c0, weights, lengths,
-                                 allow_tf32)
-        if result is not None:
-            return result
-        _warn_no_room("backward", c0.shape)
+        return kernel_backward(dout, dcells, out, cells, gates, c0, weights, lengths,
+                               allow_tf32)
     return reference.lstm_backward(dout, dcells, out, cells, gates, c0, weights, lengths)
 
 

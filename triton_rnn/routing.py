@@ -27,7 +27,7 @@ was measured faster on this GPU:
 - Under `torch.use_deterministic_algorithms(True)` training always runs our kernels, whose
   backward is bitwise deterministic.
 - LSTM: the same, with classes of their own ("lstm/..." in the cache), measured against
-  nn.LSTM, for the layers our kernels run (lstm_uses_torch; the others run nn.LSTM always);
+  nn.LSTM, for the layers our kernels run (lstm_uses_torch; with proj_size nn.LSTM always);
   the static rule sends LSTM classes never measured to nn.LSTM (no model of our LSTM step
   yet).
 CPU tensors are not routed under "auto": they run our kernels' CPU path as before.
@@ -192,17 +192,11 @@ def use_torch(module, input, hx=None) -> bool:
 
 
 def lstm_uses_torch(module, input, hx=None) -> bool:
-    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: wherever our
-    kernels do not run the layer yet (proj_size, and the shapes launch.lstm_runs_on_kernels
-    refuses: past the split's H = 1024 (512 off sm_90) in 16-bit and 256 in the other dtypes), else as use_torch decides (LSTM classes are measured
-    apart from RNN ones; never measured, the static rule sends them to nn.LSTM)."""
-    from .kernels import lstm_runs_on_kernels
-    from .nn_rules import autocast_dtype, tf32_allowed
+    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: with
+    proj_size (no kernel of ours takes it yet), else as use_torch decides (LSTM classes are
+    measured apart from RNN ones; never measured, the static rule sends them to nn.LSTM)."""
     data = input.data if isinstance(input, PackedSequence) else input
     if not isinstance(data, torch.Tensor) or module.proj_size > 0:
-        return True
-    dtype = autocast_dtype(data.device.type) or module.weight_ih_l0.dtype
-    if not lstm_runs_on_kernels(module.hidden_size, 1, dtype, tf32_allowed()):
         return True
     return use_torch(module, input, hx)
 
