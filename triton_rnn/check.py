@@ -8,7 +8,7 @@ Each row runs one bidirectional layer of triton_rnn.RNN (or a triton_rnn.RNNCell
 kernels and nn.RNN (nn.RNNCell) on the same weights and inputs: resident, split and streaming,
 padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; then
 triton_rnn.LSTM ("lstm": its resident kernels; "lstm-split": the split, on tensor cores in bf16
-and TF32, one row at a time in fp64) and
+and TF32, one row at a time in fp64; "lstm-streaming": past the split) and
 LSTMCell against nn.LSTM and nn.LSTMCell;
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
 and every parameter, each
@@ -43,27 +43,35 @@ CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, 
          for d in DTYPES] + [("cell", d, False) for d in DTYPES] + \
     [("lstm", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
     [("lstm-split", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
+    [("lstm-streaming", d, p) for d in ("bf16", "tf32") for p in (False, True)] + \
+    [("lstm-streaming", "fp64", False)] + \
     [("lstm-cell", d, False) for d in ("fp16", "tf32")]
 BUDGET_S = 70  # no case starts after this; each is a few compiles and a few short runs
 # variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
 # (interpreted: with the limits of _small_limits).
 SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8),
-         "lstm": (64, 16, 64), "lstm-split": (256, 40, 64), "lstm-cell": (256, 40, 1)}
+         "lstm": (64, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
+         "lstm-cell": (256, 40, 1)}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
 MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
-           "lstm-split": (LSTM, nn.LSTM), "lstm-cell": (LSTMCell, nn.LSTMCell)}
-RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-cell": "cell"}
+           "lstm-split": (LSTM, nn.LSTM), "lstm-streaming": (LSTM, nn.LSTM),
+           "lstm-cell": (LSTMCell, nn.LSTMCell)}
+RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streaming",
+           "lstm-cell": "cell"}
 
 
 def _small_limits():
     """Interpreted: resident up to 32 hidden units, split above (saved limits returned)."""
-    saved = dict(dispatch.RESIDENT_MAX_BH), dict(dispatch.SPLIT_MAX_BH)
+    saved = (dict(dispatch.RESIDENT_MAX_BH), dict(dispatch.SPLIT_MAX_BH),
+             dict(dispatch.LSTM_SPLIT_MAX_K))
     dispatch.RESIDENT_MAX_BH.update(dict.fromkeys(dispatch.RESIDENT_MAX_BH, 32))
     return saved
 
 
-def _streaming_only(on: bool, split_max: dict):
-    dispatch.SPLIT_MAX_BH.update(dict.fromkeys(split_max, 0) if on else split_max)
+def _streaming_only(on: bool, saved: tuple):
+    """The split limits (RNN and LSTM) zero while `on`, else as saved."""
+    for limits, kept in zip((dispatch.SPLIT_MAX_BH, dispatch.LSTM_SPLIT_MAX_K), saved[1:]):
+        limits.update(dict.fromkeys(kept, 0) if on else kept)
 
 
 class _VariantSeen:
@@ -224,7 +232,7 @@ def run(cases, device: str, interpreted: bool, out=print) -> int:
                 skipped += 1
                 continue
             if saved is not None:
-                _streaming_only(variant == "streaming", saved[1])
+                _streaming_only(variant in ("streaming", "lstm-streaming"), saved)
             try:
                 row = check_case(variant, dtype_name, packed, device, interpreted)
             except Exception as exc:  # noqa: BLE001 - a failure is a finding, reported
@@ -242,7 +250,7 @@ def run(cases, device: str, interpreted: bool, out=print) -> int:
     finally:
         if saved is not None:
             dispatch.RESIDENT_MAX_BH.update(saved[0])
-            dispatch.SPLIT_MAX_BH.update(saved[1])
+            _streaming_only(False, saved)
     if skipped:
         out(f"{skipped} case(s) not started within {BUDGET_S} s (first compiles); run again: "
             "compiled kernels are cached")
