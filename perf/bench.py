@@ -1,5 +1,6 @@
-"""Measure one RNN configuration: triton_rnn.RNN against torch.nn.RNN (cuDNN), same weights,
-same inputs, in the same process. CUDA only; the numbers are GPU latencies."""
+"""Measure one RNN (or LSTM) configuration: triton_rnn.RNN against torch.nn.RNN (cuDNN), or
+triton_rnn.LSTM against nn.LSTM, same weights, same inputs, in the same process. CUDA only; the
+numbers are GPU latencies."""
 from dataclasses import asdict, dataclass
 
 import torch
@@ -17,6 +18,10 @@ DTYPES = {name: v for name, v in triton_rnn.routing.DTYPES.items() if name != "f
 MATCH_TOLERANCE = {"fp32": 1e-3, "tf32": 5e-2, "bf16": 2e-1, "fp16": 1e-1}
 INPUT_SETS = 4  # inputs rotated between calls so caches do not flatter either side
 DEVICE = "cuda"  # what is timed; perf/latency.py never times anything else
+# cell -> (ours, torch.nn's); the rows name torch.nn's by REFERENCE
+MODULES = {"rnn": (triton_rnn.RNN, nn.RNN), "lstm": (triton_rnn.LSTM, nn.LSTM)}
+REFERENCE = {"rnn": "nn.RNN", "lstm": "nn.LSTM"}
+GATES = {"rnn": 1, "lstm": 4}
 
 
 @dataclass
@@ -27,10 +32,12 @@ class Case:
     seq: int
     layers: int
     directions: int
+    cell: str = "rnn"  # "rnn" or "lstm"
 
     def flops(self, mode: str) -> float:
-        """2·T·N·H·(I + H) per layer and direction (I = H here); training counts 3x."""
-        fwd = 2.0 * self.seq * self.batch * self.hidden * 2 * self.hidden
+        """2·T·N·G·H·(I + H) per layer and direction (I = H here; G gates: 4 for an LSTM);
+        training counts 3x."""
+        fwd = 2.0 * self.seq * self.batch * GATES[self.cell] * self.hidden * 2 * self.hidden
         fwd *= self.layers * self.directions
         return fwd * (3 if mode == "training" else 1)
 
@@ -39,10 +46,11 @@ def _models(case: Case):
     dtype, _ = DTYPES[case.dtype]
     kwargs = dict(input_size=case.hidden, hidden_size=case.hidden, num_layers=case.layers,
                   bidirectional=case.directions == 2)
-    ours = triton_rnn.RNN(**kwargs).to(DEVICE, dtype)
-    ref = nn.RNN(**kwargs).to(DEVICE, dtype)
+    ours_cls, ref_cls = MODULES[case.cell]
+    ours = ours_cls(**kwargs).to(DEVICE, dtype)
+    ref = ref_cls(**kwargs).to(DEVICE, dtype)
     ref.load_state_dict(ours.state_dict())
-    return {"triton_rnn": ours, "nn.RNN": ref}
+    return {"triton_rnn": ours, REFERENCE[case.cell]: ref}
 
 
 def _step(model, inputs, grads, mode, packed=False, policy="kernels"):
@@ -73,16 +81,18 @@ def _rel_err(a, b) -> float:
 
 
 def _check(models, x, grad, packed=False) -> float:
-    """Worst relative difference between triton_rnn and nn.RNN over the output, h_n and every
-    parameter gradient of one training step on the same input: a fast wrong kernel must not
-    win, in inference or in training."""
+    """Worst relative difference between triton_rnn and torch.nn's module over the output, h_n
+    (and c_n) and every parameter gradient of one training step on the same input: a fast
+    wrong kernel must not win, in inference or in training."""
     results = []
     for model in models.values():
         model.zero_grad(set_to_none=True)
         out, h_n = model(x)
         out = out.data if packed else out
         out.backward(grad)
-        results.append([out.detach(), h_n.detach()] + [p.grad for p in model.parameters()])
+        finals = h_n if isinstance(h_n, tuple) else (h_n,)
+        results.append([out.detach(), *(t.detach() for t in finals)] +
+                       [p.grad for p in model.parameters()])
         model.zero_grad(set_to_none=True)
     return max(_rel_err(a, b) for a, b in zip(*results))
 
@@ -117,8 +127,9 @@ def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
     grads = [torch.randn(out_shape, device=DEVICE, dtype=dtype) for _ in range(INPUT_SETS)]
     err = _check(models, inputs[0], grads[0])
     rows = []
-    ours, ref = models["triton_rnn"], models["nn.RNN"]
-    runs = [("triton_rnn", ours, "kernels"), ("auto", ours, "auto"), ("nn.RNN", ref, "kernels")]
+    reference = REFERENCE[case.cell]
+    ours, ref = models["triton_rnn"], models[reference]
+    runs = [("triton_rnn", ours, "kernels"), ("auto", ours, "auto"), (reference, ref, "kernels")]
     for mode in modes:
         for name, model, policy in runs:
             med, lo, hi = _time(_step(model, inputs, grads, mode, policy=policy), warmup_ms,
@@ -126,14 +137,14 @@ def _measure(case: Case, modes, warmup_ms, rep_ms) -> list:
             rows.append(dict(asdict(case), mode=mode, impl=name, ms=med, ms_p20=lo, ms_p80=hi,
                              us_per_step=1e3 * med / case.seq,
                              tflops=case.flops(mode) / (med * 1e-3) / 1e12,
-                             rel_err_vs_nn_rnn=err,
+                             rel_err_vs_torch_nn=err,
                              matches=bool(err < MATCH_TOLERANCE[case.dtype])))
     return rows
 
 
-def sweep_cases(batch, hidden, seq, layers, directions, dtypes) -> list:
-    return [Case(d, b, h, t, nl, nd) for d in dtypes for nl in layers for nd in directions
-            for t in seq for h in hidden for b in batch]
+def sweep_cases(batch, hidden, seq, layers, directions, dtypes, cell="rnn") -> list:
+    return [Case(d, b, h, t, nl, nd, cell) for d in dtypes for nl in layers
+            for nd in directions for t in seq for h in hidden for b in batch]
 
 
 def environment() -> dict:
@@ -191,6 +202,6 @@ def _measure_packed(case: Case, modes, warmup_ms, rep_ms) -> list:
                 med, lo, hi = _time(step, warmup_ms, rep_ms)
                 rows.append(dict(asdict(case), mode=mode, impl=name, layout=layout,
                                  tokens=tokens, padded_batch=padded_batch, ms=med,
-                                 ms_p20=lo, ms_p80=hi, rel_err_vs_nn_rnn=err,
+                                 ms_p20=lo, ms_p80=hi, rel_err_vs_torch_nn=err,
                                  matches=bool(err < MATCH_TOLERANCE[case.dtype])))
     return rows

@@ -1,11 +1,13 @@
-"""Latency of triton_rnn.RNN against torch.nn.RNN (cuDNN): the project's main job.
+"""Latency of triton_rnn.RNN against torch.nn.RNN (cuDNN), and of triton_rnn.LSTM against
+nn.LSTM: the project's main job.
 
     python perf/latency.py [--quick] [--batch 1 16 ...] [--hidden ...] [--seq ...] ...
 
 On a CUDA GPU: measures inference (no_grad forward) and a training step (forward + backward)
 of both, same weights and inputs, over the sweep: triton_rnn.RNN on its own kernels, the same
 module routed by measurement ("auto", with a fresh routing cache kept in the results folder
-unless TRITON_RNN_CACHE_DIR is set) and nn.RNN; checks every measured output against nn.RNN;
+unless TRITON_RNN_CACHE_DIR is set) and nn.RNN; then the same for LSTM layers over a smaller
+sweep (LSTM_SWEEP, one layer, one direction); checks every measured output against torch.nn's;
 saves raw numbers with the GPU's name and versions under perf/results/<gpu>_<date>/, prints
 and saves a speedup table (Markdown) and draws the plots.
 Without a GPU: says so, checks the kernels once through Triton's interpreter against nn.RNN,
@@ -42,6 +44,11 @@ DEFAULT_SWEEP = dict(batch=[1, 2, 4, 8, 16, 32, 64, 128, 256],
 # The padded batches (about 3/4 of these, see bench.measure_packed) stay at 16 or more, so both
 # sides run the same kernel configuration.
 PACKED_SWEEP = dict(batch=[32, 128], hidden=[256, 1024], seq=[128], layers=[1], directions=[1])
+# LSTM layers against nn.LSTM: the main slice's shape (T = 128, one layer, one direction), over
+# batch and hidden sizes that reach each of its variants (resident to 64, split to 1024 in
+# 16-bit on sm_90, streaming beyond), in the sweep's dtypes.
+LSTM_SWEEP = dict(batch=[1, 16, 64], hidden=[64, 256, 768, 1024, 2048], seq=[128], layers=[1],
+                  directions=[1])
 QUICK_SWEEP = dict(batch=[1, 16, 64], hidden=[128, 512, 2048], seq=[128], layers=[1],
                    directions=[1], dtypes=["tf32", "bf16"])
 
@@ -62,6 +69,8 @@ def parse_args(argv=None):
                    help="start no new case after this long; the results say how far it got")
     p.add_argument("--no-packed", action="store_true",
                    help="skip the packed-vs-padded comparison " + str(PACKED_SWEEP))
+    p.add_argument("--no-lstm", action="store_true",
+                   help="skip the LSTM layers against nn.LSTM " + str(LSTM_SWEEP))
     args = p.parse_args(argv)
     base = QUICK_SWEEP if args.quick else DEFAULT_SWEEP
     for name in DEFAULT_SWEEP:
@@ -71,26 +80,29 @@ def parse_args(argv=None):
 
 
 def interpreter_check() -> bool:
-    """Forward and gradients of the Triton kernels (interpreted) against nn.RNN in float64."""
+    """Forward and gradients of the Triton kernels (interpreted) against nn.RNN and nn.LSTM
+    in float64."""
     import triton_rnn
     torch.manual_seed(0)
     ok = True
-    for N, H in ((3, 17), (17, 33), (2, 130)):
-        ours = triton_rnn.RNN(5, H, 2, bidirectional=True).double()
-        ref = torch.nn.RNN(5, H, 2, bidirectional=True).double()
+    for cell, N, H in (("RNN", 3, 17), ("RNN", 17, 33), ("RNN", 2, 130), ("LSTM", 3, 40)):
+        ours = getattr(triton_rnn, cell)(5, H, 2, bidirectional=True).double()
+        ref = getattr(torch.nn, cell)(5, H, 2, bidirectional=True).double()
         ref.load_state_dict(ours.state_dict())
         x = torch.randn(4, N, 5, dtype=torch.float64)
         errs = []
         for model in (ours, ref):
             model.zero_grad()
-            out, h_n = model(x)
-            (out.sum() + h_n.sum()).backward()
-            errs.append([out, h_n] + [p.grad for p in model.parameters()])
+            out, finals = model(x)
+            finals = finals if isinstance(finals, tuple) else (finals,)
+            (out.sum() + sum(t.sum() for t in finals)).backward()
+            errs.append([out, *finals] + [p.grad for p in model.parameters()])
         worst = max(((a - b).norm() / b.norm()).item() for a, b in zip(*errs))
         good = worst < 1e-9
         ok &= good
-        print(f"  interpreter check N={N:3d} H={H:4d} (2 layers, bidirectional, fwd+grads): "
-              f"max relative error vs nn.RNN {worst:.1e} {'ok' if good else 'MISMATCH'}")
+        print(f"  interpreter check {cell:4} N={N:3d} H={H:4d} (2 layers, bidirectional, "
+              f"fwd+grads): max relative error vs nn.{cell} {worst:.1e} "
+              f"{'ok' if good else 'MISMATCH'}")
     return ok
 
 
@@ -102,8 +114,7 @@ def redraw_latest() -> None:
     results = json.loads(path.read_text())
     print(f"Redrawing recorded GPU results: {results['environment']['gpu']}, "
           f"{results['date']} ({path.parent.name})")
-    print(plots.markdown(results))
-    print(plots.packed_markdown(results))
+    print(_tables(results))
     for p in plots.draw(results, path.parent):
         print(f"  wrote {p}")
 
@@ -132,13 +143,16 @@ def run_sweep(args) -> Path:
     triton_rnn.routing.forget_loaded_caches()
     cases = bench.sweep_cases(args.batch, args.hidden, args.seq, args.layers, args.directions,
                               args.dtypes)
-    results = dict(environment=env, date=date, rows=[], packed_rows=[], failures=[],
-                   cases_planned=len(cases), cases_skipped_by_budget=0)
+    results = dict(environment=env, date=date, rows=[], packed_rows=[], lstm_rows=[],
+                   failures=[], cases_planned=len(cases), cases_skipped_by_budget=0)
     primary, rest = _most_informative_first(cases)
     jobs = [(bench.measure, "rows", c) for c in primary]
     if not args.no_packed:
         jobs += [(bench.measure_packed, "packed_rows", c) for c in bench.sweep_cases(
             dtypes=args.dtypes, **PACKED_SWEEP)]
+    if not args.no_lstm:
+        jobs += [(bench.measure, "lstm_rows", c) for c in bench.sweep_cases(
+            dtypes=args.dtypes, cell="lstm", **LSTM_SWEEP)]
     jobs += [(bench.measure, "rows", c) for c in rest]
     deadline = None if args.budget_minutes is None else time.monotonic() + 60 * args.budget_minutes
     for measure, key, case in _progress(jobs):
@@ -155,15 +169,15 @@ def run_sweep(args) -> Path:
                 torch.cuda.empty_cache()
         (out / "results.json").write_text(json.dumps(results, indent=1))  # after every case
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    table = plots.markdown(results) + "\n\n" + plots.packed_markdown(results)
+    table = _tables(results)
     (out / "speedup.md").write_text(table + "\n")
     print(table)
     if results["failures"]:
         print(f"WARNING: {len(results['failures'])} cases failed (see failures in results.json)")
-    mismatches = [r for r in results["rows"] if not r["matches"]]
+    mismatches = [r for r in results["rows"] + results["lstm_rows"] if not r["matches"]]
     if mismatches:
-        print(f"WARNING: {len(mismatches)} measured outputs did not match nn.RNN (see "
-              "rel_err_vs_nn_rnn in results.json)")
+        print(f"WARNING: {len(mismatches)} measured outputs did not match torch.nn's (see "
+              "rel_err_vs_torch_nn in results.json)")
     if not args.no_plots:
         for p in plots.draw(results, out):
             print(f"wrote {p}")
@@ -173,9 +187,15 @@ def run_sweep(args) -> Path:
     return out
 
 
+def _tables(results: dict) -> str:
+    """The speedup tables (RNN, packed, LSTM) as Markdown."""
+    return "\n\n".join(filter(None, [plots.markdown(results), plots.packed_markdown(results),
+                                       plots.markdown(results, "lstm_rows")]))
+
+
 def _most_informative_first(cases: list):
     """(the plots' main slice: T = 128, one unidirectional layer; the rest), measured in that
-    order with the packed comparison between, so that a sweep cut short by --budget-minutes
+    order with the packed comparison and the LSTM layers between, so that a sweep cut short by --budget-minutes
     still covers every dtype, batch and hidden size."""
     def main_slice(c):
         return c.seq == 128 and c.layers == 1 and c.directions == 1
@@ -186,7 +206,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if HAS_GPU:  # exit 1 when a case failed or an output did not match nn.RNN's
         results = json.loads((run_sweep(args) / "results.json").read_text())
-        rows = results["rows"] + results["packed_rows"]
+        rows = results["rows"] + results["packed_rows"] + results["lstm_rows"]
         return 0 if not results["failures"] and all(r["matches"] for r in rows) else 1
     ok = interpreter_check()
     import model_plots

@@ -15,8 +15,12 @@ def results_folder(gpu: str, date: str) -> Path:
     """perf/results/<gpu>_<date>: where one run's numbers, tables, plots and logs go."""
     return RESULTS_DIR / f"{re.sub(r'[^A-Za-z0-9]+', '-', gpu)}_{date}"
 IMPLS = ("triton_rnn", "nn.RNN")
+# torch.nn's module each cell's rows compare with (perf/bench.py: results' "rows" are RNN
+# layers, "lstm_rows" LSTM layers)
+REFERENCE = {"rnn": "nn.RNN", "lstm": "nn.LSTM"}
 # "auto": triton_rnn.RNN routed by measurement, as a user gets it (perf/bench.py).
-COLORS = {"triton_rnn": "tab:blue", "auto": "tab:green", "nn.RNN": "tab:orange"}
+COLORS = {"triton_rnn": "tab:blue", "auto": "tab:green", "nn.RNN": "tab:orange",
+          "nn.LSTM": "tab:orange"}
 MODES = ("inference", "training")
 
 
@@ -32,13 +36,20 @@ def _key(row):
             row["directions"], row["mode"])
 
 
+def cell_of(rows) -> str:
+    """The cell the rows measured ("rnn" for rows recorded before there were others)."""
+    return rows[0].get("cell", "rnn") if rows else "rnn"
+
+
 def speedups(rows, impl: str = "triton_rnn") -> dict:
-    """(dtype, batch, hidden, seq, layers, directions, mode) -> nn.RNN ms / `impl`'s ms."""
+    """(dtype, batch, hidden, seq, layers, directions, mode) -> torch.nn's ms (nn.RNN's or
+    nn.LSTM's) / `impl`'s ms."""
+    ref = REFERENCE[cell_of(rows)]
     by_impl = defaultdict(dict)
     for r in rows:
         by_impl[_key(r)][r["impl"]] = r
-    return {k: v["nn.RNN"]["ms"] / v[impl]["ms"] for k, v in by_impl.items()
-            if {"nn.RNN", impl} <= v.keys()}
+    return {k: v[ref]["ms"] / v[impl]["ms"] for k, v in by_impl.items()
+            if {ref, impl} <= v.keys()}
 
 
 def geomean(values):
@@ -50,13 +61,18 @@ def _closest(values, target):
     return min(values, key=lambda v: (abs(math.log(v / target)), v))
 
 
-def markdown(results: dict) -> str:
-    env, rows = results["environment"], results["rows"]
+def markdown(results: dict, key: str = "rows") -> str:
+    """The speedup tables of results[key] ("rows": RNN layers; "lstm_rows": LSTM layers)."""
+    env, rows = results["environment"], results.get(key) or []
+    if not rows:
+        return ""
     sp, sp_auto = speedups(rows), speedups(rows, "auto")
+    ref = REFERENCE[cell_of(rows)]
+    module = ref.split(".")[1]
     wrong = {_key(r) for r in rows if not r["matches"]}
-    lines = [f"Speedup of triton_rnn.RNN over torch.nn.RNN (cuDNN) on {env['gpu']}, "
+    lines = [f"Speedup of triton_rnn.{module} over torch.{ref} (cuDNN) on {env['gpu']}, "
              f"{results['date']} (torch {env['torch']}, triton {env['triton']}, CUDA "
-             f"{env['cuda']}, cuDNN {env['cudnn']}). Speedup = nn.RNN latency / ours; > 1 is "
+             f"{env['cuda']}, cuDNN {env['cudnn']}). Speedup = {ref} latency / ours; > 1 is "
              "faster. Our kernels, then \"auto\": the module as users get it, routed to the "
              "faster path by measurement on this GPU.", "",
              "| dtype | mode | cases | geomean | min | max | slower cases | output mismatches "
@@ -146,13 +162,23 @@ def _series(rows, vary, fixed):
 
 
 def draw(results: dict, out_dir: Path) -> list:
-    """Write the latency and speedup plots as PNGs into out_dir; returns their paths."""
+    """Write the latency and speedup plots as PNGs into out_dir (RNN layers', then LSTM
+    layers' prefixed "lstm_", where measured); returns their paths."""
+    paths = _draw_rows(results, "rows", out_dir, "")
+    if results.get("lstm_rows"):
+        paths += _draw_rows(results, "lstm_rows", out_dir, "lstm_")
+    return paths
+
+
+def _draw_rows(results: dict, key: str, out_dir: Path, prefix: str) -> list:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    env, rows = results["environment"], results["rows"]
-    label = f"{env['gpu']}, {results['date']}"
+    env, rows = results["environment"], results[key]
+    cell = cell_of(rows)
+    ref = REFERENCE[cell]
+    label = f"{env['gpu']}, {results['date']}" + ("" if cell == "rnn" else f", {cell.upper()}")
     out_dir.mkdir(parents=True, exist_ok=True)
     dtypes = sorted({r["dtype"] for r in rows})
     axes_values = {k: sorted({r[k] for r in rows}) for k in ("batch", "hidden", "seq")}
@@ -173,14 +199,15 @@ def draw(results: dict, out_dir: Path) -> list:
                 color = COLORS.get(impl, "tab:gray")
                 ax.plot(xs, ms, style, marker="o", color=color, label=f"{impl} {mode}")
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
-                _draw_model(ax, impl, mode, dtype, vary, xs, {**defaults, **fixed}, color)
+                if cell == "rnn":  # (the models of perf/model_plots.py are RNN layers')
+                    _draw_model(ax, impl, mode, dtype, vary, xs, {**defaults, **fixed}, color)
             ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="latency (ms)",
                    title=dtype)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"Latency vs {xlabel} - {label}\n({fixed_desc}; median, 20-80% band)")
         fig.tight_layout()
-        path = out_dir / f"latency_vs_{vary}.png"
+        path = out_dir / f"{prefix}latency_vs_{vary}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
@@ -207,14 +234,14 @@ def draw(results: dict, out_dir: Path) -> list:
                    yticklabels=bs, xlabel="hidden size", ylabel="batch",
                    title=f"{dtype} {mode}")
             fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"Speedup over nn.RNN - {label}\n(x, > 1 is faster; T={seq}, 1 layer, "
+    fig.suptitle(f"Speedup over {ref} - {label}\n(x, > 1 is faster; T={seq}, 1 layer, "
                  "unidirectional)")
     fig.tight_layout()
-    path = out_dir / "speedup_heatmap.png"
+    path = out_dir / f"{prefix}speedup_heatmap.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
-    if results.get("packed_rows"):
+    if key == "rows" and results.get("packed_rows"):
         paths.append(_draw_packed(plt, results, out_dir, label))
     return paths
 

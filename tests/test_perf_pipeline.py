@@ -16,7 +16,7 @@ import torch
 
 import triton_rnn
 from conftest import DEVICE
-from triton_rnn import ops, routing
+from triton_rnn import lstm_ops, ops, routing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
 import bench  # noqa: E402
@@ -63,13 +63,14 @@ SWEEP_GROUP = pytest.mark.xdist_group("perf-sweep")
 
 def _run_sweep(tmp_path, monkeypatch):
     launches = []
-    kernel_forward, make_step = ops.kernel_forward, bench._step
-    monkeypatch.setattr(ops, "kernel_forward",
-                        lambda *a, **k: launches.append(1) or kernel_forward(*a, **k))
+    make_step = bench._step
+    for module in (ops, lstm_ops):  # RNN and LSTM layers
+        monkeypatch.setattr(module, "kernel_forward", lambda *a, kernel=module.kernel_forward,
+                            **k: launches.append(1) or kernel(*a, **k))
 
     def tagged_step(model, inputs, grads, mode, packed=False, policy="kernels"):
         run = make_step(model, inputs, grads, mode, packed, policy)
-        run.ours = isinstance(model, triton_rnn.RNN)
+        run.ours = isinstance(model, (triton_rnn.RNN, triton_rnn.LSTM))
         run.auto = policy == "auto"
         run.batch = int(inputs[0].batch_sizes[0]) if packed else inputs[0].shape[1]
         run.packed = packed
@@ -93,6 +94,8 @@ def _run_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "_time", stand_in_clock)
     monkeypatch.setattr(latency, "PACKED_SWEEP", dict(batch=[16], hidden=[16], seq=[4],
                                                       layers=[1], directions=[1]))
+    monkeypatch.setattr(latency, "LSTM_SWEEP", dict(batch=[1, 16], hidden=[16], seq=[3],
+                                                    layers=[1], directions=[1]))
     args = latency.parse_args(["--batch", "1", "16", "--hidden", "16", "--seq", "3",
                                "--layers", "1", "--directions", "1",
                                "--dtypes", "tf32", "bf16", "--out", str(tmp_path)])
@@ -113,6 +116,12 @@ def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
         assert row["ms"] == expected[row["impl"]](row["batch"])
     layouts = {(r["dtype"], r["mode"], r["impl"], r["layout"]) for r in results["packed_rows"]}
     assert len(layouts) == 2 * 2 * 2 * 2 and all(r["matches"] for r in results["packed_rows"])
+    # LSTM layers against nn.LSTM: dtypes x batch x modes x (ours, auto, nn.LSTM)
+    assert len(results["lstm_rows"]) == 2 * 2 * 2 * 3
+    expected["nn.LSTM"] = expected.pop("nn.RNN")
+    for row in results["lstm_rows"]:
+        assert row["matches"] and row["cell"] == "lstm", row
+        assert row["ms"] == expected[row["impl"]](row["batch"])
 
 
 @SWEEP_GROUP
@@ -129,9 +138,13 @@ def test_table_and_plots_come_from_the_recorded_numbers(sweep):
     assert "| 1 | 333.3 / 0.00 |" in table  # ours at batch 1: 1 ms over T = 3 steps
     for dtype in ("tf32", "bf16"):  # packed/padded ratios, then packed ms of both
         assert f"| {dtype} | 16 | 16 | 4 | training | 1.25 | 5.00 | 5.000 | 10.000 |" in table
+    # the LSTM layers' table after the RNN's, with the same stand-in numbers
+    lstm = table[table.index("Speedup of triton_rnn.LSTM over torch.nn.LSTM (cuDNN)"):]
+    assert "| tf32 | training | 2 | 1.00x | 0.50x | 2.00x | 1 | 0 | 1.41x | 0 |" in lstm
     names = {p.name for p in plots.draw(results, folder / "redrawn")}
-    assert names == {"latency_vs_batch.png", "latency_vs_hidden.png", "latency_vs_seq.png",
-                     "speedup_heatmap.png", "packed_vs_padded.png"}
+    plotted = {"latency_vs_batch.png", "latency_vs_hidden.png", "latency_vs_seq.png",
+               "speedup_heatmap.png"}
+    assert names == plotted | {"lstm_" + n for n in plotted} | {"packed_vs_padded.png"}
     assert all((folder / n).stat().st_size > 0 for n in names)  # run_sweep drew them too
 
 
@@ -150,15 +163,22 @@ def test_routing_table_from_the_sweep_routes_exactly_where_nn_rnn_won(sweep):
     assert routing.shape_class(torch.float32, False, 13, 9, training=True) not in classes
 
 
-def test_a_wrong_kernel_is_marked_and_never_wins(monkeypatch, tf32_flags_kept):
-    kernel_forward = ops.kernel_forward
-    monkeypatch.setattr(ops, "kernel_forward", lambda *a, **k: kernel_forward(*a, **k) * 1.5)
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_a_wrong_kernel_is_marked_and_never_wins(cell, monkeypatch, tf32_flags_kept):
+    module = ops if cell == "rnn" else lstm_ops
+    kernel_forward = module.kernel_forward
+
+    def wrong(*a, **k):  # h_t 1.5x too large (the LSTM's: its first output of three)
+        out = kernel_forward(*a, **k)
+        return out * 1.5 if cell == "rnn" else (out[0] * 1.5, *out[1:])
+    monkeypatch.setattr(module, "kernel_forward", wrong)
     monkeypatch.setattr(bench, "DEVICE", DEVICE)
     monkeypatch.setattr(bench, "_time", lambda step, warmup_ms, rep_ms: (1.0, 0.9, 1.1))
-    rows = bench.measure(bench.Case("tf32", 4, 16, 3, 1, 1), ["inference"])
-    assert len(rows) == 3 and not any(r["matches"] for r in rows)  # ours, auto, nn.RNN
-    listed = routing_table.slower_classes({"rows": rows})  # as fast as nn.RNN, but wrong
-    assert [c["output_mismatch"] for c in listed] == [True]
+    rows = bench.measure(bench.Case("tf32", 4, 16, 3, 1, 1, cell), ["inference"])
+    assert len(rows) == 3 and not any(r["matches"] for r in rows)  # ours, auto, torch.nn's
+    if cell == "rnn":
+        listed = routing_table.slower_classes({"rows": rows})  # as fast as nn.RNN, but wrong
+        assert [c["output_mismatch"] for c in listed] == [True]
 
 
 def test_gpu_check_steps_are_time_boxed(tmp_path):
