@@ -1,6 +1,6 @@
-"""triton_rnn.LSTM against nn.LSTM: the module, its kernels (the resident variant), its routing
-to nn.LSTM where no kernel of ours runs the layer, and PyTorch's own samples and error inputs
-for nn.LSTM."""
+"""triton_rnn.LSTM against nn.LSTM: the module (proj_size included), its kernels (the resident
+variant), its routing by measurement against nn.LSTM, and PyTorch's own samples and error
+inputs for nn.LSTM."""
 import io
 
 import pytest
@@ -72,21 +72,21 @@ def _leaf(t, dtype=torch.float64):
 
 
 # Options of the module as an all-pairs cover: bias, layers, bidirectional, batch_first, the
-# input (padded, packed sorted or not, unbatched), initial states given or not.
+# input (padded, packed sorted or not, unbatched), initial states given or not, proj_size.
 OPTIONS = all_pairs((True, False), (1, 2), (False, True), (False, True),
-                    ("padded", "packed", "packed-unsorted", "unbatched"), (True, False))
+                    ("padded", "packed", "packed-unsorted", "unbatched"), (True, False), (0, 7))
 
 
-@pytest.mark.parametrize("bias,layers,bidirectional,batch_first,kind,with_states", OPTIONS,
+@pytest.mark.parametrize("bias,layers,bidirectional,batch_first,kind,with_states,proj", OPTIONS,
                          ids=["-".join(str(v) for v in c) for c in OPTIONS])
 def test_matches_nn_lstm_in_float64(bias, layers, bidirectional, batch_first, kind,
-                                    with_states, kernel_launches):
+                                    with_states, proj, kernel_launches):
     """Every option, at a ragged hidden size (20 of a 32-wide tile), values and gradients."""
     H, I, T, N = 20, 5, 4, 3
-    ours, ref = lstm_pair(I, H, layers, bias, batch_first, 0.0, bidirectional)
+    ours, ref = lstm_pair(I, H, layers, bias, batch_first, 0.0, bidirectional, proj)
     torch.manual_seed(1)
     D = 2 if bidirectional else 1
-    states = [torch.randn(layers * D, N, H, dtype=torch.float64) for _ in range(2)]
+    states = [torch.randn(layers * D, N, size, dtype=torch.float64) for size in (proj or H, H)]
     if kind.startswith("packed"):
         lengths = [T, T - 1, 2] if kind == "packed" else [2, T, T - 1]
         seqs = [torch.randn(n, I, dtype=torch.float64) for n in lengths]
@@ -109,6 +109,29 @@ def test_matches_nn_lstm_in_float64(bias, layers, bidirectional, batch_first, ki
         leaves, ref_leaves = leaves + h, ref_leaves + h_ref
     _compare(ours, ref, inputs, ref_inputs, 1e-9, 1e-9, leaves, ref_leaves)
     assert kernel_launches == {"forward": layers, "backward": layers}
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed-unsorted"])
+def test_proj_size_both_directions_from_given_states(kind, kernel_launches):
+    """proj_size with h_0 given in both directions: each sequence's first step (the last one
+    of its own in reverse) takes W_hh h_0; values and every gradient as nn.LSTM's."""
+    H, P, I, T = 20, 7, 5, 4
+    ours, ref = lstm_pair(I, H, 2, bidirectional=True, proj_size=P)
+    torch.manual_seed(3)
+    states = [torch.randn(4, 3, size, dtype=torch.float64) for size in (P, H)]
+    if kind == "padded":
+        x = torch.randn(T, 3, I, dtype=torch.float64)
+        leaves, ref_leaves = [_leaf(x)], [x.clone().requires_grad_()]
+        x, x_ref = leaves[0], ref_leaves[0]
+    else:
+        seqs = [torch.randn(n, I, dtype=torch.float64) for n in (2, T, 1)]
+        leaves, ref_leaves = [_leaf(q) for q in seqs], [q.clone().requires_grad_() for q in seqs]
+        x = pack_sequence(leaves, enforce_sorted=False)
+        x_ref = pack_sequence(ref_leaves, enforce_sorted=False)
+    h, h_ref = [_leaf(q) for q in states], [q.clone().requires_grad_() for q in states]
+    _compare(ours, ref, [x, tuple(h)], [x_ref, tuple(h_ref)], 1e-9, 1e-9, leaves + h,
+             ref_leaves + h_ref)
+    assert kernel_launches == {"forward": 2, "backward": 2}
 
 
 # (dtype, TF32, batch, target): the elementwise product (batch 2) and tl.dot in one or two
@@ -182,16 +205,7 @@ def test_backward_is_bitwise_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))
 
 
-# ----- routing: nn.LSTM's own path where our kernels do not run the layer ------------------
-
-def test_layers_with_proj_size_run_nn_lstm(kernel_launches):
-    """proj_size has no kernel yet: nn.LSTM's own path runs it (every other layer has one)."""
-    ours, ref = lstm_pair(4, 8, 2, proj_size=3)
-    x = torch.randn(3, 2, 4, dtype=torch.float64)
-    for a, b in zip(_flatten(ours(x.to(DEVICE))), _flatten(ref(x))):
-        assert rel_err(a, b) < 1e-12
-    assert kernel_launches["forward"] == 0
-
+# ----- routing: measured against nn.LSTM ------------------------------------------------------
 
 @pytest.fixture
 def measured_on_cpu(monkeypatch, tmp_path, kernel_launches):
@@ -235,6 +249,15 @@ def test_auto_measures_each_lstm_class_once_and_runs_the_faster(winner, measured
     assert (kernel_launches["forward"] > launched) == (winner == "kernels")
     for a, b, c in zip(got, again, _flatten(ref(x))):
         assert rel_err(a, c) < 1e-9 and rel_err(b, c) < 1e-9
+
+
+def test_layers_with_a_projection_are_measured_as_a_class_of_their_own(measured_on_cpu):
+    measured_on_cpu.update(kernels=1.0, torch=3.0)
+    ours, ref = lstm_pair(4, 8, 1, proj_size=3)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    for a, b in zip(_flatten(ours(x.to(DEVICE))), _flatten(ref(x))):
+        assert rel_err(a, b) < 1e-9
+    assert list(routing._cache("cpu").classes()) == ["lstm-proj/fp64/H8/N2/training/padded/D1/L1"]
 
 
 def test_first_use_check_routes_a_wrong_lstm_kernel_to_nn_lstm(measured_on_cpu, monkeypatch):
@@ -326,11 +349,12 @@ def test_pytorch_module_info_samples_and_error_inputs():
                       triton_rnn.LSTM)
 
 
-def test_compile_fullgraph_forward_and_backward(kernel_launches):
+@pytest.mark.parametrize("proj", [0, 4], ids=["", "proj_size"])
+def test_compile_fullgraph_forward_and_backward(proj, kernel_launches):
     """No graph break at the LSTM (its recurrence is a custom op with a fake implementation):
     the compiled loss and gradients are eager's, through our kernels."""
     torch._dynamo.reset()
-    ours, _ = lstm_pair(3, 6, 1, batch_first=True)
+    ours, _ = lstm_pair(3, 6, 1, batch_first=True, proj_size=proj)
     x = torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE)
 
     def loss(x):

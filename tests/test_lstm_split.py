@@ -157,13 +157,14 @@ def test_split_lstm_backward_with_b_in_shared_memory(small_variant, variants):
         assert rel_err(a, b) < 2e-2, name
 
 
-def test_split_lstm_module_matches_nn_lstm(small_variant, variants):
+@pytest.mark.parametrize("proj", [0, 9], ids=["", "proj_size"])
+def test_split_lstm_module_matches_nn_lstm(proj, small_variant, variants):
     """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
-    nn.LSTM's in float64, to TF32's rounding."""
+    nn.LSTM's in float64, to TF32's rounding; with proj_size too (W_hh W_hr on the split)."""
     small_variant("split")
     torch.manual_seed(0)
-    ref = nn.LSTM(3, H, bidirectional=True).double()
-    ours = triton_rnn.LSTM(3, H, bidirectional=True).to(DEVICE)
+    ref = nn.LSTM(3, H, bidirectional=True, proj_size=proj).double()
+    ours = triton_rnn.LSTM(3, H, bidirectional=True, proj_size=proj).to(DEVICE)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(3, 2, 3, dtype=torch.float64)
     outputs = []

@@ -48,12 +48,14 @@ def test_streaming_lstm_on_tensor_cores_matches_float64(dtype, tf32, tol, small_
         assert rel_err(a, b) < tol, name
 
 
-def test_lstm_past_the_split_runs_streaming_and_matches_nn_lstm(variants):
+@pytest.mark.parametrize("proj", [0, 70], ids=["", "proj_size"])
+def test_lstm_past_the_split_runs_streaming_and_matches_nn_lstm(proj, variants):
     """H = 300 in fp64, past split.py's 256 at its natural limits: triton_rnn.LSTM (two layers)
-    streams, and its outputs, (h_n, c_n) and every gradient are nn.LSTM's."""
+    streams, and its outputs, (h_n, c_n) and every gradient are nn.LSTM's; with proj_size
+    too (W_hh W_hr, 4H x H, streamed)."""
     torch.manual_seed(0)
-    ref = nn.LSTM(2, 300, num_layers=2).double()
-    ours = triton_rnn.LSTM(2, 300, num_layers=2).double().to(DEVICE)
+    ref = nn.LSTM(2, 300, num_layers=2, proj_size=proj).double()
+    ours = triton_rnn.LSTM(2, 300, num_layers=2, proj_size=proj).double().to(DEVICE)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(2, 2, 2, dtype=torch.float64)
     grads = []

@@ -15,12 +15,16 @@ class LSTM(StackedLayers, nn.LSTM):
     state_dict, shapes and errors; only `forward` differs. Each layer's input projection is
     one matrix multiply per direction over all timesteps, then one persistent kernel launch
     per layer (both directions together) runs the recurrence with W_hh on-chip, reading the
-    parameters as they are at each call. Layers with proj_size, which our kernels do not
-    run yet (routing.lstm_uses_torch), run nn.LSTM's own forward; on a GPU, under the "auto" backend, so do shape classes where nn.LSTM was measured
-    faster, or where our values differed from its own (the first-use check), and classes never
-    measured."""
+    parameters as they are at each call. With proj_size, h_t = W_hr m_t for m_t = o_t
+    tanh(c_t), and the kernels run the layer as an LSTM of m (_fold_projection). On a GPU,
+    under the "auto" backend, shape classes where nn.LSTM was measured faster, or where our
+    values differed from its own (the first-use check), and classes never measured run
+    nn.LSTM's own forward."""
 
-    cell = "lstm"  # routing's name for the cell (its shape classes)
+    @property
+    def cell(self) -> str:
+        """routing's name for the cell (its shape classes): layers with a projection apart."""
+        return "lstm-proj" if self.proj_size else "lstm"
 
     def forward(self, input, hx=None):
         if routing.lstm_uses_torch(self, input, hx):
@@ -68,13 +72,30 @@ class LSTM(StackedLayers, nn.LSTM):
             with torch.autocast(x.device.type, enabled=False):
                 return self._run(x, hx, params, batch, layout, dtype)
         if hx is None:
-            zeros = x.new_zeros((self.num_layers * self._directions(), batch, self.hidden_size))
-            hx = (zeros, zeros)
+            layers = self.num_layers * self._directions()
+            hx = (x.new_zeros((layers, batch, self.proj_size or self.hidden_size)),
+                  x.new_zeros((layers, batch, self.hidden_size)))
         return self._run_layers(x, hx, params, layout, weight_dtype)
+
+    def _layer_weights(self, params, layer: int, dtype) -> list:
+        """Per direction of one layer, (W_ih, W_hh, b_ih, b_hh, W_hr) (biases None without
+        bias, W_hr without proj_size), as StackedLayers._layer_weights reads them."""
+        per_dir = (4 if self.bias else 2) + (1 if self.proj_size else 0)
+        D = self._directions()
+        first = layer * D * per_dir
+        groups = []
+        for d in range(D):
+            group = list(params[first + d * per_dir:first + (d + 1) * per_dir])
+            if dtype is not None:
+                group = autocast_cast(group, dtype)
+            w_hr = group.pop() if self.proj_size else None
+            groups.append((*group, None, None)[:4] + (w_hr,))
+        return groups
 
     def _run_layers(self, x: Tensor, hx, params, layout, weight_dtype):
         """x: (T, N, I), or (P, I) packed rows when `layout` is given; hx: (h0, c0)."""
         D, H = self._directions(), self.hidden_size
+        P = self.proj_size or H  # h's features
         allow_tf32 = tf32_allowed()
         lengths = None if layout is None else layout.lengths
         h_n, c_n = [], []
@@ -83,23 +104,46 @@ class LSTM(StackedLayers, nn.LSTM):
             if layout is None:  # the input projection of every step: one GEMM per direction
                 T, N = x.shape[0], x.shape[1]
                 rows = x.reshape(T * N, x.shape[2])
-                projs = [F.linear(rows, w_ih, b_ih).view(T, N, 4 * H)
-                         for w_ih, _, b_ih, _ in groups]
+                projs = [F.linear(rows, g[0], g[2]).view(T, N, 4 * H) for g in groups]
             else:
-                projs = [layout.pad(F.linear(x, w_ih, b_ih)) for w_ih, _, b_ih, _ in groups]
-            reverse = groups[1] if D == 2 else (None,) * 4
+                projs = [layout.pad(F.linear(x, g[0], g[2])) for g in groups]
             states = slice(layer * D, (layer + 1) * D)
-            out, cells, _ = run_lstm(projs[0], projs[1] if D == 2 else None, hx[0][states],
-                                     hx[1][states], groups[0][1], reverse[1], groups[0][3],
-                                     reverse[3], lengths, allow_tf32)
+            h0, w_hh = hx[0][states], [g[1] for g in groups]
+            if self.proj_size:
+                projs, w_hh, h0 = _fold_projection(projs, groups, h0, lengths)
+            b_hh = [g[3] for g in groups]
+            out, cells, _ = run_lstm(projs[0], projs[1] if D == 2 else None, h0,
+                                     hx[1][states], w_hh[0], w_hh[1] if D == 2 else None,
+                                     b_hh[0], b_hh[1] if D == 2 else None, lengths, allow_tf32)
+            if self.proj_size:  # out holds every step's m_t: h_t = W_hr m_t
+                out = torch.cat([F.linear(m, g[4]) for m, g in zip(out.split(H, -1), groups)],
+                                -1)
             # Sequences hold h and c outside their own steps: the last states are at T-1
             # forward and at 0 in reverse.
-            h_n.append(out[-1, :, :H])
+            h_n.append(out[-1, :, :P])
             c_n.append(cells[-1, :, :H])
             if D == 2:
-                h_n.append(out[0, :, H:])
+                h_n.append(out[0, :, P:])
                 c_n.append(cells[0, :, H:])
             x = out if layout is None else layout.pack(out)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return x, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _fold_projection(projs, groups, h0, lengths):
+    """(projections, W_hh, h0) that run an LSTM layer with a projection as one without: with
+    h_t = W_hr m_t, every step's W_hh h_{t-1} is (W_hh W_hr) m_{t-1}, a (4H, H) matrix made
+    for this call from the parameters as they are, except at each sequence's first step (t = 0
+    forward; its last, T - 1 or length - 1, in reverse), where W_hh h_0 joins the step's
+    projection and the recurrence starts from m = 0. Outside its steps a packed row holds m
+    (h = W_hr m) and c, as the kernels hold h and c."""
+    T, N = projs[0].shape[:2]
+    H = groups[0][1].shape[0] // 4
+    rows = torch.arange(N, device=h0.device)
+    last = torch.full((N,), T - 1, device=h0.device) if lengths is None else \
+        lengths.to(h0.device, torch.long) - 1
+    firsts = (torch.zeros_like(rows), last)
+    projs = [p.index_put((firsts[d], rows), F.linear(h0[d], g[1]), accumulate=True)
+             for d, (p, g) in enumerate(zip(projs, groups))]
+    return projs, [g[1] @ g[4] for g in groups], h0.new_zeros((h0.shape[0], N, H))

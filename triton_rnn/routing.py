@@ -27,7 +27,7 @@ was measured faster on this GPU:
 - Under `torch.use_deterministic_algorithms(True)` training always runs our kernels, whose
   backward is bitwise deterministic.
 - LSTM: the same, with classes of their own ("lstm/..." in the cache), measured against
-  nn.LSTM, for the layers our kernels run (lstm_uses_torch; with proj_size nn.LSTM always);
+  nn.LSTM ("lstm-proj/..." with proj_size; lstm_uses_torch);
   the static rule sends LSTM classes never measured to nn.LSTM (no model of our LSTM step
   yet).
 CPU tensors are not routed under "auto": they run our kernels' CPU path as before.
@@ -192,11 +192,11 @@ def use_torch(module, input, hx=None) -> bool:
 
 
 def lstm_uses_torch(module, input, hx=None) -> bool:
-    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: with
-    proj_size (no kernel of ours takes it yet), else as use_torch decides (LSTM classes are
-    measured apart from RNN ones; never measured, the static rule sends them to nn.LSTM)."""
+    """Whether this call of triton_rnn.LSTM `module` runs nn.LSTM's own forward: as use_torch
+    decides (LSTM classes are measured apart from RNN ones, and those with a projection apart
+    from those without; never measured, the static rule sends them to nn.LSTM)."""
     data = input.data if isinstance(input, PackedSequence) else input
-    if not isinstance(data, torch.Tensor) or module.proj_size > 0:
+    if not isinstance(data, torch.Tensor):
         return True
     return use_torch(module, input, hx)
 
