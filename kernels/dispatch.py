@@ -47,9 +47,12 @@ The rule, in order (the resource report prints it beside every configuration):
    K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
-   take split.py (one batch row at a time) the same way, to BH = 256. Larger LSTM layers
-   stream (rule 3's configuration; streaming.py multiplies the four gates' chunks one after
-   another), as do split layers whose programs a device cannot hold at once.
+   take split.py (one batch row at a time) the same way, to BH = 256. The tensor-core
+   forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
+   share only the saved h, c and gates): TF32 to H = 512 on an H100 (S = H/4 programs; at
+   BH = 1024 its 256 do not fit), 16-bit to 1024 on sm_80 too where its 128 programs fit.
+   Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
+   chunks one after another), as do split layers whose programs a device cannot hold.
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
@@ -103,6 +106,8 @@ SHARED_PER_BLOCK_OTHER = 65536
 # by element bytes (dispatch rule 4, _split_gates).
 LSTM_BACKWARD_ROWS = 16
 LSTM_SPLIT_MAX_K = {2: 4096, 4: 1024, 8: 1024}
+# ... and its forward on tensor cores (K = BH), by element bytes (TF32's 4)
+LSTM_SPLIT_FORWARD_MAX_BH = {2: 1024, 4: 1024}
 
 
 @dataclass(frozen=True)
@@ -185,10 +190,12 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
 def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: int,
                  gates: int, pass_: str):
     """Rule 4's split for a cell of several gates, or None where it has none (the backward's
-    K = gates*BH past what a split program holds). IEEE fp32 and fp64: split.py's
-    configuration for an RNN of K hidden features, to H = 256.
+    K = gates*BH past what a split program holds; the forward's BH past
+    LSTM_SPLIT_FORWARD_MAX_BH). IEEE fp32 and fp64: split.py's configuration for an RNN of K
+    hidden features, to H = 256.
     16-bit and TF32: the tensor-core split an RNN with K hidden features gets, in both
-    passes, except that the
+    passes (the forward's in registers only: its rows at BH = 2048 would be 256 programs),
+    except that the
     backward takes R = 16 features per program in 16-bit too, and keeps B in shared memory
     only at K = 4096. Its tile holds nine (R, BN) inputs besides the product (dL/dh_t, dL/dc_t,
     c_t, c_{t-1} and c0, the four gates): at R = 32 bf16 spilled 56-192 B (H = 65 and 512,
@@ -212,22 +219,23 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         if pass_ == "backward":
             return choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
         return replace(choose_split(BH, dtype, allow_tf32=False, arch=arch), gate_rows=gates)
+    if pass_ == "forward":
+        # K = BH, as an RNN's: in registers, whatever the backward takes (the two passes
+        # exchange only the saved h, c and gates, the same for every variant)
+        forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0) \
+            if BH <= LSTM_SPLIT_FORWARD_MAX_BH[dtype.itemsize] else None
+        return None if forward is None or forward.b_shared else \
+            replace(forward, gate_rows=gates)
     if K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
         return None
     if K > SPLIT_MAX_BH[dtype.itemsize]:
         shared = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else 0)
-        backward = _split_dot_shared(K, LSTM_BACKWARD_ROWS, arch, dtype.itemsize, 4) \
+        return _split_dot_shared(K, LSTM_BACKWARD_ROWS, arch, dtype.itemsize, 4) \
             if shared >= SHARED_PER_BLOCK[90] else None
-    else:
-        # the backward's rows (dz's, of the four gates) are 4H long
-        backward = choose_split_dot(K, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
-                                    ragged=gates * hidden_size % 16 != 0)
-        if backward is not None and backward.b_shared:
-            return None
-    if backward is None or pass_ == "backward":
-        return backward
-    forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0)
-    return None if forward is None else replace(forward, gate_rows=gates)
+    # the backward's rows (dz's, of the four gates) are 4H long
+    backward = choose_split_dot(K, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
+                                ragged=gates * hidden_size % 16 != 0)
+    return None if backward is None or backward.b_shared else backward
 
 
 def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:

@@ -77,15 +77,17 @@ BATCHES = (1, 5, 16, 256)
 # with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise tiles compiled
 # the same, 0 B spilled, when checked); the split at its largest, H = 256 in TF32 and 512 and
 # 1024 in bf16 (the backward's K = 1024, 2048 and 4096; 1024 on sm_90 only) on tensor cores,
-# H = 256 in IEEE fp32 and fp64 one row at a time (split.py); streaming past the split, whose
-# W_hh chunks are streamed whatever H (one H per product and dtype class: tl.dot in bf16,
-# TF32 and fp64, the elementwise product in IEEE fp32; bf16 1024 streams on sm_80); and the
-# LSTMCell, whose kernel streams the weights whatever H, at batch 16 (tl.dot) in every dtype
-# and 1 (elementwise) in bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
+# H = 256 in IEEE fp32 and fp64 one row at a time (split.py); the tensor-core forward past the
+# backward's limit (TF32 512, whose backward streams; bf16 1024 on sm_80, whose 128 programs
+# an A100 cannot hold: it streams); streaming, whose W_hh chunks are streamed whatever H (one
+# H per product and dtype class: tl.dot in bf16, TF32 and fp64, the elementwise product in
+# IEEE fp32); and the LSTMCell, whose kernel streams the weights whatever H, at batch 16
+# (tl.dot) in every dtype and 1 (elementwise) in bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
 LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64, 16),
                ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
                ("fp32", 256, 16), ("fp64", 256, 16),
-               ("bf16", 2048, 16), ("tf32", 512, 16), ("fp32", 512, 1), ("fp64", 512, 16)]
+               ("tf32", 512, 16), ("bf16", 2048, 16), ("tf32", 1024, 16), ("fp32", 512, 1),
+               ("fp64", 512, 16)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
     [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at

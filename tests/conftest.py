@@ -118,8 +118,8 @@ def no_split(monkeypatch):
 
 
 def _no_split(monkeypatch):
-    """The dispatcher's split limits set to zero: RNN (SPLIT_MAX_BH) and LSTM layers (their
-    reduction length K, LSTM_SPLIT_MAX_K)."""
+    """The dispatcher's split limits set to zero: RNN (SPLIT_MAX_BH) and LSTM layers (the
+    backward's reduction length K, LSTM_SPLIT_MAX_K, and the forward's BH)."""
     from triton_rnn.kernels import dispatch
-    for limits in ("SPLIT_MAX_BH", "LSTM_SPLIT_MAX_K"):
+    for limits in ("SPLIT_MAX_BH", "LSTM_SPLIT_MAX_K", "LSTM_SPLIT_FORWARD_MAX_BH"):
         monkeypatch.setattr(dispatch, limits, dict.fromkeys(getattr(dispatch, limits), 0))

@@ -183,7 +183,8 @@ def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arc
     """On tensor cores, 16-bit to H = 1024 where the device has sm_90's shared memory per block
     (B in shared memory at K = 4096; the interpreter is taken as sm_90), else 512, and TF32 to
     256; one batch row at a time (split.py), IEEE fp32 and fp64 to 256, the backward with 8
-    features per program; streaming past those."""
+    features per program; past those the backward streams, and the forward does past 1024
+    or off tensor cores."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     wide = 512 if arch == 80 else 1024
     for dtype, tf32, largest in ((torch.bfloat16, False, wide), (torch.float16, False, wide),
@@ -201,9 +202,14 @@ def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arc
             assert backward.R == (16 if on_tensor_cores else 8)
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
             assert backward.b_shared == (backward.BH == 4096), backward
-        past = [choose(largest + 1, 16, dtype, tf32, arch=arch, gates=4, pass_=p)
-                for p in ("forward", "backward")]
-        assert [cfg.variant for cfg in past] == ["streaming"] * 2
+        # past those the backward streams; the forward keeps the split on tensor cores to
+        # H = 1024 (in registers: K = H), which the launcher streams where S does not fit
+        forward, backward = (choose(largest + 1, 16, dtype, tf32, arch=arch, gates=4,
+                                    pass_=p) for p in ("forward", "backward"))
+        assert backward.variant == "streaming"
+        assert forward.variant == ("split" if on_tensor_cores and largest < 1024 else
+                                   "streaming"), forward
+        assert not forward.b_shared
 
 
 def triton_next_pow2(n):

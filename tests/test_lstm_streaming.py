@@ -81,3 +81,18 @@ def test_split_lstm_the_device_cannot_hold_streams_instead(small_variant, varian
     assert variants == {"forward": ["split", "streaming"], "backward": ["split", "streaming"]}
     for name, a, b in zip(NAMES, result, _reference(layer, result)):
         assert rel_err(a, b) < 1e-12, name
+
+
+@pytest.mark.split
+def test_split_forward_with_a_streaming_backward(small_variant, variants, monkeypatch):
+    """Past the backward's limit (K = 4H), a tensor-core forward keeps the split: the backward
+    streams from what the split forward saved (h, c, the gates), with the float64 reference's
+    gradients to TF32's rounding."""
+    from triton_rnn.kernels import dispatch
+    small_variant("split")
+    monkeypatch.setattr(dispatch, "LSTM_SPLIT_MAX_K", dict.fromkeys(dispatch.LSTM_SPLIT_MAX_K, 0))
+    layer = _layer(T=2, N=17, D=1, dtype=torch.float32, packed=True)
+    result = _run(layer, allow_tf32=True)
+    assert variants == {"forward": ["split"], "backward": ["streaming"]}
+    for name, a, b in zip(NAMES, result, _reference(layer, result)):
+        assert rel_err(a, b) < 2e-3, name

@@ -63,14 +63,15 @@ RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streami
 def _small_limits():
     """Interpreted: resident up to 32 hidden units, split above (saved limits returned)."""
     saved = (dict(dispatch.RESIDENT_MAX_BH), dict(dispatch.SPLIT_MAX_BH),
-             dict(dispatch.LSTM_SPLIT_MAX_K))
+             dict(dispatch.LSTM_SPLIT_MAX_K), dict(dispatch.LSTM_SPLIT_FORWARD_MAX_BH))
     dispatch.RESIDENT_MAX_BH.update(dict.fromkeys(dispatch.RESIDENT_MAX_BH, 32))
     return saved
 
 
 def _streaming_only(on: bool, saved: tuple):
     """The split limits (RNN and LSTM) zero while `on`, else as saved."""
-    for limits, kept in zip((dispatch.SPLIT_MAX_BH, dispatch.LSTM_SPLIT_MAX_K), saved[1:]):
+    for limits, kept in zip((dispatch.SPLIT_MAX_BH, dispatch.LSTM_SPLIT_MAX_K,
+                             dispatch.LSTM_SPLIT_FORWARD_MAX_BH), saved[1:]):
         limits.update(dict.fromkeys(kept, 0) if on else kept)
 
 
