@@ -50,7 +50,8 @@ The rule, in order (the resource report prints it beside every configuration):
    take split.py (one batch row at a time) the same way, to BH = 256. The tensor-core
    forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
    share only the saved h, c and gates): TF32 to H = 512 on an H100 (S = H/4 programs; at
-   BH = 1024 its 256 do not fit), 16-bit to 1024 on sm_80 too where its 128 programs fit.
+   BH = 1024 its 256 do not fit), 16-bit on sm_80 to H = 864 (an A100's 108 SMs, one
+   program of 8 features each).
    Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
    chunks one after another), as do split layers whose programs a device cannot hold.
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
