@@ -6,6 +6,11 @@ updates and derivatives: the only per-cell code of the recurrence skeleton.
   over its own H rows of W_hh: c_t = σ(f) c_{t-1} + σ(i) tanh(g), h_t = σ(o) tanh(c_t). The
   forward saves the gates' activations and c_t of every step, which the backward reads (no
   product is recomputed).
+- GRU (CELL = 2): three gates in nn.GRU's order r, z, n, with the hidden product kept apart
+  from P (q = h_{t-1} W_hhᵀ + b_hh, per gate): r = σ(P_r + q_r), z = σ(P_z + q_z),
+  n = tanh(P_n + r q_n), h_t = (1 - z) n + z h_{t-1}. The forward saves r, z, n and q_n
+  (GRU_SAVED slots a feature); the backward's dz holds the products' operands dq_r, dq_z,
+  dq_n and, in a fourth slot, dL/dP_n (= dq_n / r: kept, not divided).
 
 Every function works elementwise on tiles of any layout, in the accumulator dtype."""
 import triton
@@ -15,9 +20,12 @@ from .blocks import _tanh
 
 RNN = tl.constexpr(0)
 LSTM = tl.constexpr(1)
+GRU = tl.constexpr(2)
 # Rows of W_hh (and columns of P) per hidden feature, by cell (its CELL value): the launcher
 # sizes buffers and the dispatcher sizes tiles with these.
-GATES = {RNN.value: 1, LSTM.value: 4}
+GATES = {RNN.value: 1, LSTM.value: 4, GRU.value: 3}
+# Values per feature the GRU's forward saves (r, z, n, q_n) and its backward's dz holds
+GRU_SAVED = 4
 
 
 @triton.jit
@@ -49,3 +57,23 @@ def lstm_update_grad(b_dh, b_dc, g_i, g_f, g_g, g_o, b_c, b_c_prev):
     d_g = dc * g_i * (1.0 - g_g * g_g)
     d_f = dc * b_c_prev * g_f * (1.0 - g_f)
     return d_i, d_f, d_g, d_o, dc * g_f
+
+
+@triton.jit
+def gru_update(p_r, p_z, p_n, q_r, q_z, q_n, b_h):
+    """(r, z, n, h_t) from the three gates' parts of P, of the hidden product q (b_hh in it)
+    and h_{t-1}."""
+    g_r = sigmoid(p_r + q_r)
+    g_z = sigmoid(p_z + q_z)
+    g_n = _tanh(p_n + g_r * q_n)
+    return g_r, g_z, g_n, g_n + g_z * (b_h - g_n)
+
+
+@triton.jit
+def gru_update_grad(b_dh, g_r, g_z, g_n, q_n, b_h_prev):
+    """(dq_r, dq_z, dq_n, dP_n, dL/dh_{t-1} through z) from dL/dh_t (b_dh), the step's saved
+    r, z, n, q_n and h_{t-1}: dq are the hidden products' gradients (dP_r = dq_r, dP_z = dq_z)."""
+    d_n = b_dh * (1.0 - g_z) * (1.0 - g_n * g_n)
+    d_z = b_dh * (b_h_prev - g_n) * g_z * (1.0 - g_z)
+    d_r = d_n * q_n * g_r * (1.0 - g_r)
+    return d_r, d_z, d_n * g_r, d_n, b_dh * g_z

@@ -54,6 +54,8 @@ The rule, in order (the resource report prints it beside every configuration):
    program of 8 features each).
    Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
    chunks one after another), as do split layers whose programs a device cannot hold.
+   A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and
+   streams beyond: it has no split kernel yet.
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
@@ -179,11 +181,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
             not (gates > 1 and elem == 4)
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     ragged = hidden_size % 16 != 0
-    if split and gates > 1:
+    if split and gates == 4:
         cfg = _split_gates(hidden_size, dtype, allow_tf32, arch, gates, pass_)
         if cfg is not None:
             return cfg
-    elif split and BH <= SPLIT_MAX_BH[elem]:
+    elif split and gates == 1 and BH <= SPLIT_MAX_BH[elem]:  # (GRU layers have no split)
         return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 

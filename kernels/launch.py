@@ -15,7 +15,7 @@ import triton.language as tl
 
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
-from .cells import GATES, LSTM, RNN
+from .cells import GATES, GRU, GRU_SAVED, LSTM, RNN
 from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell, split_on_tensor_cores
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
@@ -585,3 +585,75 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
             *out.stride()[:2], *w_strides, *dh0.stride()[:2], H * weights[0].stride(0),
             *dz.stride()[:2], **options)
     return dz, dh0, dc0
+
+
+def gru_forward(proj, h0, w_hh, lengths, allow_tf32: bool, config: Config = None, b_hh=None):
+    """(out, gates) of one GRU layer (D directions): h_t (T, N, D*H) and r, z, n and q_n (the
+    new gate's hidden product, b_hn in it) of every step (T, N, D*4H; direction d's at 4H*d),
+    which the backward reads. proj: each direction's (T, N, 3H) = X W_ihᵀ + b_ih; h0 (D, N, H);
+    w_hh: each direction's (3H, H); b_hh: None or each direction's (3H,). The resident variant,
+    else streaming (dispatch rule 4)."""
+    D, N, H = h0.shape
+    projs = _one_layout(per_direction(proj, 3 * H), unit_last_stride=True)
+    weights = _one_layout(per_direction(w_hh))
+    assert len(projs) == len(weights) == D, "one projection and one W_hh per direction"
+    T, dtype, device = projs[0].shape[0], projs[0].dtype, projs[0].device
+    out = _empty((T, N, D * H), dtype=dtype, device=device)
+    gates = _empty((T, N, D * GRU_SAVED * H), dtype=dtype, device=device)
+    if N == 0:
+        return out, gates
+    h0 = h0.contiguous()
+    biases = weights if b_hh is None else \
+        _one_layout(per_direction(b_hh), unit_last_stride=True)
+    HB, w_strides = 0 if b_hh is None else H, _weight_operand(weights[0], transpose=True)
+    p_len = lengths_argument(lengths, device)
+    gate_strides = (H * weights[0].stride(0), *gates.stride()[:2])
+    with _on_device(out):
+        cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
+                                           allow_tf32, config, cell=GRU.value)
+        if cfg.variant == "streaming":
+            state = _empty((D, 2, N, H), dtype=acc_dtype(dtype), device=device)
+            state[:, 1] = h0
+            kernel[grid](
+                *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len, out, gates,
+                state, T, N, H, HB, *projs[0].stride()[:2], *w_strides, *out.stride()[:2],
+                *state.stride()[:3], *gate_strides, **options)
+        else:  # resident (out and h0 stand in for the LSTM's cell states and c0: unread)
+            kernel[grid](
+                *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, h0, out, gates,
+                T, N, H, HB, *projs[0].stride()[:2], *h0.stride()[:2], *w_strides,
+                *out.stride()[:2], *gate_strides, **options)
+    return out, gates
+
+
+def gru_backward(dout, out, gates, h0, w_hh, lengths, allow_tf32: bool, config: Config = None):
+    """(dz, dh0) of one GRU layer: dz (T, N, D*4H) holds, per direction, the hidden products'
+    gradients dq_r, dq_z, dq_n (= dL/d(b_hh) summed over t and the batch) and dL/dP_n
+    (dL/dP_r = dq_r, dL/dP_z = dq_z); dh0 (D, N, H). The rest as gru_forward took and left
+    them."""
+    T, N, _ = out.shape
+    weights = _one_layout(per_direction(w_hh))
+    D, H = len(weights), weights[0].shape[1]
+    dout, out, gates, h0 = (t.contiguous() for t in (dout, out, gates, h0))
+    dz = _empty(like=gates)
+    dh0 = _empty(like=h0)
+    if N == 0:
+        return dz, dh0
+    p_len, w_strides = lengths_argument(lengths, out.device), \
+        _weight_operand(weights[0], transpose=False)
+    gate_strides = (H * weights[0].stride(0), *dz.stride()[:2])
+    with _on_device(out):
+        cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
+                                           allow_tf32, config, cell=GRU.value)
+        if cfg.variant == "streaming":
+            state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
+            kernel[grid](
+                dout, out, *_pair(weights), dz, state, p_len, out, dout, h0, gates, state,
+                T, N, H, *out.stride()[:2], *w_strides, *state.stride()[:3], *h0.stride()[:2],
+                *gate_strides, **options)
+            dh0.copy_(state[:, (T - 1) % 2])
+        else:  # resident (h0 passed as the LSTM's c0; the cell-state arguments unread)
+            kernel[grid](
+                dout, out, *_pair(weights), dz, dh0, p_len, out, dout, h0, gates, dh0, T, N, H,
+                *out.stride()[:2], *w_strides, *dh0.stride()[:2], *gate_strides, **options)
+    return dz, dh0

@@ -4,7 +4,9 @@ The cell is a constexpr (CELL, kernels/cells.py). Below, the RNN's; the LSTM's i
 loop with four (BH, BH) tiles of B, one per gate (i, f, g, o: W_hh's rows g*H.., s_bg apart),
 four parts of P and of b_hh, the cell state c beside h in ACC, and the gate activations and
 c_t stored every step for the backward, which walks time backwards carrying dL/dh and dL/dc,
-reads them back (with c_{t-1}) and sums the four gates' products for dL/dh_{t-1}.
+reads them back (with c_{t-1}) and sums the four gates' products for dL/dh_{t-1}. The GRU's:
+three tiles (r, z, n), its hidden products kept apart from P (cells.gru_update), r, z, n and
+q_n stored every step; its backward reads them back with h_{t-1} (out, or h0 passed as c0).
 
 Forward:  h_t = act(P_t + b_hh + h_{t-1} W_hhᵀ), P = X W_ihᵀ + b_ih (precomputed by one GEMM
 per direction); b_hh is read from the parameter once per program.
@@ -39,7 +41,7 @@ import triton.language as tl
 from .blocks import (activate, activation_grad, active, batch_tile, convert, direction_pointer,
                      hidden_bias, load_square_tile, mix, mix_w_first, sequence_lengths,
                      state_mask, state_offsets, time_index, w_first_operand, weight_operand)
-from .cells import LSTM, lstm_update, lstm_update_grad
+from .cells import GRU, LSTM, gru_update, gru_update_grad, lstm_update, lstm_update_grad
 
 
 @triton.jit
@@ -152,6 +154,16 @@ def rnn_forward_resident_kernel(
         b_p2 = tl.load(p_p0 + 2 * H, mask=m_first, other=0.0)
         b_p3 = tl.load(p_p0 + 3 * H, mask=m_first, other=0.0)
         o_g = state_offsets(o_n, s_gn, o_h, W_FIRST) + i_d * 4 * H
+    if CELL == GRU:
+        b_b1 = _resident_weight(p_b + s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                                W_FIRST)
+        b_b2 = _resident_weight(p_b + 2 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                                W_FIRST)
+        b_hb1 = _bias(p_bias + H, p_bias_r + H, i_d, o_h, HB, ACC, W_FIRST)
+        b_hb2 = _bias(p_bias + 2 * H, p_bias_r + 2 * H, i_d, o_h, HB, ACC, W_FIRST)
+        b_p1 = tl.load(p_p0 + H, mask=m_first, other=0.0)
+        b_p2 = tl.load(p_p0 + 2 * H, mask=m_first, other=0.0)
+        o_g = state_offsets(o_n, s_gn, o_h, W_FIRST) + i_d * 4 * H
     W_DTYPE: tl.constexpr = p_b.dtype.element_ty
     # The time loop is a `while`, not a `for`: Triton (3.6 and 3.9) sinks the conversion of a
     # loop-invariant tl.dot operand into the scf.for that uses it (ReorderInstructions, to
@@ -189,6 +201,24 @@ def rnn_forward_resident_kernel(
             tl.store(p_g + 2 * H, convert(g_g, GATE_DTYPE), mask=m_nh)
             tl.store(p_g + 3 * H, convert(g_o, GATE_DTYPE), mask=m_nh)
             b_p1, b_p2, b_p3 = b_p1_next, b_p2_next, b_p3_next
+        elif CELL == GRU:
+            b_p1_next = tl.load(p_pn + H, mask=m_nh, other=0.0)
+            b_p2_next = tl.load(p_pn + 2 * H, mask=m_nh, other=0.0)
+            q_n = b_hb2 + _product(b_h, b_b2, ACC, W_DTYPE, USE_DOT, DOT_DTYPE, PRECISION,
+                                   W_FIRST)
+            g_r, g_z, g_n, h_new = gru_update(
+                b_p.to(ACC), b_p1.to(ACC), b_p2.to(ACC),
+                b_hb + _product(b_h, b_b, ACC, W_DTYPE, USE_DOT, DOT_DTYPE, PRECISION, W_FIRST),
+                b_hb1 + _product(b_h, b_b1, ACC, W_DTYPE, USE_DOT, DOT_DTYPE, PRECISION,
+                                 W_FIRST), q_n, b_h)
+            b_h = tl.where(m_act, h_new, b_h)
+            p_g = p_gates + tt * s_gt + o_g
+            GATE_DTYPE: tl.constexpr = p_gates.dtype.element_ty
+            tl.store(p_g, convert(g_r, GATE_DTYPE), mask=m_nh)
+            tl.store(p_g + H, convert(g_z, GATE_DTYPE), mask=m_nh)
+            tl.store(p_g + 2 * H, convert(g_n, GATE_DTYPE), mask=m_nh)
+            tl.store(p_g + 3 * H, convert(q_n, GATE_DTYPE), mask=m_nh)
+            b_p1, b_p2 = b_p1_next, b_p2_next
         else:
             b_new = activate((b_p.to(ACC) + b_hb) + _product(b_h, b_b, ACC, W_DTYPE, USE_DOT,
                                                              DOT_DTYPE, PRECISION, W_FIRST),
@@ -236,6 +266,13 @@ def rnn_backward_resident_kernel(
         o_z = state_offsets(o_n, s_zn, o_h, W_FIRST) + i_d * 4 * H
         b_cn = tl.load(p_cell + time_index(0, T, i_d, True) * s_t + o_x,  # c_t of visit 0
                        mask=tl.where(T > 0, m_nh, False), other=0.0).to(ACC)
+    if CELL == GRU:
+        b_b1 = _resident_weight(p_b + s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                                W_FIRST)
+        b_b2 = _resident_weight(p_b + 2 * s_bg, s_bk, s_bj, o_h, m_h, ACC, USE_DOT, PRECISION,
+                                W_FIRST)
+        b_h0 = tl.load(p_c0 + o_hd, mask=m_nh, other=0.0).to(ACC)  # (the launcher passes h0)
+        o_z = state_offsets(o_n, s_zn, o_h, W_FIRST) + i_d * 4 * H
     W_DTYPE: tl.constexpr = p_b.dtype.element_ty
     t = T * 0
     while t < T:  # a `while`, so that W_hh stays in registers (see the forward)
@@ -274,6 +311,31 @@ def rnn_backward_resident_kernel(
             b_c = tl.where(m_act, b_flow, b_g)
             b_dc = tl.where(m_act, b_dcp, b_dct)
             b_cn = b_cp  # c_{t-1} of this visit is c_t of the next: loaded once
+        elif CELL == GRU:
+            # h_{t-1}: out of the step visited next, h0 before this direction's first step
+            tb = time_index(t + 1, T, i_d, True)
+            b_hp = tl.load(p_out + tb * s_t + o_x, mask=tl.where(t + 1 < T, m_nh, False),
+                           other=0.0).to(ACC)
+            b_hp = tl.where(t + 1 < T, b_hp, b_h0)
+            p_g = p_gates + tt * s_zt + o_z
+            d_r, d_z, dq_n, d_n, b_through = gru_update_grad(
+                b_g, tl.load(p_g, mask=m_nh, other=0.0).to(ACC),
+                tl.load(p_g + H, mask=m_nh, other=0.0).to(ACC),
+                tl.load(p_g + 2 * H, mask=m_nh, other=0.0).to(ACC),
+                tl.load(p_g + 3 * H, mask=m_nh, other=0.0).to(ACC), b_hp)
+            d_r = tl.where(m_act, d_r, 0.0)
+            d_z = tl.where(m_act, d_z, 0.0)
+            dq_n = tl.where(m_act, dq_n, 0.0)
+            p_d = p_dz + tt * s_zt + o_z
+            DZ_DTYPE: tl.constexpr = p_dz.dtype.element_ty
+            tl.store(p_d, convert(d_r, DZ_DTYPE), mask=m_nh)
+            tl.store(p_d + H, convert(d_z, DZ_DTYPE), mask=m_nh)
+            tl.store(p_d + 2 * H, convert(dq_n, DZ_DTYPE), mask=m_nh)
+            tl.store(p_d + 3 * H, convert(tl.where(m_act, d_n, 0.0), DZ_DTYPE), mask=m_nh)
+            b_flow = _product(d_r, b_b, ACC, W_DTYPE, USE_DOT, DOT_DTYPE, PRECISION, W_FIRST) \
+                + _product(d_z, b_b1, ACC, W_DTYPE, USE_DOT, DOT_DTYPE, PRECISION, W_FIRST) \
+                + _product(dq_n, b_b2, ACC, W_DTYPE, USE_DOT, DOT_DTYPE, PRECISION, W_FIRST)
+            b_c = tl.where(m_act, b_flow + b_through, b_g)  # a held step passes dL/dh on
         else:
             b_y = tl.load(p_out + tt * s_t + o_x, mask=m_nh, other=0.0).to(ACC)
             b_dz = tl.where(m_act, activation_grad(b_g, b_y, ACT), 0.0)

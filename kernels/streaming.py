@@ -16,14 +16,17 @@ The cell is a constexpr (CELL, kernels/cells.py). LSTM: each output chunk takes 
 gates' products (W_hh's rows g*H + j, s_bg apart in B) and c rides beside h in a second
 ping-pong buffer (cstate, (D, 2, N, H), c0 in slot 1); the backward's phase 1 computes the
 four gates' dz of every feature from dL/dh and dL/dc (their own ping-pong pairs), phase 2 sums
-the four gates' products for dL/dh_{t-1}.
+the four gates' products for dL/dh_{t-1}. GRU: three gates' products per chunk, kept apart from
+P (cells.gru_update), r, z, n and q_n stored; the backward's phase 1 stores dq_r, dq_z, dq_n
+and dL/dP_n, and its direct term dL/dh_t z into the carry's slot, to which phase 2 adds the
+three gates' products.
 """
 import triton
 import triton.language as tl
 
 from .blocks import (activate, activation_grad, active, batch_tile, chunk_product, convert,
                      direction_pointer, hidden_bias, sequence_lengths, time_index)
-from .cells import LSTM, lstm_update, lstm_update_grad
+from .cells import GRU, LSTM, gru_update, gru_update_grad, lstm_update, lstm_update_grad
 
 
 @triton.jit
@@ -79,6 +82,42 @@ def _lstm_forward_chunk(p_p, s_pn, p_b, p_bias, p_bias_r, p_prev, p_cprev, p_cne
     tl.store(p_gates + 3 * H + o_g, convert(g_o, GATE_DTYPE), mask=m_nj)
 
 
+@triton.jit
+def _gru_forward_chunk(p_p, s_pn, p_b, p_bias, p_bias_r, p_prev, p_next, p_out, s_on, p_gates,
+                       s_gn, s_sn, s_bk, s_bj, s_bg, o_n, m_n, o_j, m_nj, m_act, j0, i_d, H, HB,
+                       ACC: tl.constexpr, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                       PRECISION: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr):
+    """Features j0..j0+BJ of one GRU step: the three gates' hidden products of h_{t-1}
+    (p_prev) with b_hh, P_t (p_p) apart, h stored with r, z, n and q_n; rows outside their
+    sequence keep h."""
+    o_s = o_n[:, None] * s_sn + o_j[None, :]
+    o_p = o_n[:, None] * s_pn + o_j[None, :]
+    q_r = hidden_bias(p_bias, p_bias_r, i_d, o_j, HB, ACC)[None, :] + _gate_product(
+        p_prev, s_sn, p_b, s_bk, s_bj, o_n, m_n, j0, H, ACC, USE_DOT, DOT_DTYPE, PRECISION,
+        BN, BJ)
+    q_z = hidden_bias(p_bias + H, p_bias_r + H, i_d, o_j, HB, ACC)[None, :] + _gate_product(
+        p_prev, s_sn, p_b + s_bg, s_bk, s_bj, o_n, m_n, j0, H, ACC, USE_DOT, DOT_DTYPE,
+        PRECISION, BN, BJ)
+    q_n = hidden_bias(p_bias + 2 * H, p_bias_r + 2 * H, i_d, o_j, HB, ACC)[None, :] + \
+        _gate_product(p_prev, s_sn, p_b + 2 * s_bg, s_bk, s_bj, o_n, m_n, j0, H, ACC, USE_DOT,
+                      DOT_DTYPE, PRECISION, BN, BJ)
+    b_h = tl.load(p_prev + o_s, mask=m_nj, other=0.0)
+    g_r, g_z, g_n, h_new = gru_update(
+        tl.load(p_p + o_p, mask=m_nj, other=0.0).to(ACC),
+        tl.load(p_p + H + o_p, mask=m_nj, other=0.0).to(ACC),
+        tl.load(p_p + 2 * H + o_p, mask=m_nj, other=0.0).to(ACC), q_r, q_z, q_n, b_h)
+    b_h = tl.where(m_act, h_new, b_h)
+    tl.store(p_next + o_s, b_h, mask=m_nj)
+    tl.store(p_out + o_n[:, None] * s_on + i_d * H + o_j[None, :],
+             convert(b_h, p_out.dtype.element_ty), mask=m_nj)
+    o_g = o_n[:, None] * s_gn + i_d * 4 * H + o_j[None, :]
+    GATE_DTYPE: tl.constexpr = p_gates.dtype.element_ty
+    tl.store(p_gates + o_g, convert(g_r, GATE_DTYPE), mask=m_nj)
+    tl.store(p_gates + H + o_g, convert(g_z, GATE_DTYPE), mask=m_nj)
+    tl.store(p_gates + 2 * H + o_g, convert(g_n, GATE_DTYPE), mask=m_nj)
+    tl.store(p_gates + 3 * H + o_g, convert(q_n, GATE_DTYPE), mask=m_nj)
+
+
 @triton.jit(do_not_specialize=["T", "N", "HB", "HAS_LENGTHS"])
 def rnn_forward_streaming_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
@@ -119,6 +158,11 @@ def rnn_forward_streaming_kernel(
                                     p_cell + tt * s_ot, s_on, p_gates + tt * s_gt, s_gn,
                                     s_sn, s_bk, s_bj, s_bg, o_n, m_n, o_j, m_nj, m_act, j0,
                                     i_d, H, HB, ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ)
+            elif CELL == GRU:
+                _gru_forward_chunk(p_proj + tt * s_pt, s_pn, p_b, p_bias, p_bias_r, p_prev,
+                                   p_next, p_out + tt * s_ot, s_on, p_gates + tt * s_gt, s_gn,
+                                   s_sn, s_bk, s_bj, s_bg, o_n, m_n, o_j, m_nj, m_act, j0, i_d,
+                                   H, HB, ACC, USE_DOT, DOT_DTYPE, PRECISION, BN, BJ)
             else:
                 b_z = tl.load(p_proj + tt * s_pt + o_n[:, None] * s_pn + o_j[None, :],
                               mask=m_nj, other=0.0).to(ACC)
@@ -168,6 +212,33 @@ def _lstm_backward_chunk(b_dh, p_dcell, p_cell, p_c0, s_hn, p_gates, p_dz, p_dcp
     tl.store(p_dz + 3 * H + o_z, convert(tl.where(m_act, d_o, 0.0), DZ_DTYPE), mask=m_nj)
 
 
+@triton.jit
+def _gru_backward_chunk(b_dh, p_out, p_h0, s_hn, p_gates, p_dz, p_next, s_sn, s_t, s_n, s_zt,
+                        s_zn, o_n, o_j, m_nj, m_act, t, tt, T, i_d, H, ACC: tl.constexpr):
+    """Phase 1 of the GRU backward for features o_j: from dL/dh_tt (b_dh), h_{tt-1} (out of
+    the step visited next, h0 before the first) and the saved r, z, n, q_n: dq_r, dq_z, dq_n
+    and dL/dP_n (zero where a row is held), and dL/dh_tt z, the part of dL/dh_{tt-1} that
+    does not pass W_hh, into the carry's slot (p_next) for phase 2 to add to."""
+    o_z = tt * s_zt + o_n[:, None] * s_zn + i_d * 4 * H + o_j[None, :]
+    tb = time_index(t + 1, T, i_d, True)  # the step before tt in time, visited next
+    b_hp = tl.where(t + 1 < T,
+                    tl.load(p_out + tb * s_t + o_n[:, None] * s_n + i_d * H + o_j[None, :],
+                            mask=tl.where(t + 1 < T, m_nj, False), other=0.0),
+                    tl.load(p_h0 + o_n[:, None] * s_hn + o_j[None, :],
+                            mask=tl.where(t + 1 < T, False, m_nj), other=0.0)).to(ACC)
+    d_r, d_z, dq_n, d_n, b_through = gru_update_grad(
+        b_dh, tl.load(p_gates + o_z, mask=m_nj, other=0.0).to(ACC),
+        tl.load(p_gates + H + o_z, mask=m_nj, other=0.0).to(ACC),
+        tl.load(p_gates + 2 * H + o_z, mask=m_nj, other=0.0).to(ACC),
+        tl.load(p_gates + 3 * H + o_z, mask=m_nj, other=0.0).to(ACC), b_hp)
+    tl.store(p_next + o_n[:, None] * s_sn + o_j[None, :], b_through, mask=m_nj & m_act)
+    DZ_DTYPE: tl.constexpr = p_dz.dtype.element_ty
+    tl.store(p_dz + o_z, convert(tl.where(m_act, d_r, 0.0), DZ_DTYPE), mask=m_nj)
+    tl.store(p_dz + H + o_z, convert(tl.where(m_act, d_z, 0.0), DZ_DTYPE), mask=m_nj)
+    tl.store(p_dz + 2 * H + o_z, convert(tl.where(m_act, dq_n, 0.0), DZ_DTYPE), mask=m_nj)
+    tl.store(p_dz + 3 * H + o_z, convert(tl.where(m_act, d_n, 0.0), DZ_DTYPE), mask=m_nj)
+
+
 @triton.jit(do_not_specialize=["T", "N", "HAS_LENGTHS"])
 def rnn_backward_streaming_kernel(
     p_dout, p_out,
@@ -209,6 +280,10 @@ def rnn_backward_streaming_kernel(
                                      p_dz, p_dcstate + ((t + 1) % 2) * s_ss,
                                      p_dcstate + (t % 2) * s_ss, s_sn, s_t, s_n, s_zt, s_zn,
                                      o_n, o_j, m_nj, m_act, t, tt, T, i_d, H, ACC)
+            elif CELL == GRU:
+                _gru_backward_chunk(b_g, p_out, p_c0 + i_d * s_hd, s_hn, p_gates, p_dz, p_next,
+                                    s_sn, s_t, s_n, s_zt, s_zn, o_n, o_j, m_nj, m_act, t, tt,
+                                    T, i_d, H, ACC)
             else:
                 b_y = tl.load(p_out + o_x, mask=m_nj, other=0.0).to(ACC)
                 b_dz = activation_grad(b_g, b_y, ACT)
@@ -228,6 +303,13 @@ def rnn_backward_streaming_kernel(
                 b_c = _gate_product(p_dz_t, s_zn, p_b, s_bk, s_bj, o_n, m_n, j0, H, ACC,
                                     USE_DOT, DOT_DTYPE, PRECISION, BN, BJ)
                 for g in tl.static_range(1, 4):
+                    b_c += _gate_product(p_dz_t + g * H, s_zn, p_b + g * s_bg, s_bk, s_bj,
+                                         o_n, m_n, j0, H, ACC, USE_DOT, DOT_DTYPE, PRECISION,
+                                         BN, BJ)
+            elif CELL == GRU:  # dq_r, dq_z, dq_n through W_hh, plus phase 1's direct term
+                p_dz_t = p_dz + tt * s_zt + i_d * 4 * H
+                b_c = tl.load(p_next + o_n[:, None] * s_sn + o_j[None, :], mask=m_nj, other=0.0)
+                for g in tl.static_range(0, 3):
                     b_c += _gate_product(p_dz_t + g * H, s_zn, p_b + g * s_bg, s_bk, s_bj,
                                          o_n, m_n, j0, H, ACC, USE_DOT, DOT_DTYPE, PRECISION,
                                          BN, BJ)

@@ -1,9 +1,10 @@
-"""triton-rnn: drop-in torch.nn.RNN (and nn.LSTM) whose recurrence runs in persistent Triton
-kernels."""
+"""triton-rnn: drop-in torch.nn.RNN (and nn.LSTM, nn.GRU) whose recurrence runs in persistent
+Triton kernels."""
 import torch
 
 from .cell import LSTMCell, RNNCell
 from .compile_support import allow_dynamo_to_trace
+from .gru import GRU
 from .lstm import LSTM
 from .convert import convert
 from .rnn import RNN
@@ -12,8 +13,9 @@ from .version import __version__
 
 allow_dynamo_to_trace(RNN)
 allow_dynamo_to_trace(LSTM)
+allow_dynamo_to_trace(GRU)
 # What users save must load: torch.load's default (weights_only=True) unpickles only the
 # classes it is told are safe. Ours hold nothing but their torch.nn class's own state.
-torch.serialization.add_safe_globals([RNN, LSTM, RNNCell, LSTMCell])
+torch.serialization.add_safe_globals([RNN, LSTM, GRU, RNNCell, LSTMCell])
 
-__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]
+__all__ = ["GRU", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend", "convert", "get_backend", "set_backend", "tune"]

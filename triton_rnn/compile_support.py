@@ -1,4 +1,4 @@
-"""Let torch.compile trace triton_rnn.RNN and LSTM.
+"""Let torch.compile trace triton_rnn.RNN, LSTM and GRU.
 
 Dynamo refuses to wrap any instance of nn.RNN/GRU/LSTM unless the global
 `torch._dynamo.config.allow_rnn` is set, and triton_rnn.RNN is an nn.RNN. Setting that flag

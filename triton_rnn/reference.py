@@ -158,3 +158,64 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
     g_i, g_f, g_g, g_o = gates.chunk(4, dim=1)
     c_new = g_i * g_g if c is None else g_f * c + g_i * g_g
     return g_o * torch.tanh(c_new), c_new, gates
+
+
+def gru_forward(proj, h0, w_hh, lengths, b_hh=None):
+    """(out, gates) as kernels/launch.py's gru_forward computes them: per direction,
+    q = h_{t-1} W_hhᵀ + b_hh, r = σ(P_r + q_r), z = σ(P_z + q_z), n = tanh(P_n + r q_n),
+    h_t = (1 - z) n + z h_{t-1}; gates holds r, z, n and q_n. Sequences hold h outside their
+    own steps."""
+    D, N, H = h0.shape
+    projs = per_direction(proj, 3 * H)
+    weights, biases = per_direction(w_hh), per_direction(b_hh)
+    T = projs[0].shape[0]
+    out = projs[0].new_empty((T, N, D * H))
+    gates = projs[0].new_empty((T, N, D * 4 * H))
+    for d in range(D):
+        cols, gate_cols = slice(d * H, (d + 1) * H), slice(4 * d * H, 4 * (d + 1) * H)
+        h = h0[d]
+        for t in _steps(T, d):
+            q = h @ weights[d].T
+            if biases is not None:
+                q = q + biases[d]
+            p_r, p_z, p_n = projs[d][t].chunk(3, dim=1)
+            q_r, q_z, q_n = q.chunk(3, dim=1)
+            r, z = torch.sigmoid(p_r + q_r), torch.sigmoid(p_z + q_z)
+            n = torch.tanh(p_n + r * q_n)
+            h_new = (1 - z) * n + z * h
+            inside = _inside(lengths, t)
+            h = h_new if inside is None else torch.where(inside, h_new, h)
+            out[t, :, cols], gates[t, :, gate_cols] = h, torch.cat([r, z, n, q_n], dim=1)
+    return out, gates
+
+
+def gru_backward(dout, out, gates, h0, w_hh, lengths):
+    """(dz, dh0) as kernels/launch.py's gru_backward computes them: dz (T, N, D*4H) holds per
+    direction dq_r, dq_z, dq_n (the hidden products' gradients) and dL/dP_n; a held step has
+    dz = 0 and passes dL/dh through."""
+    weights = per_direction(w_hh)
+    D, H = len(weights), weights[0].shape[1]
+    T = out.shape[0]
+    dz = gates.new_empty(gates.shape)
+    dh0 = h0.new_empty(h0.shape)
+    for d in range(D):
+        cols, gate_cols = slice(d * H, (d + 1) * H), slice(4 * d * H, 4 * (d + 1) * H)
+        dh = torch.zeros_like(h0[d])
+        steps = list(_steps(T, d))
+        for k in reversed(range(T)):
+            t = steps[k]
+            h_prev = out[steps[k - 1], :, cols] if k > 0 else h0[d]
+            r, z, n, q_n = gates[t, :, gate_cols].chunk(4, dim=1)
+            g = dout[t, :, cols] + dh
+            d_n = g * (1 - z) * (1 - n * n)
+            d_z = g * (h_prev - n) * z * (1 - z)
+            d_r = d_n * q_n * r * (1 - r)
+            dz_t = torch.cat([d_r, d_z, d_n * r, d_n], dim=1)
+            inside = _inside(lengths, t)
+            if inside is not None:
+                dz_t = torch.where(inside, dz_t, 0)
+            dz[t, :, gate_cols] = dz_t
+            dh_new = dz_t[:, :3 * H] @ weights[d] + g * z
+            dh = dh_new if inside is None else torch.where(inside, dh_new, g)
+        dh0[d] = dh
+    return dz, dh0

@@ -115,24 +115,21 @@ class StackedLayers:
         return groups
 
 
-class RNN(StackedLayers, nn.RNN):
-    """Drop-in replacement for torch.nn.RNN: same constructor, parameters, initialisation,
-    state_dict, shapes and errors. Only `forward` differs: each layer's input projection is one
-    matrix multiply per direction over all timesteps, then one persistent kernel launch per
-    layer (both directions together) runs the recurrence with W_hh held on-chip. Every call
-    reads the parameters as they are then (nothing derived from them is kept between calls).
-    PackedSequence input runs in the same kernels, which take per-sequence lengths."""
+class OneStateLayers(StackedLayers):
+    """What RNN and GRU share, whose only state is h: forward's argument handling (nn.RNN's
+    and nn.GRU's, which are the same but for one message), autocast and the loop over layers.
+    Each class gives its input projection's width (`gates` x H), the message and the
+    recurrence of one layer (_recurrence)."""
 
-    cell = "rnn"  # routing's name for the cell (its shape classes)
+    gates = 1
 
     def forward(self, input, hx=None):
         if routing.use_torch(self, input, hx):
-            return super().forward(input, hx)  # nn.RNN's own path is faster for this call
+            return super().forward(input, hx)  # torch.nn's own path is faster for this call
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
-            raise ValueError(
-                f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            raise ValueError(self._input_dim_message(input.dim()))
         is_batched = input.dim() == 3
         batch_dim = 0 if self.batch_first else 1
         if not is_batched:
@@ -157,15 +154,11 @@ class RNN(StackedLayers, nn.RNN):
             output, h_n = output.squeeze(batch_dim), h_n.squeeze(1)
         return output, h_n
 
-    def _constructor_args(self) -> tuple:
-        return (self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
-                self.bias, self.batch_first, self.dropout, self.bidirectional)
-
     def _run(self, x: Tensor, hx, params, batch: int, layout, weight_dtype=None):
         """Autocast and the default h0, then the layers."""
         dtype = autocast_dtype(x.device.type)
         if dtype is not None:
-            # Under autocast nn.RNN runs in the autocast dtype (it is on autocast's
+            # Under autocast nn.RNN (nn.GRU) runs in the autocast dtype (it is on autocast's
             # lower-precision list): cast the input here and the weights as each layer reads
             # them (every call, as nn.RNN does), then run without autocast.
             x, hx = autocast_cast(x, dtype), autocast_cast(hx, dtype)
@@ -180,7 +173,6 @@ class RNN(StackedLayers, nn.RNN):
         autocast dtype, or None."""
         D, H = self._directions(), self.hidden_size
         allow_tf32 = tf32_allowed()
-        relu = self.nonlinearity == "relu"
         lengths = None if layout is None else layout.lengths
         h_n = []
         for layer in range(self.num_layers):
@@ -189,14 +181,12 @@ class RNN(StackedLayers, nn.RNN):
             if layout is None:
                 T, N = x.shape[0], x.shape[1]
                 rows = x.reshape(T * N, x.shape[2])
-                projs = [F.linear(rows, w_ih, b_ih).view(T, N, H)
+                projs = [F.linear(rows, w_ih, b_ih).view(T, N, self.gates * H)
                          for w_ih, _, b_ih, _ in groups]
             else:
                 projs = [layout.pad(F.linear(x, w_ih, b_ih)) for w_ih, _, b_ih, _ in groups]
-            reverse = groups[1] if D == 2 else (None,) * 4
-            out = run_recurrence(projs[0], projs[1] if D == 2 else None,
-                                 hx[layer * D:(layer + 1) * D], groups[0][1], reverse[1],
-                                 groups[0][3], reverse[3], lengths, relu, allow_tf32)
+            out = self._recurrence(projs, hx[layer * D:(layer + 1) * D], groups, lengths,
+                                   allow_tf32)
             # h_n: the state after each direction's last step. Sequences hold their state
             # outside their own steps, so that is out[T-1] forward and out[0] in reverse.
             h_n.append(out[-1, :, :H])
@@ -206,3 +196,28 @@ class RNN(StackedLayers, nn.RNN):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return x, torch.stack(h_n)
+
+
+class RNN(OneStateLayers, nn.RNN):
+    """Drop-in replacement for torch.nn.RNN: same constructor, parameters, initialisation,
+    state_dict, shapes and errors. Only `forward` differs: each layer's input projection is one
+    matrix multiply per direction over all timesteps, then one persistent kernel launch per
+    layer (both directions together) runs the recurrence with W_hh held on-chip. Every call
+    reads the parameters as they are then (nothing derived from them is kept between calls).
+    PackedSequence input runs in the same kernels, which take per-sequence lengths."""
+
+    cell = "rnn"  # routing's name for the cell (its shape classes)
+
+    def _input_dim_message(self, dim: int) -> str:
+        return f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead"
+
+    def _constructor_args(self) -> tuple:
+        return (self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
+                self.bias, self.batch_first, self.dropout, self.bidirectional)
+
+    def _recurrence(self, projs, h0, groups, lengths, allow_tf32):
+        """One layer's h_t (T, N, D*H)."""
+        reverse = groups[1] if len(groups) == 2 else (None,) * 4
+        return run_recurrence(projs[0], projs[1] if len(groups) == 2 else None, h0,
+                              groups[0][1], reverse[1], groups[0][3], reverse[3], lengths,
+                              self.nonlinearity == "relu", allow_tf32)
