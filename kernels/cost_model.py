@@ -262,6 +262,12 @@ def loop_trips(variant: str, H: int, BH: int, rows: int, BN: int = 1) -> list:
             "cell": [chunks]}.get(variant, [])
 
 
+# What a backward step reads per feature in the layer's dtype besides the product (by gates):
+# RNN dY_t and y_t; GRU dY_t, h_{t-1}, r, z, n and q_n; LSTM dY_t, dL/dc_t, c_t, c_{t-1} and the
+# four gates' activations.
+_BACKWARD_READS = {1: 2, 3: 6, 4: 8}
+
+
 def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, acc: int, BN: int,
                  BH: int, S: int = 1, rows: int = 1, gates: int = 1) -> tuple:
     """(L2 bytes read by the whole grid, dependent global round trips) of one step, from the
@@ -270,7 +276,8 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     resident: forward reads P_t (P_{t+1} is prefetched: nothing waited for); backward reads
       dY_t and y_t at the top of the step and waits for them (1). LSTM (4 gates): forward
       reads the four gates' P_t; backward dY_t, dL/dc_t, c_t, c_{t-1} and the four gates'
-      activations, waited for at the top of the step (1).
+      activations, waited for at the top of the step (1). GRU (3 gates): forward the three
+      gates' P_t; backward dY_t, h_{t-1} and r, z, n, q_n (1).
     split: every program reads its group's whole state (S x the state). One row at a time
       (BN = 1): forward per row waits for the state, then for P_t loaded after the reduction
       (2 per row); backward per row waits for dY_t, y_t and its carry (phase 1), then for dz_t
@@ -289,7 +296,9 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       rows of W_hh, and per chunk four products one after another, each re-reading the
       operand's rows and waiting for its first chunk (forward 4 per chunk, backward 1 + 4);
       forward reads the four gates' P_t and c_{t-1} (the state's dtype), backward phase 1
-      what the resident backward reads plus the dL/dh and dL/dc carries.
+      what the resident backward reads plus the dL/dh and dL/dc carries. GRU (3 gates): the
+      same with three products, h_{t-1}'s chunk in place of c_{t-1}, and phase 2 reading the
+      direct term dL/dh_t z back in place of the dL/dc carry.
     cell: per program and chunk of each product (each gate's two), the chunk of the weights
       and the rows of x and h, each chunk waited for (no pipelining: num_stages 1)."""
     chunks = triton.cdiv(H, BH)
@@ -297,7 +306,7 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
     if variant == "resident":
         if pass_ == "forward":
             return gates * state, 0
-        return (2 if gates == 1 else 4 + gates) * state, 1
+        return _BACKWARD_READS[gates] * state, 1
     if variant == "split":
         # backward: dY_t and y_t, and one row at a time the carry (on tensor cores only held
         # rows read it, none in a padded batch: the model, of a padded batch, leaves it out)
@@ -322,7 +331,7 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
             return programs * per_program, chunks * gates
         # phase 1: dY_t and y_t and the dL/dh carry (LSTM: dL/dc_t, c_t, c_{t-1}, the gates'
         # activations and the dL/dc carry instead of y_t)
-        per_program += (2 if gates == 1 else 4 + gates) * row * elem + \
+        per_program += _BACKWARD_READS[gates] * row * elem + \
             (1 if gates == 1 else 2) * row * acc
         return programs * per_program, chunks * (1 + gates)
     # the cell: both products of each gate, I = H

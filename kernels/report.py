@@ -1,11 +1,11 @@
 """Kernel resource report and compile gate; needs no GPU.
 
     python -m triton_rnn.kernels.report [--arch 90|80|all] [--json] [--jobs N] [--dump DIR]
-                                        [--no-model] [--cells rnn,lstm]
+                                        [--no-model] [--cells rnn,lstm,gru]
 
 Compiles, for a real GPU target, every configuration the dispatcher can choose over a table of
 dtype x hidden size x batch (forward and backward kernels, padded and packed, and the cell;
-and an LSTM layer's forward and backward where LSTM layers run our kernels), and prints
+and an LSTM and a GRU layer's forward and backward), and prints
 registers, spilled bytes, shared memory and occupancy for each. What it compiles is
 what a launch compiles: the launcher's own arguments and options for tensors of that shape,
 bound and specialised by Triton's JIT as at launch. Exits non-zero if any configuration spills
@@ -50,7 +50,10 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 from . import cost_model, launch, occupancy
-from .cells import GATES, LSTM, RNN
+from .cells import GATES, GRU, LSTM, RNN
+
+# the report's cell names -> CELL values (kernels/cells.py)
+CELLS = {"rnn": RNN.value, "lstm": LSTM.value, "gru": GRU.value}
 from .dispatch import SHARED_PER_BLOCK, choose, choose_cell
 from .launch import interpreting
 
@@ -88,6 +91,11 @@ LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64
                ("fp32", 256, 16), ("fp64", 256, 16),
                ("tf32", 512, 16), ("bf16", 2048, 16), ("tf32", 1024, 16), ("fp32", 512, 1),
                ("fp64", 512, 16)]
+# GRU layers: the largest resident tiles (three gates of BH = 64; 32 in fp64), tl.dot in TF32
+# (h @ B) and bf16 (W-first on sm_90), the elementwise product in IEEE fp32 and fp64, and
+# streaming past them in each product class (tl.dot in bf16, the elementwise product in fp32).
+GRU_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp32", 64, 1), ("fp64", 32, 1),
+              ("bf16", 1024, 16), ("fp32", 512, 1)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
     [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
@@ -359,7 +367,7 @@ class Row:
     round_trips: float = 0.0
     model_us: float = 0.0
     shared_cycles: float = 0.0  # shared-memory bytes moved per SM and step / bytes per cycle
-    cell: str = "rnn"  # the recurrence's cell (kernels/cells.py): "rnn" or "lstm"
+    cell: str = "rnn"  # the recurrence's cell (kernels/cells.py): "rnn", "lstm" or "gru"
 
     @property
     def faults(self) -> list:
@@ -427,6 +435,26 @@ def _lstm_launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, lengt
     return launched
 
 
+def _gru_launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, lengths,
+                          allow_tf32: bool, D: int, cfg):
+    """_launch_arguments for a GRU layer (gru_forward / gru_backward)."""
+    T = 2
+    seq, gates = (torch.empty((T, N, D * H), dtype=dtype),
+                  torch.empty((T, N, D * 4 * H), dtype=dtype))
+    h0, w_hh = torch.empty((D, N, H), dtype=dtype), [torch.empty((3 * H, H), dtype=dtype)
+                                                     for _ in range(D)]
+    with _captured_launches() as launches:
+        if pass_ == "forward":
+            launch.gru_forward([torch.empty((T, N, 3 * H), dtype=dtype) for _ in range(D)], h0,
+                               w_hh, lengths, allow_tf32, cfg,
+                               b_hh=[torch.empty(3 * H, dtype=dtype) for _ in range(D)])
+        else:
+            launch.gru_backward(seq, torch.empty_like(seq), gates, h0, w_hh, lengths,
+                                allow_tf32, cfg)
+    (launched,) = launches
+    return launched
+
+
 def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bool,
                       allow_tf32: bool, D: int = 1, cfg=None, cell: str = "rnn"):
     """(kernel, args, kwargs) the launcher passes for a first layer's recurrence (D directions,
@@ -437,6 +465,8 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
     lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
     if cell == "lstm" and pass_ != "cell":
         return _lstm_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D, cfg)
+    if cell == "gru":
+        return _gru_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D, cfg)
     seq = torch.empty((T, N, D * H), dtype=dtype)
     # Each direction's own W_hh, b_hh and projection, as the module passes its parameters
     # (a bias or none compile the same code: the kernels take its length at run time).
@@ -600,14 +630,14 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
             packed: bool = False, split: bool = True, cell: str = "rnn") -> Row:
     """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell).
     split=False: the configuration the launcher falls back to where split does not fit.
-    cell: the recurrence's cell, "rnn" or "lstm"."""
+    cell: the recurrence's cell, "rnn", "lstm" or "gru"."""
     dtype, allow_tf32 = DTYPES[dtype_name]
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
     else:
         cfg = choose(H, N, dtype, allow_tf32, split, arch=arch,
-                     gates=GATES[LSTM.value if cell == "lstm" else RNN.value], pass_=pass_)
+                     gates=GATES[CELLS[cell]], pass_=pass_)
         programs = triton.cdiv(N, cfg.BN) * directions
     ordering = []
     w_hh = "-"
@@ -674,7 +704,7 @@ def _model(row: Row, cfg, sass: str, dtype: torch.dtype, D: int, S: int, rows: i
     l2_bytes, trips = cost_model.step_traffic(
         cfg.variant, pass_, row.H, row.N, D // launches, dtype.itemsize,
         launch.acc_dtype(dtype).itemsize, cfg.BN, cfg.BH, S, rows,
-        GATES[LSTM.value if row.cell == "lstm" else RNN.value])
+        GATES[CELLS[row.cell]])
     cycles = cost_model.issue_cycles(counts.instructions, cfg.num_warps, row.programs,
                                      ARCHS[row.arch]["sms"])
     row.issue_cycles, row.l2_bytes = cycles * launches, l2_bytes * launches
@@ -704,11 +734,11 @@ def _dump(row: Row, ttgir: str, ptx: str, sass: str) -> None:
 
 
 def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
-          cells=("rnn", "lstm"), lstm_shapes=None) -> list:
+          cells=("rnn", "lstm", "gru"), lstm_shapes=None) -> list:
     """Rows for every (dtype, H, batch) of the default table, or of `shapes` if given, in
-    this order, for the recurrences of `cells` (LSTM rows: of `lstm_shapes` if given, else of
-    the same shapes); `jobs` processes compile them (Triton's on-disk cache is shared among
-    them)."""
+    this order, for the recurrences of `cells` (LSTM and GRU rows: of `lstm_shapes` if given,
+    else of the same shapes); `jobs` processes compile them (Triton's on-disk cache is shared
+    among them)."""
     default = shapes is None and lstm_shapes is None
     shapes = shapes or [(d, H, N) for d in DTYPES for H in HIDDEN_SIZES for N in BATCHES]
     cases = [] if "rnn" not in cells else \
@@ -722,6 +752,9 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
     # LSTMCell: its kernel streams the weights in chunks whatever H, so one H per product
     cases += [("cell", d, H, N, arch, 1, False, True, "lstm") for arch in archs
               for d, H, N in (LSTM_CELL_SHAPES if default else lstm_shapes) if "lstm" in cells]
+    cases += [(p, d, H, N, arch, directions, False, True, "gru") for arch in archs
+              for p in ("forward", "backward")
+              for d, H, N in (GRU_SHAPES if default else lstm_shapes) if "gru" in cells]
     if jobs <= 1:
         return [measure(*case) for case in cases]
     # Forked workers (no CUDA here), each taking whole groups of the cases that share a
@@ -751,7 +784,7 @@ def _group_key(case) -> tuple:
     dtype, allow_tf32 = DTYPES[dtype_name]
     cfg = choose_cell(N, dtype) if pass_ == "cell" else \
         choose(H, N, dtype, allow_tf32, arch=arch,
-               gates=GATES[LSTM.value if cell == "lstm" else RNN.value])
+               gates=GATES[CELLS[cell]])
     return arch, cell, pass_, dtype_name, case[5], cfg
 
 
@@ -801,11 +834,11 @@ def main(argv=None) -> int:
                         help="dtype:H:batch[,...] instead of the default table, e.g. fp32:128:16")
     parser.add_argument("--directions", type=int, choices=(1, 2), default=1,
                         help="recurrences of one or two directions (their strides differ)")
-    parser.add_argument("--cells", default="rnn,lstm",
-                        help="the recurrences' cells, rnn and/or lstm (LSTM rows where LSTM "
-                             "layers run our kernels)")
+    parser.add_argument("--cells", default="rnn,lstm,gru",
+                        help="the recurrences' cells: rnn, lstm and/or gru")
     parser.add_argument("--lstm-shapes", type=_parse_shapes, default=None,
-                        help="dtype:H:batch[,...] of the LSTM rows (default: those of --shapes)")
+                        help="dtype:H:batch[,...] of the LSTM and GRU rows (default: those of "
+                             "--shapes)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="compile in this many processes (e.g. one per core)")
     parser.add_argument("--dump", metavar="DIR", default=None,

@@ -1,5 +1,5 @@
-"""Measure one RNN (or LSTM) configuration: triton_rnn.RNN against torch.nn.RNN (cuDNN), or
-triton_rnn.LSTM against nn.LSTM, same weights, same inputs, in the same process. CUDA only; the
+"""Measure one RNN (LSTM, GRU) configuration: triton_rnn.RNN against torch.nn.RNN (cuDNN), or
+triton_rnn.LSTM against nn.LSTM (GRU: nn.GRU), same weights, same inputs, in the same process. CUDA only; the
 numbers are GPU latencies."""
 from dataclasses import asdict, dataclass
 
@@ -19,9 +19,10 @@ MATCH_TOLERANCE = {"fp32": 1e-3, "tf32": 5e-2, "bf16": 2e-1, "fp16": 1e-1}
 INPUT_SETS = 4  # inputs rotated between calls so caches do not flatter either side
 DEVICE = "cuda"  # what is timed; perf/latency.py never times anything else
 # cell -> (ours, torch.nn's); the rows name torch.nn's by REFERENCE
-MODULES = {"rnn": (triton_rnn.RNN, nn.RNN), "lstm": (triton_rnn.LSTM, nn.LSTM)}
-REFERENCE = {"rnn": "nn.RNN", "lstm": "nn.LSTM"}
-GATES = {"rnn": 1, "lstm": 4}
+MODULES = {"rnn": (triton_rnn.RNN, nn.RNN), "lstm": (triton_rnn.LSTM, nn.LSTM),
+           "gru": (triton_rnn.GRU, nn.GRU)}
+REFERENCE = {"rnn": "nn.RNN", "lstm": "nn.LSTM", "gru": "nn.GRU"}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 @dataclass
@@ -32,10 +33,10 @@ class Case:
     seq: int
     layers: int
     directions: int
-    cell: str = "rnn"  # "rnn" or "lstm"
+    cell: str = "rnn"  # "rnn", "lstm" or "gru"
 
     def flops(self, mode: str) -> float:
-        """2·T·N·G·H·(I + H) per layer and direction (I = H here; G gates: 4 for an LSTM);
+        """2·T·N·G·H·(I + H) per layer and direction (I = H here; G gates: 4 LSTM, 3 GRU);
         training counts 3x."""
         fwd = 2.0 * self.seq * self.batch * GATES[self.cell] * self.hidden * 2 * self.hidden
         fwd *= self.layers * self.directions

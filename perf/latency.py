@@ -1,13 +1,14 @@
-"""Latency of triton_rnn.RNN against torch.nn.RNN (cuDNN), and of triton_rnn.LSTM against
-nn.LSTM: the project's main job.
+"""Latency of triton_rnn.RNN against torch.nn.RNN (cuDNN), and of triton_rnn.LSTM and GRU
+against nn.LSTM and nn.GRU: the project's main job.
 
     python perf/latency.py [--quick] [--batch 1 16 ...] [--hidden ...] [--seq ...] ...
 
 On a CUDA GPU: measures inference (no_grad forward) and a training step (forward + backward)
 of both, same weights and inputs, over the sweep: triton_rnn.RNN on its own kernels, the same
 module routed by measurement ("auto", with a fresh routing cache kept in the results folder
-unless TRITON_RNN_CACHE_DIR is set) and nn.RNN; then the same for LSTM layers over a smaller
-sweep (LSTM_SWEEP, one layer, one direction); checks every measured output against torch.nn's;
+unless TRITON_RNN_CACHE_DIR is set) and nn.RNN; then the same for LSTM and GRU layers over a
+smaller sweep (LSTM_SWEEP, one layer, one direction); checks every measured output against
+torch.nn's;
 saves raw numbers with the GPU's name and versions under perf/results/<gpu>_<date>/, prints
 and saves a speedup table (Markdown) and draws the plots.
 Without a GPU: says so, checks the kernels once through Triton's interpreter against nn.RNN,
@@ -44,9 +45,9 @@ DEFAULT_SWEEP = dict(batch=[1, 2, 4, 8, 16, 32, 64, 128, 256],
 # The padded batches (about 3/4 of these, see bench.measure_packed) stay at 16 or more, so both
 # sides run the same kernel configuration.
 PACKED_SWEEP = dict(batch=[32, 128], hidden=[256, 1024], seq=[128], layers=[1], directions=[1])
-# LSTM layers against nn.LSTM: the main slice's shape (T = 128, one layer, one direction), over
-# batch and hidden sizes that reach each of its variants (resident to 64, split to 1024 in
-# 16-bit on sm_90, streaming beyond), in the sweep's dtypes.
+# LSTM and GRU layers against nn.LSTM and nn.GRU: the main slice's shape (T = 128, one layer,
+# one direction), over batch and hidden sizes that reach each of their variants (resident to
+# 64; LSTM split to 1024 in 16-bit on sm_90; streaming beyond), in the sweep's dtypes.
 LSTM_SWEEP = dict(batch=[1, 16, 64], hidden=[64, 256, 768, 1024, 2048], seq=[128], layers=[1],
                   directions=[1])
 QUICK_SWEEP = dict(batch=[1, 16, 64], hidden=[128, 512, 2048], seq=[128], layers=[1],
@@ -69,8 +70,9 @@ def parse_args(argv=None):
                    help="start no new case after this long; the results say how far it got")
     p.add_argument("--no-packed", action="store_true",
                    help="skip the packed-vs-padded comparison " + str(PACKED_SWEEP))
-    p.add_argument("--no-lstm", action="store_true",
-                   help="skip the LSTM layers against nn.LSTM " + str(LSTM_SWEEP))
+    p.add_argument("--no-gated", action="store_true",
+                   help="skip the LSTM and GRU layers against nn.LSTM and nn.GRU " +
+                   str(LSTM_SWEEP))
     args = p.parse_args(argv)
     base = QUICK_SWEEP if args.quick else DEFAULT_SWEEP
     for name in DEFAULT_SWEEP:
@@ -80,12 +82,13 @@ def parse_args(argv=None):
 
 
 def interpreter_check() -> bool:
-    """Forward and gradients of the Triton kernels (interpreted) against nn.RNN and nn.LSTM
-    in float64."""
+    """Forward and gradients of the Triton kernels (interpreted) against nn.RNN, nn.LSTM and
+    nn.GRU in float64."""
     import triton_rnn
     torch.manual_seed(0)
     ok = True
-    for cell, N, H in (("RNN", 3, 17), ("RNN", 17, 33), ("RNN", 2, 130), ("LSTM", 3, 40)):
+    for cell, N, H in (("RNN", 3, 17), ("RNN", 17, 33), ("RNN", 2, 130), ("LSTM", 3, 40),
+                       ("GRU", 3, 40)):
         ours = getattr(triton_rnn, cell)(5, H, 2, bidirectional=True).double()
         ref = getattr(torch.nn, cell)(5, H, 2, bidirectional=True).double()
         ref.load_state_dict(ours.state_dict())
@@ -144,15 +147,16 @@ def run_sweep(args) -> Path:
     cases = bench.sweep_cases(args.batch, args.hidden, args.seq, args.layers, args.directions,
                               args.dtypes)
     results = dict(environment=env, date=date, rows=[], packed_rows=[], lstm_rows=[],
-                   failures=[], cases_planned=len(cases), cases_skipped_by_budget=0)
+                   gru_rows=[], failures=[], cases_planned=len(cases),
+                   cases_skipped_by_budget=0)
     primary, rest = _most_informative_first(cases)
     jobs = [(bench.measure, "rows", c) for c in primary]
     if not args.no_packed:
         jobs += [(bench.measure_packed, "packed_rows", c) for c in bench.sweep_cases(
             dtypes=args.dtypes, **PACKED_SWEEP)]
-    if not args.no_lstm:
-        jobs += [(bench.measure, "lstm_rows", c) for c in bench.sweep_cases(
-            dtypes=args.dtypes, cell="lstm", **LSTM_SWEEP)]
+    if not args.no_gated:
+        jobs += [(bench.measure, f"{cell}_rows", c) for cell in ("lstm", "gru")
+                 for c in bench.sweep_cases(dtypes=args.dtypes, cell=cell, **LSTM_SWEEP)]
     jobs += [(bench.measure, "rows", c) for c in rest]
     deadline = None if args.budget_minutes is None else time.monotonic() + 60 * args.budget_minutes
     for measure, key, case in _progress(jobs):
@@ -174,7 +178,8 @@ def run_sweep(args) -> Path:
     print(table)
     if results["failures"]:
         print(f"WARNING: {len(results['failures'])} cases failed (see failures in results.json)")
-    mismatches = [r for r in results["rows"] + results["lstm_rows"] if not r["matches"]]
+    mismatches = [r for r in results["rows"] + results["lstm_rows"] + results["gru_rows"]
+                  if not r["matches"]]
     if mismatches:
         print(f"WARNING: {len(mismatches)} measured outputs did not match torch.nn's (see "
               "rel_err_vs_torch_nn in results.json)")
@@ -188,9 +193,10 @@ def run_sweep(args) -> Path:
 
 
 def _tables(results: dict) -> str:
-    """The speedup tables (RNN, packed, LSTM) as Markdown."""
+    """The speedup tables (RNN, packed, LSTM, GRU) as Markdown."""
     return "\n\n".join(filter(None, [plots.markdown(results), plots.packed_markdown(results),
-                                       plots.markdown(results, "lstm_rows")]))
+                                       plots.markdown(results, "lstm_rows"),
+                                       plots.markdown(results, "gru_rows")]))
 
 
 def _most_informative_first(cases: list):
@@ -206,7 +212,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if HAS_GPU:  # exit 1 when a case failed or an output did not match nn.RNN's
         results = json.loads((run_sweep(args) / "results.json").read_text())
-        rows = results["rows"] + results["packed_rows"] + results["lstm_rows"]
+        rows = results["rows"] + results["packed_rows"] + results["lstm_rows"] + \
+            results["gru_rows"]
         return 0 if not results["failures"] and all(r["matches"] for r in rows) else 1
     ok = interpreter_check()
     import model_plots

@@ -16,11 +16,11 @@ def results_folder(gpu: str, date: str) -> Path:
     return RESULTS_DIR / f"{re.sub(r'[^A-Za-z0-9]+', '-', gpu)}_{date}"
 IMPLS = ("triton_rnn", "nn.RNN")
 # torch.nn's module each cell's rows compare with (perf/bench.py: results' "rows" are RNN
-# layers, "lstm_rows" LSTM layers)
-REFERENCE = {"rnn": "nn.RNN", "lstm": "nn.LSTM"}
+# layers, "lstm_rows" LSTM and "gru_rows" GRU layers)
+REFERENCE = {"rnn": "nn.RNN", "lstm": "nn.LSTM", "gru": "nn.GRU"}
 # "auto": triton_rnn.RNN routed by measurement, as a user gets it (perf/bench.py).
 COLORS = {"triton_rnn": "tab:blue", "auto": "tab:green", "nn.RNN": "tab:orange",
-          "nn.LSTM": "tab:orange"}
+          "nn.LSTM": "tab:orange", "nn.GRU": "tab:orange"}
 MODES = ("inference", "training")
 
 
@@ -162,11 +162,12 @@ def _series(rows, vary, fixed):
 
 
 def draw(results: dict, out_dir: Path) -> list:
-    """Write the latency and speedup plots as PNGs into out_dir (RNN layers', then LSTM
-    layers' prefixed "lstm_", where measured); returns their paths."""
+    """Write the latency and speedup plots as PNGs into out_dir (RNN layers', then LSTM and
+    GRU layers' prefixed "lstm_" and "gru_", where measured); returns their paths."""
     paths = _draw_rows(results, "rows", out_dir, "")
-    if results.get("lstm_rows"):
-        paths += _draw_rows(results, "lstm_rows", out_dir, "lstm_")
+    for cell in ("lstm", "gru"):
+        if results.get(f"{cell}_rows"):
+            paths += _draw_rows(results, f"{cell}_rows", out_dir, f"{cell}_")
     return paths
 
 

@@ -159,6 +159,27 @@ def test_lstm_traffic_by_design():
                                                 8 * 5)
 
 
+def test_gru_traffic_by_design():
+    """A GRU layer, bf16 H = 64, batch 16, one direction (the state 16 x 64 x 2 B): resident,
+    forward the three gates' P_t, backward dY_t, h_{t-1} and the four saved values (r, z, n,
+    q_n), waited for once. Streaming at H = 256 in chunks of 32: the three gates' W_hh and,
+    per chunk, three products' rows of the operand (fp32 h forward, bf16 dz backward), each
+    waiting for its first chunk; forward the three P_t and h_{t-1}'s chunk (fp32), backward
+    phase 1's six inputs, the fp32 dL/dh carry and phase 2's direct term."""
+    state = 16 * 64 * 2
+    assert cost_model.step_traffic("resident", "forward", 64, 16, 1, 2, 4, 16, 64,
+                                   gates=3) == (3 * state, 0)
+    assert cost_model.step_traffic("resident", "backward", 64, 16, 1, 2, 4, 16, 64,
+                                   gates=3) == (6 * state, 1)
+    w_hh, state = 3 * 256 * 256 * 2, 16 * 256 * 2
+    assert cost_model.step_traffic("streaming", "forward", 256, 16, 1, 2, 4, 16, 32,
+                                   gates=3) == (w_hh + 8 * 3 * 2 * state + (3 + 2) * state,
+                                                8 * 3)
+    assert cost_model.step_traffic("streaming", "backward", 256, 16, 1, 2, 4, 16, 32,
+                                   gates=3) == (w_hh + 8 * 3 * state + (6 + 2 * 2) * state,
+                                                8 * 4)
+
+
 def test_a_sass_without_loops_has_no_step():
     with pytest.raises(ValueError, match="no time loop"):
         cost_model.step_counts(_sass("0000 MOV R1, RZ\n0010 EXIT"), [])

@@ -16,7 +16,7 @@ import torch
 
 import triton_rnn
 from conftest import DEVICE
-from triton_rnn import lstm_ops, ops, routing
+from triton_rnn import gru_ops, lstm_ops, ops, routing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
 import bench  # noqa: E402
@@ -64,13 +64,13 @@ SWEEP_GROUP = pytest.mark.xdist_group("perf-sweep")
 def _run_sweep(tmp_path, monkeypatch):
     launches = []
     make_step = bench._step
-    for module in (ops, lstm_ops):  # RNN and LSTM layers
+    for module in (ops, lstm_ops, gru_ops):  # RNN, LSTM and GRU layers
         monkeypatch.setattr(module, "kernel_forward", lambda *a, kernel=module.kernel_forward,
                             **k: launches.append(1) or kernel(*a, **k))
 
     def tagged_step(model, inputs, grads, mode, packed=False, policy="kernels"):
         run = make_step(model, inputs, grads, mode, packed, policy)
-        run.ours = isinstance(model, (triton_rnn.RNN, triton_rnn.LSTM))
+        run.ours = isinstance(model, (triton_rnn.RNN, triton_rnn.LSTM, triton_rnn.GRU))
         run.auto = policy == "auto"
         run.batch = int(inputs[0].batch_sizes[0]) if packed else inputs[0].shape[1]
         run.packed = packed
@@ -116,12 +116,13 @@ def test_every_case_is_measured_and_checked_against_nn_rnn(sweep):
         assert row["ms"] == expected[row["impl"]](row["batch"])
     layouts = {(r["dtype"], r["mode"], r["impl"], r["layout"]) for r in results["packed_rows"]}
     assert len(layouts) == 2 * 2 * 2 * 2 and all(r["matches"] for r in results["packed_rows"])
-    # LSTM layers against nn.LSTM: dtypes x batch x modes x (ours, auto, nn.LSTM)
-    assert len(results["lstm_rows"]) == 2 * 2 * 2 * 3
-    expected["nn.LSTM"] = expected.pop("nn.RNN")
-    for row in results["lstm_rows"]:
-        assert row["matches"] and row["cell"] == "lstm", row
-        assert row["ms"] == expected[row["impl"]](row["batch"])
+    # LSTM and GRU layers: dtypes x batch x modes x (ours, auto, nn.LSTM or nn.GRU)
+    reference = expected.pop("nn.RNN")
+    for cell, name in (("lstm", "nn.LSTM"), ("gru", "nn.GRU")):
+        assert len(results[f"{cell}_rows"]) == 2 * 2 * 2 * 3
+        for row in results[f"{cell}_rows"]:
+            assert row["matches"] and row["cell"] == cell, row
+            assert row["ms"] == dict(expected, **{name: reference})[row["impl"]](row["batch"])
 
 
 @SWEEP_GROUP
@@ -139,12 +140,14 @@ def test_table_and_plots_come_from_the_recorded_numbers(sweep):
     for dtype in ("tf32", "bf16"):  # packed/padded ratios, then packed ms of both
         assert f"| {dtype} | 16 | 16 | 4 | training | 1.25 | 5.00 | 5.000 | 10.000 |" in table
     # the LSTM layers' table after the RNN's, with the same stand-in numbers
-    lstm = table[table.index("Speedup of triton_rnn.LSTM over torch.nn.LSTM (cuDNN)"):]
-    assert "| tf32 | training | 2 | 1.00x | 0.50x | 2.00x | 1 | 0 | 1.41x | 0 |" in lstm
+    for module in ("LSTM", "GRU"):
+        rows = table[table.index(f"Speedup of triton_rnn.{module} over torch.nn.{module}"):]
+        assert "| tf32 | training | 2 | 1.00x | 0.50x | 2.00x | 1 | 0 | 1.41x | 0 |" in rows
     names = {p.name for p in plots.draw(results, folder / "redrawn")}
     plotted = {"latency_vs_batch.png", "latency_vs_hidden.png", "latency_vs_seq.png",
                "speedup_heatmap.png"}
-    assert names == plotted | {"lstm_" + n for n in plotted} | {"packed_vs_padded.png"}
+    assert names == plotted | {f"{cell}_{n}" for n in plotted for cell in ("lstm", "gru")} | \
+        {"packed_vs_padded.png"}
     assert all((folder / n).stat().st_size > 0 for n in names)  # run_sweep drew them too
 
 

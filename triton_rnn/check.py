@@ -8,7 +8,8 @@ Each row runs one bidirectional layer of triton_rnn.RNN (or a triton_rnn.RNNCell
 kernels and nn.RNN (nn.RNNCell) on the same weights and inputs: resident, split and streaming,
 padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; then
 triton_rnn.LSTM ("lstm": its resident kernels; "lstm-split": the split, on tensor cores in bf16
-and TF32, one row at a time in fp64; "lstm-streaming": past the split) and
+and TF32, one row at a time in fp64; "lstm-streaming": past the split), triton_rnn.GRU
+("gru": its resident kernels; "gru-streaming" beyond) and
 LSTMCell against nn.LSTM and nn.LSTMCell;
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
 and every parameter, each
@@ -33,6 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from . import measure, routing
 from .cell import LSTMCell, RNNCell
 from .kernels import dispatch, failures, launch
+from .gru import GRU
 from .lstm import LSTM
 from .rnn import RNN
 
@@ -45,19 +47,23 @@ CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, 
     [("lstm-split", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
     [("lstm-streaming", d, p) for d in ("bf16", "tf32") for p in (False, True)] + \
     [("lstm-streaming", "fp64", False)] + \
+    [("gru", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
+    [("gru-streaming", d, False) for d in ("bf16", "fp64")] + \
     [("lstm-cell", d, False) for d in ("fp16", "tf32")]
 BUDGET_S = 70  # no case starts after this; each is a few compiles and a few short runs
 # variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
-# (interpreted: with the limits of _small_limits).
+# in every dtype it is checked in (LSTM and GRU: 32, their resident tile in fp64 too;
+# interpreted: with the limits of _small_limits).
 SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8),
-         "lstm": (64, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
-         "lstm-cell": (256, 40, 1)}
+         "lstm": (32, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
+         "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-streaming": (1100, 40, 8)}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
 MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
            "lstm-split": (LSTM, nn.LSTM), "lstm-streaming": (LSTM, nn.LSTM),
-           "lstm-cell": (LSTMCell, nn.LSTMCell)}
+           "lstm-cell": (LSTMCell, nn.LSTMCell), "gru": (GRU, nn.GRU),
+           "gru-streaming": (GRU, nn.GRU)}
 RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streaming",
-           "lstm-cell": "cell"}
+           "lstm-cell": "cell", "gru": "resident", "gru-streaming": "streaming"}
 
 
 def _small_limits():
@@ -233,7 +239,7 @@ def run(cases, device: str, interpreted: bool, out=print) -> int:
                 skipped += 1
                 continue
             if saved is not None:
-                _streaming_only(variant in ("streaming", "lstm-streaming"), saved)
+                _streaming_only(variant.endswith("streaming"), saved)
             try:
                 row = check_case(variant, dtype_name, packed, device, interpreted)
             except Exception as exc:  # noqa: BLE001 - a failure is a finding, reported
