@@ -480,6 +480,32 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
     return out, c_out, gates
 
 
+def gru_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
+    """(h', gates) of one GRUCell step for x (N, I), h (N, H) or None (zeros), w_ih (3H, I),
+    w_hh (3H, H), biases (3H,) or None, in one launch: gates (N, 4H) are r, z, n and
+    h W_hnᵀ + b_hn, which the backward reads."""
+    N, I = x.shape
+    H = w_hh.shape[1]
+    out = _empty((N, H), dtype=x.dtype, device=x.device)
+    gates = _empty((N, GRU_SAVED * H), dtype=x.dtype, device=x.device)
+    if N == 0:
+        return out, gates
+    x = x.contiguous()
+    h, b_ih, b_hh = (None if t is None else t.contiguous() for t in (h, b_ih, b_hh))
+    cfg = choose_cell(N, x.dtype)
+    options = compile_options(cfg, x.dtype, False, allow_tf32, HAS_H=h is not None,
+                              HAS_BIAS=b_ih is not None, CELL=GRU.value)
+    grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
+    unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
+    with _on_device(x):
+        rnn_cell_forward_kernel[grid](
+            x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
+            unused if b_hh is None else b_hh, out, unused, out, gates,
+            N, I, H, x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
+            w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
+    return out, gates
+
+
 def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config = None,
                  b_hh=None):
     """(out, cells, gates) of one LSTM layer (D directions): h_t and c_t (T, N, D*H) and the

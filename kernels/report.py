@@ -96,6 +96,8 @@ LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64
 # streaming past them in each product class (tl.dot in bf16, the elementwise product in fp32).
 GRU_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp32", 64, 1), ("fp64", 32, 1),
               ("bf16", 1024, 16), ("fp32", 512, 1)]
+# GRUCell: the LSTMCell's kernel with three gates (tl.dot in TF32 and fp64, elementwise bf16)
+GRU_CELL_SHAPES = [("tf32", 64, 16), ("fp64", 64, 16), ("bf16", 64, 1)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \
     [("bf16", 64, 1)]
 # ptxas sometimes parks a few scalars (8-24 B, e.g. halves of 64-bit addresses) on the stack at
@@ -465,7 +467,7 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
     lengths = torch.full((N,), T, dtype=torch.int32) if packed else None
     if cell == "lstm" and pass_ != "cell":
         return _lstm_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D, cfg)
-    if cell == "gru":
+    if cell == "gru" and pass_ != "cell":
         return _gru_launch_arguments(pass_, dtype, H, N, lengths, allow_tf32, D, cfg)
     seq = torch.empty((T, N, D * H), dtype=dtype)
     # Each direction's own W_hh, b_hh and projection, as the module passes its parameters
@@ -480,6 +482,10 @@ def _launch_arguments(pass_: str, dtype: torch.dtype, H: int, N: int, packed: bo
         elif pass_ == "backward":
             launch.recurrence_backward(seq, torch.empty_like(seq), w_hh, lengths, False,
                                        allow_tf32, cfg)
+        elif cell == "gru":  # GRUCell, with I = H
+            x, bias = torch.empty((N, H), dtype=dtype), torch.empty(3 * H, dtype=dtype)
+            w = torch.empty((3 * H, H), dtype=dtype)
+            launch.gru_cell_forward(x, torch.empty_like(x), w, w, bias, bias, allow_tf32)
         elif cell == "lstm":  # LSTMCell, with I = H
             x, bias = torch.empty((N, H), dtype=dtype), torch.empty(4 * H, dtype=dtype)
             w = torch.empty((4 * H, H), dtype=dtype)
@@ -755,6 +761,8 @@ def table(archs, shapes=None, directions: int = 1, jobs: int = 1,
     cases += [(p, d, H, N, arch, directions, False, True, "gru") for arch in archs
               for p in ("forward", "backward")
               for d, H, N in (GRU_SHAPES if default else lstm_shapes) if "gru" in cells]
+    cases += [("cell", d, H, N, arch, 1, False, True, "gru") for arch in archs
+              for d, H, N in (GRU_CELL_SHAPES if default else lstm_shapes) if "gru" in cells]
     if jobs <= 1:
         return [measure(*case) for case in cases]
     # Forked workers (no CUDA here), each taking whole groups of the cases that share a

@@ -1,5 +1,5 @@
-"""Bytes saved for backward by triton_rnn.RNN and by torch.nn.RNN (and by triton_rnn.LSTM and
-nn.LSTM), per layer, on this device.
+"""Bytes saved for backward by triton_rnn.RNN and by torch.nn.RNN (and by triton_rnn.LSTM and GRU
+and nn.LSTM and nn.GRU), per layer, on this device.
 
     python perf/memory.py [--device cuda|cpu]
 
@@ -23,6 +23,9 @@ GPU_SHAPES = SHAPES + [(512, 64, 512, 1, 1), (1024, 64, 1024, 2, 2)]  # too slow
 # LSTM layers: the resident variant (H <= 64); on a GPU the split (256) and streaming (2048) too
 LSTM_SHAPES = [(128, 16, 64, 1, 1), (128, 16, 64, 2, 2)]
 LSTM_GPU_SHAPES = LSTM_SHAPES + [(512, 64, 256, 1, 1), (256, 16, 2048, 1, 1)]
+# GRU layers: the resident variant (H <= 64); on a GPU streaming (1024) too
+GRU_SHAPES = LSTM_SHAPES
+GRU_GPU_SHAPES = GRU_SHAPES + [(256, 16, 1024, 1, 1)]
 
 
 def saved_bytes(model, x) -> int:
@@ -47,7 +50,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     backend = "cuDNN" if args.device == "cuda" else "native CPU"
     for cls, shapes in (("RNN", GPU_SHAPES if args.device == "cuda" else SHAPES),
-                        ("LSTM", LSTM_GPU_SHAPES if args.device == "cuda" else LSTM_SHAPES)):
+                        ("LSTM", LSTM_GPU_SHAPES if args.device == "cuda" else LSTM_SHAPES),
+                        ("GRU", GRU_GPU_SHAPES if args.device == "cuda" else GRU_SHAPES)):
         print(f"Saved for backward per layer, fp32, device {args.device} (nn.{cls}: {backend})")
         print(f"| T | N | H (= I) | layers | directions | triton_rnn.{cls} | nn.{cls} | ratio |")
         print("|---|---|---|---|---|---|---|---|")

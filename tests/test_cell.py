@@ -1,10 +1,11 @@
-"""triton_rnn.RNNCell and LSTMCell against torch.nn.RNNCell and nn.LSTMCell: values,
-gradients, errors; one fused kernel per call."""
+"""triton_rnn.RNNCell, LSTMCell and GRUCell against torch.nn.RNNCell, nn.LSTMCell and
+nn.GRUCell: values, gradients, errors; one fused kernel per call."""
 import pytest
 import torch
 from torch import nn
 
 import triton_rnn
+import triton_rnn.gru_ops as gru_ops
 import triton_rnn.lstm_ops as lstm_ops
 from conftest import DEVICE
 from triton_rnn.kernels import launch
@@ -251,3 +252,85 @@ def test_lstm_cell_module_info_samples_and_error_inputs():
     and every error input raising its error."""
     check_module_info(pytorch_module_info("LSTM", "LSTMCell")["LSTMCell"], _lstm_pair, list,
                       triton_rnn.LSTMCell)
+
+
+# ----- GRUCell -------------------------------------------------------------------------------
+
+def _gru_pair(*args, dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    ours = triton_rnn.GRUCell(*args, **kwargs).to(DEVICE, dtype)
+    ref = nn.GRUCell(*args, **kwargs).double()
+    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
+    return ours, ref
+
+
+def _gru_out_and_grads(cell, x, h):
+    """h' and the gradients of a weighted sum of it with respect to the input, h and every
+    parameter."""
+    x = x.detach().requires_grad_()
+    h = None if h is None else h.detach().requires_grad_()
+    out = cell(x, h)
+    g = torch.Generator().manual_seed(2)
+    (out * torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)).sum().backward()
+    grads = {"input": x.grad, "h": None if h is None else h.grad}
+    grads.update({n: p.grad for n, p in cell.named_parameters()})
+    return out, grads
+
+
+@pytest.mark.parametrize("shape,dtype,bias,states", LSTM_CELL_GRID, ids=[
+    f"N{n}-I{i}-H{h}-{str(d).split('.')[1]}{'' if b else '-nobias'}{'' if s else '-nohx'}"
+    for (n, i, h), d, b, s in LSTM_CELL_GRID])
+def test_gru_cell_matches_nn_gru_cell(shape, dtype, bias, states, monkeypatch):
+    """Each shape in every dtype, bias or not, h or not: h' and every gradient, in one fused
+    launch (b_hn inside the new gate's hidden product)."""
+    (N, I, H) = shape
+    calls = []
+    original = launch.gru_cell_forward
+    monkeypatch.setattr(gru_ops, "kernel_cell",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    ours, ref = _gru_pair(I, H, bias, dtype=dtype)
+    x = torch.randn(N, I, dtype=torch.float64)
+    h = torch.randn(N, H, dtype=torch.float64) if states else None
+    out, grads = _gru_out_and_grads(ours, x.to(DEVICE, dtype),
+                                    None if h is None else h.to(DEVICE, dtype))
+    ref_out, ref_grads = _gru_out_and_grads(ref, x, h)
+    assert calls == [1]
+    assert out.dtype == dtype and rel_err(out, ref_out) < TOLERANCE[dtype]
+    for name, g in ref_grads.items():
+        if g is None:
+            assert grads[name] is None, name
+        else:
+            assert rel_err(grads[name], g) < GRAD_TOLERANCE[dtype], name
+
+
+def test_gru_cell_unbatched_and_convert():
+    ours, ref = _gru_pair(3, 4)
+    x, h = torch.randn(3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    out = ours(x.to(DEVICE), h.to(DEVICE))
+    assert out.shape == (4,) and rel_err(out, ref(x, h)) < 1e-9
+    model = nn.Sequential(nn.GRUCell(3, 4))
+    assert type(triton_rnn.convert(model)[0]) is triton_rnn.GRUCell
+    assert isinstance(ours, nn.GRUCell) and "GRUCell" in triton_rnn.__all__
+
+
+GRU_BAD = [("input-3d", (2, 2, 4), (2, 3)), ("h-3d", (2, 4), (1, 2, 3)),
+           ("h-batch", (2, 4), (3, 3)), ("input-size", (2, 5), None), ("h-size", (2, 4), (2, 5))]
+
+
+@pytest.mark.parametrize("name,x_shape,h_shape", GRU_BAD, ids=[b[0] for b in GRU_BAD])
+def test_gru_cell_errors_are_nn_gru_cells(name, x_shape, h_shape):
+    x = torch.randn(x_shape)
+    h = None if h_shape is None else torch.randn(h_shape)
+    with pytest.raises(Exception) as expected:
+        nn.GRUCell(4, 3)(x, h)
+    with pytest.raises(type(expected.value)) as got:
+        triton_rnn.GRUCell(4, 3).to(DEVICE)(x.to(DEVICE), None if h is None else h.to(DEVICE))
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.xdist_group("torch-module-db")  # one worker reads PyTorch's test utilities
+def test_gru_cell_module_info_samples_and_error_inputs():
+    """PyTorch's own ModuleInfo for nn.GRUCell: every sample's h' as nn.GRUCell's, and every
+    error input raising its error."""
+    check_module_info(pytorch_module_info("GRUCell")["GRUCell"], _gru_pair,
+                      lambda out: [out], triton_rnn.GRUCell)

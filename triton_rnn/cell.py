@@ -1,9 +1,10 @@
-"""triton_rnn.RNNCell and LSTMCell: torch.nn.RNNCell and nn.LSTMCell whose step is one fused
-Triton kernel."""
+"""triton_rnn.RNNCell, LSTMCell and GRUCell: torch.nn.RNNCell, nn.LSTMCell and nn.GRUCell whose
+step is one fused Triton kernel."""
 import torch
 from torch import nn
 
 from . import routing
+from .gru_ops import gru_cell
 from .lstm_ops import lstm_cell
 from .ops import rnn_cell
 from .nn_rules import autocast_cast, autocast_dtype, scalar_name
@@ -14,31 +15,49 @@ class RNNCell(nn.RNNCell):
     both biases and the activation run in one kernel launch per call."""
 
     def forward(self, input, hx=None):
-        if input.dim() not in (1, 2):
-            raise ValueError(
-                f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(
-                f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-            hx = None if hx is None else hx.unsqueeze(0)
-        self._check_args(input, hx)
-        params = [self.weight_ih, self.weight_hh] + \
-            ([self.bias_ih, self.bias_hh] if self.bias else [])
-        dtype = autocast_dtype(input.device.type)
-        if dtype is not None:  # nn.RNNCell runs in the autocast dtype
-            input, hx = autocast_cast(input, dtype), autocast_cast(hx, dtype)
-            params = autocast_cast(params, dtype)  # every call, as nn.RNNCell's own cast
+        input, hx, is_batched, params = _one_state_cell_args(self, "RNNCell", input, hx)
         w_ih, w_hh, b_ih, b_hh = (*params, None, None)[:4]
         with torch.autocast(input.device.type, enabled=False):
             out = rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity == "relu",
                            torch.backends.cuda.matmul.allow_tf32)
         return out if is_batched else out.squeeze(0)
 
-    def _check_args(self, input, hx) -> None:
-        check_cell_args(self, input, () if hx is None else (hx,))
+
+class GRUCell(nn.GRUCell):
+    """Drop-in replacement for torch.nn.GRUCell: only `forward` differs. Both projections,
+    both biases, the three gates and the update run in one kernel launch per call (b_hn
+    inside the new gate's hidden product); the backward is elementwise work and four
+    large-batch GEMMs."""
+
+    def forward(self, input, hx=None):
+        input, hx, is_batched, params = _one_state_cell_args(self, "GRUCell", input, hx)
+        w_ih, w_hh, b_ih, b_hh = (*params, None, None)[:4]
+        with torch.autocast(input.device.type, enabled=False):
+            out, _ = gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh,
+                              torch.backends.cuda.matmul.allow_tf32)
+        return out if is_batched else out.squeeze(0)
+
+
+def _one_state_cell_args(cell, name: str, input, hx):
+    """nn.RNNCell's and nn.GRUCell's argument handling: (input, hx, batched, parameters), the
+    input and hx with a batch dimension, all of them cast under autocast (every call, as the
+    torch.nn cell's own cast)."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if hx is not None and hx.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+        hx = None if hx is None else hx.unsqueeze(0)
+    check_cell_args(cell, input, () if hx is None else (hx,))
+    params = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias
+                                                 else [])
+    dtype = autocast_dtype(input.device.type)
+    if dtype is not None:  # the torch.nn cell runs in the autocast dtype
+        input, hx = autocast_cast(input, dtype), autocast_cast(hx, dtype)
+        params = autocast_cast(params, dtype)
+    return input, hx, is_batched, params
 
 
 def check_cell_args(cell, input, states) -> None:

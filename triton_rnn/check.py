@@ -8,9 +8,9 @@ Each row runs one bidirectional layer of triton_rnn.RNN (or a triton_rnn.RNNCell
 kernels and nn.RNN (nn.RNNCell) on the same weights and inputs: resident, split and streaming,
 padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; then
 triton_rnn.LSTM ("lstm": its resident kernels; "lstm-split": the split, on tensor cores in bf16
-and TF32, one row at a time in fp64; "lstm-streaming": past the split), triton_rnn.GRU
-("gru": its resident kernels; "gru-streaming" beyond) and
-LSTMCell against nn.LSTM and nn.LSTMCell;
+and TF32, one row at a time in fp64; "lstm-streaming": past the split) and LSTMCell against
+nn.LSTM and nn.LSTMCell, triton_rnn.GRU ("gru": its resident kernels; "gru-streaming"
+beyond) and GRUCell against nn.GRU and nn.GRUCell;
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
 and every parameter, each
 compared by relative error with the bound of the first-use check (measure.py). It prints the
@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from . import measure, routing
-from .cell import LSTMCell, RNNCell
+from .cell import GRUCell, LSTMCell, RNNCell
 from .kernels import dispatch, failures, launch
 from .gru import GRU
 from .lstm import LSTM
@@ -49,6 +49,7 @@ CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, 
     [("lstm-streaming", "fp64", False)] + \
     [("gru", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
     [("gru-streaming", d, False) for d in ("bf16", "fp64")] + \
+    [("gru-cell", d, False) for d in ("fp16", "tf32")] + \
     [("lstm-cell", d, False) for d in ("fp16", "tf32")]
 BUDGET_S = 70  # no case starts after this; each is a few compiles and a few short runs
 # variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
@@ -56,14 +57,16 @@ BUDGET_S = 70  # no case starts after this; each is a few compiles and a few sho
 # interpreted: with the limits of _small_limits).
 SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8),
          "lstm": (32, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
-         "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-streaming": (1100, 40, 8)}
+         "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-streaming": (1100, 40, 8),
+         "gru-cell": (256, 40, 1)}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
 MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
            "lstm-split": (LSTM, nn.LSTM), "lstm-streaming": (LSTM, nn.LSTM),
            "lstm-cell": (LSTMCell, nn.LSTMCell), "gru": (GRU, nn.GRU),
-           "gru-streaming": (GRU, nn.GRU)}
+           "gru-streaming": (GRU, nn.GRU), "gru-cell": (GRUCell, nn.GRUCell)}
 RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streaming",
-           "lstm-cell": "cell", "gru": "resident", "gru-streaming": "streaming"}
+           "lstm-cell": "cell", "gru": "resident", "gru-streaming": "streaming",
+           "gru-cell": "cell"}
 
 
 def _small_limits():
@@ -152,7 +155,7 @@ def _us_per_step(call, steps: int) -> float:
 
 def check_case(variant: str, dtype_name: str, packed: bool, device: str,
                interpreted: bool) -> dict:
-    cell = variant in ("cell", "lstm-cell")
+    cell = variant.endswith("cell")
     H_gpu, H_small, T_gpu = SIZES.get(variant, (256, 40, 1))
     H = H_small if interpreted else H_gpu
     T, N, I = (1 if cell else 3 if interpreted else T_gpu), (3 if interpreted else 16), 32

@@ -1,5 +1,5 @@
-"""One GRU layer's recurrence as torch.library custom ops, with autograd (lstm_ops.py's pattern,
-for the GRU cell).
+"""One GRU layer's recurrence, and one GRUCell step, as torch.library custom ops, with autograd
+(lstm_ops.py's pattern, for the GRU cell).
 
 `gru_recurrence(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, allow_tf32)
 -> (out, gates)` runs D directions of one layer, each from its own tensors (the `_r` ones: the
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from . import reference
 from .kernels import gru_backward as kernel_backward
+from .kernels import gru_cell_forward as kernel_cell
 from .kernels import gru_forward as kernel_forward
 from .kernels.cells import GRU_SAVED
 from .ops import _directions, _plain_eager, hidden_weight_grad, uses_kernels
@@ -129,3 +130,50 @@ def run_gru(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, w_hh: Tensor,
     if _plain_eager(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r):
         return _EagerGRU.apply(*args)
     return gru_recurrence(*args)
+
+
+# ----- GRUCell: one step, both projections and the update fused ------------------------------
+
+@torch.library.custom_op("triton_rnn::gru_cell", mutates_args=())
+def gru_cell(x: Tensor, h: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+             b_hh: Optional[Tensor], allow_tf32: bool) -> tuple[Tensor, Tensor]:
+    """(h', gates) of one GRU step; h None means zeros, biases None none; gates (N, 4H): r, z,
+    n and h W_hnᵀ + b_hn (not differentiable)."""
+    if uses_kernels(x):
+        return kernel_cell(x, h, w_ih, w_hh, b_ih, b_hh, allow_tf32)
+    return reference.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+
+
+@gru_cell.register_fake
+def _(x, h, w_ih, w_hh, b_ih, b_hh, allow_tf32):
+    N, H = x.shape[0], w_hh.shape[1]
+    return x.new_empty((N, H)), x.new_empty((N, GRU_SAVED * H))
+
+
+def _cell_setup_context(ctx, inputs, output):
+    x, h, w_ih, w_hh, b_ih, b_hh, allow_tf32 = inputs
+    ctx.save_for_backward(x, h, w_ih, w_hh, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _cell_backward(ctx, dh_new, dgates):
+    """The gates' gradients elementwise, then the products as large-batch GEMMs: the input
+    side's gradient is (dr, dz, dn), the hidden side's (dr, dz, r dn)."""
+    x, h, w_ih, w_hh, gates = ctx.saved_tensors
+    r, z, n, q_n = gates.chunk(GRU_SAVED, dim=1)
+    dh_new = torch.zeros_like(n) if dh_new is None else dh_new
+    h_prev = torch.zeros_like(n) if h is None else h
+    d_n = dh_new * (1 - z) * (1 - n * n)
+    d_z = dh_new * (h_prev - n) * z * (1 - z)
+    d_r = d_n * q_n * r * (1 - r)
+    d_in, d_hid = torch.cat([d_r, d_z, d_n], dim=1), torch.cat([d_r, d_z, d_n * r], dim=1)
+    need = ctx.needs_input_grad
+    dx = d_in @ w_ih if need[0] else None
+    dh = d_hid @ w_hh + dh_new * z if need[1] else None
+    dw_ih = d_in.T @ x if need[2] else None
+    dw_hh = (d_hid.T @ h if h is not None else torch.zeros_like(w_hh)) if need[3] else None
+    return (dx, dh, dw_ih, dw_hh, d_in.sum(0) if need[4] else None,
+            d_hid.sum(0) if need[5] else None, None)
+
+
+gru_cell.register_autograd(_cell_backward, setup_context=_cell_setup_context)

@@ -219,3 +219,17 @@ def gru_backward(dout, out, gates, h0, w_hh, lengths):
             dh = dh_new if inside is None else torch.where(inside, dh_new, g)
         dh0[d] = dh
     return dz, dh0
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    """One GRU step as kernels/launch.py's gru_cell_forward: (h', gates); h None means zeros."""
+    a = x @ w_ih.T
+    q = torch.zeros_like(a) if h is None else h @ w_hh.T
+    if b_ih is not None:
+        a, q = a + b_ih, q + b_hh
+    a_r, a_z, a_n = a.chunk(3, dim=1)
+    q_r, q_z, q_n = q.chunk(3, dim=1)
+    r, z = torch.sigmoid(a_r + q_r), torch.sigmoid(a_z + q_z)
+    n = torch.tanh(a_n + r * q_n)
+    h_prev = torch.zeros_like(n) if h is None else h
+    return (1 - z) * n + z * h_prev, torch.cat([r, z, n, q_n], dim=1)
