@@ -54,8 +54,10 @@ The rule, in order (the resource report prints it beside every configuration):
    program of 8 features each).
    Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
    chunks one after another), as do split layers whose programs a device cannot hold.
-   A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and
-   streams beyond: it has no split kernel yet.
+   A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and,
+   on tensor cores, the LSTM's split configurations (its gates in four slots, the fourth
+   masked: the forward's programs hold R/4 features, the backward's K is 4*BH with 3H used);
+   IEEE fp32 and fp64 GRU layers stream beyond the resident variant (no GRU in split.py).
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
@@ -181,11 +183,11 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
             not (gates > 1 and elem == 4)
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     ragged = hidden_size % 16 != 0
-    if split and gates == 4:
+    if split and gates > 1:
         cfg = _split_gates(hidden_size, dtype, allow_tf32, arch, gates, pass_)
         if cfg is not None:
             return cfg
-    elif split and gates == 1 and BH <= SPLIT_MAX_BH[elem]:  # (GRU layers have no split)
+    elif split and BH <= SPLIT_MAX_BH[elem]:
         return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
@@ -210,9 +212,12 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     sm_90's shared memory per block take it; elsewhere 16-bit LSTM layers take the split to
     H = 512."""
     BH = max(16, triton.next_power_of_2(hidden_size))
-    K = gates * BH
+    # the GRU's three gates take four slots (the fourth masked): its tiles are the LSTM's
+    slots = 4
+    K = slots * BH
     if not split_on_tensor_cores(dtype, allow_tf32):
-        if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
+        if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize] or \
+                gates == 3:  # (no GRU in split.py yet: IEEE fp32 and fp64 GRU layers stream)
             return None
         # IEEE fp32 and fp64: split.py, one batch row at a time, as an RNN of K features; the
         # backward with 8 features per program, whose nine inputs per row every thread holds
@@ -228,7 +233,7 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0) \
             if BH <= LSTM_SPLIT_FORWARD_MAX_BH[dtype.itemsize] else None
         return None if forward is None or forward.b_shared else \
-            replace(forward, gate_rows=gates)
+            replace(forward, gate_rows=slots)
     if K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
         return None
     if K > SPLIT_MAX_BH[dtype.itemsize]:
@@ -237,7 +242,7 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
             if shared >= SHARED_PER_BLOCK[90] else None
     # the backward's rows (dz's, of the four gates) are 4H long
     backward = choose_split_dot(K, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
-                                ragged=gates * hidden_size % 16 != 0)
+                                ragged=slots * hidden_size % 16 != 0)
     return None if backward is None or backward.b_shared else backward
 
 

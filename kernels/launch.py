@@ -617,8 +617,8 @@ def gru_forward(proj, h0, w_hh, lengths, allow_tf32: bool, config: Config = None
     """(out, gates) of one GRU layer (D directions): h_t (T, N, D*H) and r, z, n and q_n (the
     new gate's hidden product, b_hn in it) of every step (T, N, D*4H; direction d's at 4H*d),
     which the backward reads. proj: each direction's (T, N, 3H) = X W_ihᵀ + b_ih; h0 (D, N, H);
-    w_hh: each direction's (3H, H); b_hh: None or each direction's (3H,). The resident variant,
-    else streaming (dispatch rule 4)."""
+    w_hh: each direction's (3H, H); b_hh: None or each direction's (3H,). The variant dispatch
+    rule 4 gives; a split layer whose programs the device cannot hold at once streams."""
     D, N, H = h0.shape
     projs = _one_layout(per_direction(proj, 3 * H), unit_last_stride=True)
     weights = _one_layout(per_direction(w_hh))
@@ -637,6 +637,16 @@ def gru_forward(proj, h0, w_hh, lengths, allow_tf32: bool, config: Config = None
     with _on_device(out):
         cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
                                            allow_tf32, config, cell=GRU.value)
+        if cfg.variant == "split":
+            strides = (*projs[0].stride()[:2], *out.stride()[:2], *h0.stride()[:2])
+            options = _aligned(options, cfg, H, (*strides, *gates.stride()[:2]), w_strides)
+            if _launch_split("forward", kernel, cfg, options,  # (h0 for the unread carry)
+                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
+                              out, gates, h0), (T, N, H, HB),
+                             (*strides, *w_strides, *gates.stride()[:2]), D):
+                return out, gates
+            cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
+                                               allow_tf32, split=False, cell=GRU.value)
         if cfg.variant == "streaming":
             state = _empty((D, 2, N, H), dtype=acc_dtype(dtype), device=device)
             state[:, 1] = h0
@@ -671,6 +681,20 @@ def gru_backward(dout, out, gates, h0, w_hh, lengths, allow_tf32: bool, config: 
     with _on_device(out):
         cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
                                            allow_tf32, config, cell=GRU.value)
+        if cfg.variant == "split":
+            options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2],
+                                                 *dz.stride()[:2]), w_strides)
+            acc = acc_dtype(out.dtype)
+            carry = _empty((D, N, H), dtype=acc, device=out.device)
+            direct = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dh z, carried
+            if _launch_split("backward", kernel, cfg, options,
+                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, out, dout, h0,
+                              gates, dh0, direct), (T, N, H),
+                             (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
+                              *dz.stride()[:2]), D):
+                return dz, dh0
+            cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
+                                               allow_tf32, split=False, cell=GRU.value)
         if cfg.variant == "streaming":
             state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             kernel[grid](

@@ -53,7 +53,7 @@ from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
                      program_rows, sequence_lengths, state_mask, state_offsets, state_operand,
                      tf32_dot_operand, time_index, weight_operand)
-from .cells import LSTM, lstm_update, lstm_update_grad
+from .cells import GRU, LSTM, RNN, gru_update, gru_update_grad, lstm_update, lstm_update_grad
 from .split import _poison
 
 
@@ -70,12 +70,14 @@ def _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, c, PRECISION: tl.constexpr,
 
 
 @triton.jit
-def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, N, i_d0, PRECISION: tl.constexpr,
-             DOT_DTYPE: tl.constexpr, R: tl.constexpr, KW: tl.constexpr, BK: tl.constexpr,
-             KC: tl.constexpr, BN: tl.constexpr, GATE_ROWS: tl.constexpr = 1):
+def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J, K, G, ROWS, N, i_d0,
+             PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr, R: tl.constexpr,
+             KW: tl.constexpr, BK: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
+             GATE_ROWS: tl.constexpr = 1):
     """What program (s, g, d) works on (split.py's _program, in row tiles): its direction; the
     slice count S; its R rows o_j of B (program_rows: its output features, or with GATE_ROWS > 1
-    every gate's rows of its features) and their mask; its rows of B over the reduction length
+    every gate's rows of its features) and their mask (rows of B past J masked: the GRU's fourth
+    gate slot); its rows of B over the reduction length
     K in KC chunks (unused chunks repeat the first), on-chip for all T steps; its group's
     barrier counter; its group's first batch row n0, and the rows and mask of the group's
     first row tile."""
@@ -83,7 +85,7 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, N, i_d0, PRECISION: 
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)
     BKW: tl.constexpr = BK // KW
     o_j, o_f = program_rows(H, R, GATE_ROWS)
-    m_j = o_f < H
+    m_j = (o_f < H) & (o_j < J)
     p_b = direction_pointer(p_b, p_b_r, i_d)
     b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)
     b_b1 = b_b0
@@ -214,6 +216,29 @@ def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_pr
         tl.store(p_g + H, convert(g_f, GATE_DTYPE), mask=m_c)
         tl.store(p_g + 2 * H, convert(g_g, GATE_DTYPE), mask=m_c)
         tl.store(p_g + 3 * H, convert(g_o, GATE_DTYPE), mask=m_c)
+    elif CELL == GRU:
+        # R rows: gate slots r, z, n (and a fourth, masked) of R/4 features; the hidden
+        # products (b_hh in them) apart from P, h_{tt-1} of the program's own features
+        RF: tl.constexpr = R // 4
+        o_f = tl.program_id(0) * RF + tl.arange(0, RF)
+        m_c = state_mask(m_n, o_f < H, True)
+        b_old = _features(p_prev, o_n, s_prev, o_f, m_n, o_f < H, True, True).to(ACC)
+        b_q = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
+                       DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN, False) + b_hb
+        b_pp = tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC))
+        q_n = _gate(b_q, 2, RF, BN)
+        g_r, g_z, g_n, h_new = gru_update(
+            _gate(b_pp, 0, RF, BN), _gate(b_pp, 1, RF, BN), _gate(b_pp, 2, RF, BN),
+            _gate(b_q, 0, RF, BN), _gate(b_q, 1, RF, BN), q_n, b_old)
+        b_h = tl.where(held, b_old, h_new)  # a held row keeps h
+        tl.store(p_out + state_offsets(o_n, s_n, o_f, True),
+                 convert(b_h, p_out.dtype.element_ty), mask=m_c)
+        p_g = p_gates + state_offsets(o_n, s_gn, o_f, True)
+        GATE_DTYPE: tl.constexpr = p_gates.dtype.element_ty
+        tl.store(p_g, convert(g_r, GATE_DTYPE), mask=m_c)
+        tl.store(p_g + H, convert(g_z, GATE_DTYPE), mask=m_c)
+        tl.store(p_g + 2 * H, convert(g_n, GATE_DTYPE), mask=m_c)
+        tl.store(p_g + 3 * H, convert(q_n, GATE_DTYPE), mask=m_c)
     else:
         b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
         b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
@@ -255,12 +280,12 @@ def rnn_forward_split_dot_kernel(
         aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
-    GATE_ROWS: tl.constexpr = 4 if CELL == LSTM else 1
+    GATE_ROWS: tl.constexpr = 1 if CELL == RNN else 4  # (the GRU's fourth slot masked)
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
-        p_b, p_b_r, p_sync, s_bk, s_bj, H, H, G, ROWS, N, i_d0, PRECISION, DOT_DTYPE, R, KW,
-        BK, KC, BN, GATE_ROWS)
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, (3 if CELL == GRU else GATE_ROWS) * H, H, G, ROWS, N,
+        i_d0, PRECISION, DOT_DTYPE, R, KW, BK, KC, BN, GATE_ROWS)
     BKW: tl.constexpr = BK // KW
-    if CELL == LSTM:  # HB is 0 or H: a row's bias is there when its feature's is
+    if CELL != RNN:  # HB is 0 or H: a row's bias is there when its feature's is
         m_hb = tl.where(HB > 0, m_j, False)
     else:
         m_hb = o_j < HB
@@ -305,7 +330,11 @@ def rnn_forward_split_dot_kernel(
         t += 1
     if ok == 0:
         tl.store(p_sync, 1)
-        if CELL == LSTM:
+        if CELL == GRU:
+            RF: tl.constexpr = R // 4
+            o_f = tl.program_id(0) * RF + tl.arange(0, RF)
+            _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_f, False, RF)
+        elif CELL == LSTM:
             RF: tl.constexpr = R // 4
             o_f = tl.program_id(0) * RF + tl.arange(0, RF)
             _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_f, False, RF)
@@ -428,6 +457,65 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
 
 
 @triton.jit
+def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carry, p_direct,
+                       p_dh0, p_h0, p_gates, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j, m_j,
+                       n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr, ACC: tl.constexpr,
+                       PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
+                       BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
+                       DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+    """_backward_tile for the GRU: the flow into step tt is dL/dh_tt = Σ over the three gates'
+    rows of W_hh times every slice's dq of the step visited before (K = 3H: dz's first three
+    slots, row stride s_zn) plus dL/dh z of that step, this program's own, carried in ACC
+    through p_direct (zero before visit 0). From it, the step's saved r, z, n, q_n and h_{tt-1}
+    (out of the step before in time, h0 before the first), its dq_r, dq_z, dq_n and dL/dP_n;
+    a row held at tt passes dL/dh through. At v = T the flow is dh0."""
+    o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+    m_c = state_mask(m_n, m_j, True)
+    o_c = state_offsets(o_n, s_hn, o_j, True)
+    tt, tt_before = time_index(v, T, i_d, True), time_index(v - 1, T, i_d, True)
+    tt_prev = time_index(v + 1, T, i_d, True)  # the step before tt in time
+    o_now = tt * s_t + o_x
+    lengths = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
+    held_before = tl.where(v > 0, tt_before >= lengths, False)[None, :]
+    now = v < T
+    # Loads that do not wait for the product, issued before it
+    b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
+    b_direct = tl.load(p_direct + o_c, mask=tl.where(v > 0, m_c, False), other=0.0)
+    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, tl.where(i0 > 0, now, False))
+    b_hp = tl.where(v + 1 < T,
+                    _features(p_out + tt_prev * s_t + o_x, o_n, s_n, o_j, m_n, m_j, v + 1 < T),
+                    _features(p_h0, o_n, s_hn, o_j, m_n, m_j, v + 1 == T))
+    p_g = p_gates + tt * s_zt
+    g_r = _features(p_g, o_n, s_zn, o_j, m_n, m_j, now)
+    g_z = _features(p_g + H, o_n, s_zn, o_j, m_n, m_j, now)
+    g_n = _features(p_g + 2 * H, o_n, s_zn, o_j, m_n, m_j, now)
+    q_n = _features(p_g + 3 * H, o_n, s_zn, o_j, m_n, m_j, now)
+    b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0,
+                      tl.where(v > 0, m_n, False), 3 * H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
+                      BKW, KC, BN)
+    # nothing flows in at v = 0 (a zero, not a product of zeros: see _backward_tile)
+    b_flow = tl.where(held_before, b_carried, tl.where(v > 0, b_flow + b_direct, 0.0))
+    # the carries' loads may replicate values across warps and their stores come from one of
+    # them: every load above before any store below
+    tl.debug_barrier()
+    tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty),
+             mask=tl.where(v == T, m_c, False))
+    b_dh = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
+    d_r, d_z, dq_n, d_n, b_through = gru_update_grad(b_dh, g_r.to(ACC), g_z.to(ACC),
+                                                     g_n.to(ACC), q_n.to(ACC), b_hp.to(ACC))
+    active = (tt < lengths)[None, :]
+    m_c = tl.where(now, m_c, False)
+    tl.store(p_carry + o_c, b_dh, mask=m_c & ~active)
+    tl.store(p_direct + o_c, b_through, mask=m_c & active)
+    p_d = p_dz + tt * s_zt + state_offsets(o_n, s_zn, o_j, True)
+    DZ_DTYPE: tl.constexpr = p_dz.dtype.element_ty
+    tl.store(p_d, convert(tl.where(active, d_r, 0.0), DZ_DTYPE), mask=m_c)
+    tl.store(p_d + H, convert(tl.where(active, d_z, 0.0), DZ_DTYPE), mask=m_c)
+    tl.store(p_d + 2 * H, convert(tl.where(active, dq_n, 0.0), DZ_DTYPE), mask=m_c)
+    tl.store(p_d + 3 * H, convert(tl.where(active, d_n, 0.0), DZ_DTYPE), mask=m_c)
+
+
+@triton.jit
 def _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0, p_dc,
                 p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x,
                 o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr,
@@ -435,7 +523,12 @@ def _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry
                 R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
                 BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS, CELL: tl.constexpr):
     """Visit v of the backward for one row tile: the cell's tile function."""
-    if CELL == LSTM:
+    if CELL == GRU:
+        _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carry, p_dc,
+                           p_dh0, p_c0, p_gates, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j,
+                           m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC, PRECISION, R, KW,
+                           BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+    elif CELL == LSTM:
         _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
                             p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn,
                             p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC,
@@ -480,13 +573,14 @@ def rnn_backward_split_dot_kernel(
     H, s_t, s_n = aligned(H, ALIGN), aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
+    K_GATES: tl.constexpr = 4 if CELL == LSTM else 3 if CELL == GRU else 1
     i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
-        p_b, p_b_r, p_sync, s_bk, s_bj, H, 4 * H if CELL == LSTM else H, G, ROWS, N, i_d0,
-        PRECISION, DOT_DTYPE, R, KW, BK, KC, BN)
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, H, K_GATES * H, G, ROWS, N, i_d0, PRECISION,
+        DOT_DTYPE, R, KW, BK, KC, BN)
     BKW: tl.constexpr = BK // KW
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
-    if CELL == LSTM:
+    if CELL != RNN:  # (GRU: p_dc carries dL/dh z, p_c0 is h0)
         p_dc = p_dc + i_d * s_hd
         p_dc0 = p_dc0 + i_d * s_hd
         p_c0 = p_c0 + i_d * s_hd
@@ -495,10 +589,10 @@ def rnn_backward_split_dot_kernel(
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
     o_step = time_index(0, T, i_d, True) * s_t + o_x
     b_g0 = _features(p_dout + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)  # a visit ahead
-    if CELL == LSTM:
-        b_y0 = b_g0  # (unused)
-    else:
+    if CELL == RNN:
         b_y0 = _features(p_out + o_step, o_first, s_n, o_j, m_first, m_j, T > 0)
+    else:
+        b_y0 = b_g0  # (unused)
     v = T * 0
     ok = v == 0
     while (v <= T) & ok:
@@ -523,13 +617,13 @@ def rnn_backward_split_dot_kernel(
         if v < T:  # dz of this visit, from every slice, is what the next one multiplies
             o_next = time_index(v + 1, T, i_d, True) * s_t + o_x
             b_g0 = _features(p_dout + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
-            if CELL != LSTM:
+            if CELL == RNN:
                 b_y0 = _features(p_out + o_next, o_first, s_n, o_j, m_first, m_j, v + 1 < T)
             ok = arrive_and_wait(p_cnt, S * (v + 1), MAX_POLLS)
         v += 1
     if ok == 0:  # visit v and later never ran: their dz, and dh0, are NaN
         tl.store(p_sync, 1)
-        if CELL == LSTM:
+        if CELL != RNN:
             for g in tl.static_range(4):
                 _poison(p_dz + g * H, s_zt, s_zn, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
         else:

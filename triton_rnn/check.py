@@ -9,8 +9,8 @@ kernels and nn.RNN (nn.RNNCell) on the same weights and inputs: resident, split 
 padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and float64; then
 triton_rnn.LSTM ("lstm": its resident kernels; "lstm-split": the split, on tensor cores in bf16
 and TF32, one row at a time in fp64; "lstm-streaming": past the split) and LSTMCell against
-nn.LSTM and nn.LSTMCell, triton_rnn.GRU ("gru": its resident kernels; "gru-streaming"
-beyond) and GRUCell against nn.GRU and nn.GRUCell;
+nn.LSTM and nn.LSTMCell, triton_rnn.GRU ("gru": its resident kernels; "gru-split": the split
+on tensor cores; "gru-streaming" beyond) and GRUCell against nn.GRU and nn.GRUCell;
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
 and every parameter, each
 compared by relative error with the bound of the first-use check (measure.py). It prints the
@@ -48,6 +48,7 @@ CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, 
     [("lstm-streaming", d, p) for d in ("bf16", "tf32") for p in (False, True)] + \
     [("lstm-streaming", "fp64", False)] + \
     [("gru", d, p) for d in ("bf16", "tf32", "fp64") for p in (False, True)] + \
+    [("gru-split", d, p) for d in ("bf16", "tf32") for p in (False, True)] + \
     [("gru-streaming", d, False) for d in ("bf16", "fp64")] + \
     [("gru-cell", d, False) for d in ("fp16", "tf32")] + \
     [("lstm-cell", d, False) for d in ("fp16", "tf32")]
@@ -57,15 +58,18 @@ BUDGET_S = 70  # no case starts after this; each is a few compiles and a few sho
 # interpreted: with the limits of _small_limits).
 SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 40, 8),
          "lstm": (32, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
-         "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-streaming": (1100, 40, 8),
+         "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-split": (256, 40, 64),
+         "gru-streaming": (1100, 40, 8),
          "gru-cell": (256, 40, 1)}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
 MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
            "lstm-split": (LSTM, nn.LSTM), "lstm-streaming": (LSTM, nn.LSTM),
            "lstm-cell": (LSTMCell, nn.LSTMCell), "gru": (GRU, nn.GRU),
-           "gru-streaming": (GRU, nn.GRU), "gru-cell": (GRUCell, nn.GRUCell)}
+           "gru-split": (GRU, nn.GRU), "gru-streaming": (GRU, nn.GRU),
+           "gru-cell": (GRUCell, nn.GRUCell)}
 RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streaming",
-           "lstm-cell": "cell", "gru": "resident", "gru-streaming": "streaming",
+           "lstm-cell": "cell", "gru": "resident", "gru-split": "split",
+           "gru-streaming": "streaming",
            "gru-cell": "cell"}
 
 

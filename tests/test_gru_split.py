@@ -1,0 +1,217 @@
+"""GRU layers on the tensor-core split (kernels/split_dot.py with CELL = GRU): the forward's
+programs hold the three gates' rows of R/4 features (four slots, the fourth masked), the
+hidden products apart from P; the backward's hold W_hh's columns of their features over the
+three gates' rows (K = 3H) and carry dL/dh z of their own features.
+
+Through the concurrent interpreter at H = 40 (small_variant("split")), as the LSTM's split
+(tests/test_lstm_split.py); the natural limits are the LSTM's (dispatch rule 4), asserted
+below; the compile gate compiles the largest (kernels/report.py, GRU_SHAPES)."""
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import triton_rnn
+from conftest import DEVICE
+from helpers import rel_err
+# the references themselves, bound before conftest's guard wraps them (a guarded call with
+# tensors the kernels handle fails the test: here they are the comparison, on purpose)
+from triton_rnn.reference import gru_backward as reference_backward
+from triton_rnn.reference import gru_forward as reference_forward
+from triton_rnn.kernels import concurrent_interpreter as ci
+from triton_rnn.kernels import launch, split_dot
+from triton_rnn.kernels.dispatch import choose, choose_split_dot
+from triton_rnn.kernels.failures import SplitBarrierTimeout
+
+from test_concurrent_interpreter import SENTINEL, _arrive_unless_first_program
+from test_lstm_split import variants  # noqa: F401
+
+H = 40
+
+
+def _layer(T, N, D, dtype, packed, hidden=H, seed=0):
+    """One GRU layer's kernel inputs: projections, h0, W_hh, b_hh, lengths (unsorted)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, dtype=torch.float64, generator=g) * scale).to(dtype)
+
+    projs = [randn(T, N, 3 * hidden) for _ in range(D)]
+    weights = [randn(3 * hidden, hidden, scale=hidden ** -0.5) for _ in range(D)]
+    biases = [randn(3 * hidden) for _ in range(D)]
+    h0 = randn(D, N, hidden)
+    lengths = torch.randint(1, T + 1, (N,), generator=g, dtype=torch.int32) if packed else None
+    return projs, h0, weights, biases, lengths
+
+
+def _gradient(out, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+
+
+def _run(layer, allow_tf32=True, forward=None, backward=None):
+    """(out, gates, dz, dh0) of the launchers."""
+    projs, h0, weights, biases, lengths = layer
+    out, gates = launch.gru_forward(projs, h0, weights, lengths, allow_tf32, forward,
+                                    b_hh=biases)
+    return (out, gates, *launch.gru_backward(_gradient(out), out, gates, h0, weights, lengths,
+                                             allow_tf32, backward))
+
+
+def _reference(layer, result):
+    """The float64 reference of _run (its backward from the kernels' own saved values)."""
+    projs, h0, weights, biases, lengths = layer
+    wide = lambda ts: [t.double() for t in ts]  # noqa: E731
+    forward = reference_forward(wide(projs), h0.double(), wide(weights), lengths,
+                                b_hh=wide(biases))
+    out, gates = (t.double() for t in result[:2])
+    return (*forward, *reference_backward(_gradient(result[0]).double(), out, gates,
+                                          h0.double(), wide(weights), lengths))
+
+
+NAMES = ("out", "gates", "dz", "dh0")
+
+
+def _split_ran(variants):
+    return [p for p in ("forward", "backward") if variants[p] and variants[p][-1] == "split"]
+
+
+def test_split_gru_equals_the_resident_kernels_in_tf32(small_variant, variants):
+    """Two directions, a packed (unsorted) batch, biases: the split's h, saved values and
+    gradients are the resident kernels' (the same TF32-rounded products, summed in another
+    order)."""
+    layer = _layer(T=3, N=5, D=2, dtype=torch.float32, packed=True)
+    resident = _run(layer)
+    assert variants["forward"] == ["resident"] and variants["backward"] == ["resident"]
+    small_variant("split")
+    split = _run(layer)
+    assert _split_ran(variants) == ["forward", "backward"]
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, split, resident)}
+    assert all(e < 1e-4 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
+                         ids=["bf16", "fp16"])
+def test_split_gru_row_tiles_match_float64(dtype, tol, small_variant, variants):
+    """33 rows, two batch groups of 17: two row tiles in each, the second of one row; 16-bit
+    values against the float64 reference on the same inputs, to the dtype's rounding."""
+    small_variant("split")
+    layer = _layer(T=2, N=33, D=1, dtype=dtype, packed=False)
+    result = _run(layer, allow_tf32=False)
+    assert _split_ran(variants) == ["forward", "backward"]
+    for name, a, b in zip(NAMES, result, _reference(layer, result)):
+        assert rel_err(a, b) < tol, name
+
+
+def test_split_gru_backward_with_b_in_shared_memory(small_variant, variants):
+    """The backward's form for K = 4096 (B in shared memory, KC = 4 state chunks), here at
+    H = 40 in bf16: the same dz and dh0 as the float64 reference to bf16's rounding."""
+    small_variant("split")
+    layer = _layer(T=3, N=5, D=1, dtype=torch.bfloat16, packed=True)
+    shared = replace(choose(H, 5, torch.bfloat16, False, gates=3, pass_="backward"),
+                     b_shared=True, k_chunks=4, num_warps=16)
+    result = _run(layer, False, backward=shared)
+    for name, a, b in list(zip(NAMES, result, _reference(layer, result)))[2:]:
+        assert rel_err(a, b) < 2e-2, name
+
+
+def test_split_gru_module_matches_nn_gru(small_variant, variants):
+    """triton_rnn.GRU on the split in TF32, two directions: outputs, h_n and every gradient as
+    nn.GRU's in float64, to TF32's rounding."""
+    small_variant("split")
+    torch.manual_seed(0)
+    ref = nn.GRU(3, H, bidirectional=True).double()
+    ours = triton_rnn.GRU(3, H, bidirectional=True).to(DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    outputs = []
+    for model, inp in ((ours, x.float().to(DEVICE)), (ref, x)):
+        out, h_n = model(inp)
+        (out.sin().sum() + h_n.pow(2).sum()).backward()
+        outputs.append([out, h_n] + [p.grad for p in model.parameters()])
+    assert _split_ran(variants) == ["forward", "backward"]
+    for a, b in zip(*outputs):
+        assert rel_err(a.double().cpu(), b) < 2e-2
+
+
+@pytest.mark.parametrize("arch", [90, 80, None], ids=["sm90", "sm80", "interpreter"])
+def test_dispatch_takes_gru_layers_as_the_lstm_on_tensor_cores(arch, monkeypatch):
+    """16-bit and TF32 GRU layers take the LSTM's split configurations (the forward's four
+    slots a program, the backward's K = 4*BH); IEEE fp32 and fp64 ones stream."""
+    monkeypatch.setattr(launch, "device_arch", lambda: arch)
+    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True),
+                        (torch.float32, False), (torch.float64, False)):
+        for hidden in (65, 200, 500, 1000):
+            for pass_ in ("forward", "backward"):
+                gru = choose(hidden, 16, dtype, tf32, arch=arch, gates=3, pass_=pass_)
+                lstm = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_=pass_)
+                if dtype == torch.bfloat16 or tf32:
+                    assert gru == lstm, (gru, lstm)
+                else:
+                    assert gru.variant == "streaming", gru
+
+
+# ----- a faulty barrier: the split GRU raises and poisons, never a silent wrong result -----
+
+FAULT_H = 20
+
+
+@pytest.fixture
+def sentinel_launches(monkeypatch):
+    """Small bound on the waits; each concurrent launch's named arguments recorded and its
+    outputs set to SENTINEL first, so that NaN afterwards is the kernel's."""
+    monkeypatch.setattr(launch, "MAX_POLLS_INTERPRETED", 300)
+    launches, original = [], ci.launch
+
+    def recording_launch(kernel, grid, *args, **kwargs):
+        named = dict(zip(kernel.arg_names, args))
+        for name in ("p_dz", "p_dh0") if "p_dz" in named else ("p_out",):
+            named[name].fill_(SENTINEL)
+        launches.append((grid, named))
+        return original(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(ci, "launch", recording_launch)
+    return launches
+
+
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_split_gru_missing_arrival_raises_and_poisons(pass_, monkeypatch, sentinel_launches):
+    """TF32, two groups of 9 and 8 rows; program (0, 0, 0) never arrives: the launcher raises
+    SplitBarrierTimeout within seconds; group 0's results after the first step it could not
+    compute are NaN (backward: dh0 too), its first step and the other group are the
+    reference's."""
+    forward = replace(choose_split_dot(32, torch.float32), gate_rows=4)
+    backward = choose_split_dot(128, torch.float32)
+    layer = _layer(T=3, N=17, D=1, dtype=torch.float32, packed=False, hidden=FAULT_H)
+    projs, h0, weights, biases, _ = layer
+    out, gates = launch.gru_forward(projs, h0, weights, None, True, forward, biases)
+    dout = _gradient(out)
+    expected = (out.double(),) if pass_ == "forward" else [
+        t.double() for t in launch.gru_backward(dout, out, gates, h0, weights, None, True,
+                                                backward)]
+    sentinel_launches.clear()
+    monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
+    start = time.monotonic()
+    with pytest.raises(SplitBarrierTimeout):
+        if pass_ == "forward":
+            launch.gru_forward(projs, h0, weights, None, True, forward, biases)
+        else:
+            launch.gru_backward(dout, out, gates, h0, weights, None, True, backward)
+    assert time.monotonic() - start < 30.0
+    (grid, named), = sentinel_launches
+    rows = named["ROWS"]
+    assert grid[1] == 2 and named["p_sync"][0] == 1
+    names = ("p_out",) if pass_ == "forward" else ("p_dz", "p_dh0")
+    first = 0 if pass_ == "forward" else 2  # the step computed before the first wait
+    for name, exp in zip(names, expected):
+        got = named[name].double()
+        if name == "p_dh0":
+            assert torch.isnan(got[:, :rows]).all(), name
+            assert rel_err(got[:, rows:], exp[:, rows:]) < 1e-6, name
+            continue
+        assert rel_err(got[first, :rows], exp[first, :rows]) < 1e-6, name
+        later = [t for t in range(3) if t != first]
+        assert torch.isnan(got[later, :rows]).all(), name
+        assert rel_err(got[:, rows:], exp[:, rows:]) < 1e-6, name
