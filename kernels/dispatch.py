@@ -56,8 +56,8 @@ The rule, in order (the resource report prints it beside every configuration):
    chunks one after another), as do split layers whose programs a device cannot hold.
    A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and,
    on tensor cores, the LSTM's split configurations (its gates in four slots, the fourth
-   masked: the forward's programs hold R/4 features, the backward's K is 4*BH with 3H used);
-   IEEE fp32 and fp64 GRU layers stream beyond the resident variant (no GRU in split.py).
+   masked: the forward's programs hold R/4 features, the backward's K is 4*BH with 3H used),
+   and in IEEE fp32 and fp64 its split.py configurations.
 Every configuration this rule can produce is compiled for sm_90 and sm_80 by
 `python -m triton_rnn.kernels.report`, which fails on spills (beyond a few parked scalars),
 shared-memory overflow or errors (LSTM: the largest tiles, report.LSTM_SHAPES).
@@ -216,8 +216,7 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     slots = 4
     K = slots * BH
     if not split_on_tensor_cores(dtype, allow_tf32):
-        if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize] or \
-                gates == 3:  # (no GRU in split.py yet: IEEE fp32 and fp64 GRU layers stream)
+        if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
             return None
         # IEEE fp32 and fp64: split.py, one batch row at a time, as an RNN of K features; the
         # backward with 8 features per program, whose nine inputs per row every thread holds
@@ -226,7 +225,7 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         # its forward's 128 programs did not fit an A100: to H = 256.
         if pass_ == "backward":
             return choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
-        return replace(choose_split(BH, dtype, allow_tf32=False, arch=arch), gate_rows=gates)
+        return replace(choose_split(BH, dtype, allow_tf32=False, arch=arch), gate_rows=slots)
     if pass_ == "forward":
         # K = BH, as an RNN's: in registers, whatever the backward takes (the two passes
         # exchange only the saved h, c and gates, the same for every variant)

@@ -95,11 +95,11 @@ LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64
 # (h @ B) and bf16 (W-first on sm_90), the elementwise product in IEEE fp32 and fp64; the
 # tensor-core split at the LSTM's limits (TF32 256, whose backward's K is the largest in
 # registers, and 512, its forward's; bf16 512 and 1024, the backward's B in shared memory
-# there); streaming past them in each product class (tl.dot in bf16, the elementwise product
-# in IEEE fp32).
+# there); split.py's at H = 256 in IEEE fp32 and fp64; streaming past them in each product
+# class (tl.dot in bf16, the elementwise product in IEEE fp32).
 GRU_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp32", 64, 1), ("fp64", 32, 1),
               ("tf32", 256, 16), ("tf32", 512, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
-              ("bf16", 2048, 16), ("fp32", 512, 1)]
+              ("fp32", 256, 16), ("fp64", 256, 16), ("bf16", 2048, 16), ("fp32", 512, 1)]
 # GRUCell: the LSTMCell's kernel with three gates (tl.dot in TF32 and fp64, elementwise bf16)
 GRU_CELL_SHAPES = [("tf32", 64, 16), ("fp64", 64, 16), ("bf16", 64, 1)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \

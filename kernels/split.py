@@ -1,9 +1,9 @@
 """Split variant (Persistent RNN): W_hh divided by rows across co-resident programs, one batch
 row at a time on CUDA cores. This file runs IEEE float32 and float64 (and TF32 at BH = 2048
 where the device's shared memory cannot hold split_dot.py's form for it); 16-bit and TF32 run
-split_dot.py, the same design on tensor cores. The cell is a constexpr (CELL): the LSTM's is
-split_dot.py's design (read its docstring) one row at a time, _lstm_forward_row and
-_lstm_backward_row.
+split_dot.py, the same design on tensor cores. The cell is a constexpr (CELL): the LSTM's and
+the GRU's are split_dot.py's design (read its docstring) one row at a time
+(_lstm_forward_row, _lstm_backward_row; _gru_forward_row, _gru_backward_row).
 
 Grid (slices S, batch groups, directions). Program (s, g, d) loads its R rows of the product
 matrix once, on-chip for the whole sequence, from direction d's own W_hh (by its pointer):
@@ -40,15 +40,16 @@ from .barrier import arrive_and_wait
 from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
                      hidden_bias, program_rows, sequence_lengths, state_operand, time_index,
                      weight_operand)
-from .cells import LSTM, lstm_update, lstm_update_grad
+from .cells import GRU, LSTM, RNN, gru_update, gru_update_grad, lstm_update, lstm_update_grad
 
 
 @triton.jit
-def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, i_d0, ACC: tl.constexpr,
+def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J, K, G, ROWS, i_d0, ACC: tl.constexpr,
              PRECISION: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
              GATE_ROWS: tl.constexpr = 1):
     """What program (s, g, d) works on: its direction; the slice count S; its (R, BK) block of
-    B (element (j, k)), zero outside H and the reduction length K, rounded for the product
+    B (element (j, k)), zero outside H, the J rows of B (the GRU's fourth gate slot) and the
+    reduction length K, rounded for the product
     (TF32) and converted to ACC once, on-chip for all T steps; the offsets of its R rows of B
     (o_j: its output features, or with GATE_ROWS > 1 every gate's rows of its features,
     blocks.program_rows) and of the BK reduction features (o_k); its group's barrier counter;
@@ -61,8 +62,11 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, i_d0, ACC: tl.conste
     o_j, o_f = program_rows(H, R, GATE_ROWS)
     o_k = tl.arange(0, BK)
     p_b = direction_pointer(p_b, p_b_r, i_d)
+    m_j = o_f < H
+    if GATE_ROWS > 1:  # (one gate: o_j is o_f, and J is H)
+        m_j = m_j & (o_j < J)
     b_b = tl.load(p_b + o_j[:, None] * s_bj + o_k[None, :] * s_bk,
-                  mask=(o_f < H)[:, None] & (o_k < K)[None, :], other=0.0)
+                  mask=m_j[:, None] & (o_k < K)[None, :], other=0.0)
     b_b = weight_operand(b_b, ACC, False, PRECISION)
     p_cnt = p_sync + 1 + i_d * G + i_g
     return i_d, tl.num_programs(0), b_b, o_j, o_k, p_cnt, i_g.to(tl.int64) * ROWS
@@ -129,6 +133,43 @@ def _lstm_forward_row(b_b, b_hb, p_bias, HB, p_row, p_step, p_out, p_cell, p_car
     tl.store(p_gates + 3 * H + o_f, convert(g_o, GATE_DTYPE), mask=m_f)
 
 
+@triton.jit
+def _gru_forward_row(b_b, b_hb, p_bias, HB, p_row, p_step, p_out, p_gates, p_len, o_j, o_k, n,
+                     tt, T, N, H, W_DTYPE: tl.constexpr, ACC: tl.constexpr,
+                     PRECISION: tl.constexpr, R: tl.constexpr, BIAS_PER_ROW: tl.constexpr,
+                     HAS_LENGTHS):
+    """Step tt of the GRU forward for batch row n (its h_{tt-1} at p_row; p_step, p_out and
+    p_gates at the row's P_tt, h_tt and saved values): the program's R rows are the three
+    gates' (four slots, the fourth masked) of R/4 features; the hidden products (b_hh in them)
+    stay apart from P."""
+    RF: tl.constexpr = R // 4
+    o_rf = program_rows(H, R, 4)[1]  # each of the R rows' feature
+    o_f = tl.program_id(0) * RF + tl.arange(0, RF)
+    lim = tl.where(n < N, H, 0)  # features to touch in row n: none past the batch
+    m_rows = (o_rf < lim) & (o_j < 3 * H)
+    b_h = tl.load(p_row + o_k, mask=o_k < lim, other=0.0, cache_modifier=".cg")
+    b_h = state_operand(b_h, W_DTYPE, PRECISION).to(ACC)
+    b_q = tl.sum(b_b * b_h[None, :], 1)
+    if BIAS_PER_ROW:
+        b_q += tl.load(p_bias + o_j, mask=m_rows & (o_rf < HB), other=0.0).to(ACC)
+    else:
+        b_q += b_hb
+    b_p = tl.load(p_step + o_j, mask=m_rows, other=0.0).to(ACC)
+    held = tt >= sequence_lengths(p_len, n, n < N, T, HAS_LENGTHS)
+    b_old = tl.load(p_row + o_f, mask=o_f < lim, other=0.0, cache_modifier=".cg").to(ACC)
+    q_n = _gate(b_q, 2, RF)
+    g_r, g_z, g_n, h_new = gru_update(_gate(b_p, 0, RF), _gate(b_p, 1, RF), _gate(b_p, 2, RF),
+                                      _gate(b_q, 0, RF), _gate(b_q, 1, RF), q_n, b_old)
+    b_h = tl.where(held, b_old, h_new)  # a held row keeps h
+    m_f = o_f < lim
+    tl.store(p_out + o_f, convert(b_h, p_out.dtype.element_ty), mask=m_f)
+    GATE_DTYPE: tl.constexpr = p_gates.dtype.element_ty
+    tl.store(p_gates + o_f, convert(g_r, GATE_DTYPE), mask=m_f)
+    tl.store(p_gates + H + o_f, convert(g_z, GATE_DTYPE), mask=m_f)
+    tl.store(p_gates + 2 * H + o_f, convert(g_n, GATE_DTYPE), mask=m_f)
+    tl.store(p_gates + 3 * H + o_f, convert(q_n, GATE_DTYPE), mask=m_f)
+
+
 @triton.jit(do_not_specialize=["T", "N", "HB", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_forward_split_kernel(
     p_proj, p_proj_r,    # each direction's P (T, N, H), features contiguous (same strides)
@@ -157,9 +198,10 @@ def rnn_forward_split_kernel(
     s_t, s_n = aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
-    GATE_ROWS: tl.constexpr = 4 if CELL == LSTM else 1
-    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, H, G, ROWS,
-                                                i_d0, ACC, PRECISION, R, BK, GATE_ROWS)
+    GATE_ROWS: tl.constexpr = 1 if CELL == RNN else 4  # (the GRU's fourth slot masked)
+    J_ROWS = (3 if CELL == GRU else GATE_ROWS) * H  # rows of B (W_hh's)
+    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J_ROWS, H, G,
+                                                ROWS, i_d0, ACC, PRECISION, R, BK, GATE_ROWS)
     p_bias = direction_pointer(p_bias, p_bias_r, i_d)
     # fp64 re-reads b_hh for every row (an L1 hit): held across the loop it tips fp64
     # H = 1024 into spilling under the register cap. Others hold it (re-reading tips bf16
@@ -167,9 +209,10 @@ def rnn_forward_split_kernel(
     BIAS_PER_ROW: tl.constexpr = ACC == tl.float64
     b_hb = tl.zeros((R,), ACC)
     if not BIAS_PER_ROW:  # this program's R rows of b_hh, held for the whole sequence
-        if CELL == LSTM:  # HB is 0 or H: a row's bias is there when its feature's is
+        if CELL != RNN:  # HB is 0 or H: a row's bias is there when its feature's is
             b_hb = tl.load(p_bias + o_j, mask=tl.where(HB > 0, program_rows(H, R, 4)[1] < H,
-                                                       False), other=0.0).to(ACC)
+                                                       False) & (o_j < J_ROWS),
+                           other=0.0).to(ACC)
         else:
             b_hb = tl.load(p_bias + o_j, mask=o_j < HB, other=0.0).to(ACC)
     p_h0 = p_h0 + i_d * s_hd
@@ -198,6 +241,11 @@ def rnn_forward_split_kernel(
                                   p_gates + tt * s_gt + n * s_gn, p_len, o_j, o_k, n, tt, T,
                                   N, H, p_b.dtype.element_ty, ACC, PRECISION, R, BIAS_PER_ROW,
                                   HAS_LENGTHS)
+            elif CELL == GRU:
+                _gru_forward_row(b_b, b_hb, p_bias, HB, p_prev + n * s_prev, p_step + n * s_pn,
+                                 p_out + o_step + n * s_n, p_gates + tt * s_gt + n * s_gn,
+                                 p_len, o_j, o_k, n, tt, T, N, H, p_b.dtype.element_ty, ACC,
+                                 PRECISION, R, BIAS_PER_ROW, HAS_LENGTHS)
             else:
                 lim = tl.where(n < N, H, 0)  # features to touch in row n: none past the batch
                 p_row = p_prev + n * s_prev
@@ -222,7 +270,11 @@ def rnn_forward_split_kernel(
         t += 1
     if ok == 0:
         tl.store(p_sync, 1)
-        if CELL == LSTM:
+        if CELL == GRU:
+            RF: tl.constexpr = R // 4
+            o_f = tl.program_id(0) * RF + tl.arange(0, RF)
+            _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_f, False, RF)
+        elif CELL == LSTM:
             RF: tl.constexpr = R // 4
             o_f = tl.program_id(0) * RF + tl.arange(0, RF)
             _poison(p_out, s_t, s_n, t, T, N, H, n0, ROWS, i_d, o_f, False, RF)
@@ -261,6 +313,31 @@ def _lstm_backward_row(b_dh, p_dc, p_dcell, p_cell, p_c0, p_gates, p_dz, m_row, 
     tl.store(p_dz + 3 * H, convert(tl.where(active, d_o, 0.0), DZ_DTYPE), mask=m_row)
 
 
+@triton.jit
+def _gru_backward_row(b_dh, p_direct, p_out, p_h0, p_gates, p_dz, m_row, active, t, tt, T, i_d,
+                      H, s_t, ACC: tl.constexpr):
+    """Phase 1 of the GRU backward for one batch row at step tt (visit t): from dL/dh_tt
+    (b_dh), h_{tt-1} (p_out rows s_t apart; h0 before the first step) and the saved r, z, n,
+    q_n: dq_r, dq_z, dq_n and dL/dP_n (stored at p_dz + g*H; zero where the row is held), and
+    dL/dh_tt z into p_direct (this program's own), which phase 2 adds to the flow."""
+    tb = time_index(t + 1, T, i_d, True)  # the step before tt in time, visited next
+    b_hp = tl.where(t + 1 < T,
+                    tl.load(p_out + tb * s_t, mask=tl.where(t + 1 < T, m_row, False),
+                            other=0.0).to(ACC),
+                    tl.load(p_h0, mask=tl.where(t + 1 < T, False, m_row), other=0.0).to(ACC))
+    d_r, d_z, dq_n, d_n, b_through = gru_update_grad(
+        b_dh, tl.load(p_gates, mask=m_row, other=0.0).to(ACC),
+        tl.load(p_gates + H, mask=m_row, other=0.0).to(ACC),
+        tl.load(p_gates + 2 * H, mask=m_row, other=0.0).to(ACC),
+        tl.load(p_gates + 3 * H, mask=m_row, other=0.0).to(ACC), b_hp)
+    tl.store(p_direct, b_through, mask=tl.where(active, m_row, False))
+    DZ_DTYPE: tl.constexpr = p_dz.dtype.element_ty
+    tl.store(p_dz, convert(tl.where(active, d_r, 0.0), DZ_DTYPE), mask=m_row)
+    tl.store(p_dz + H, convert(tl.where(active, d_z, 0.0), DZ_DTYPE), mask=m_row)
+    tl.store(p_dz + 2 * H, convert(tl.where(active, dq_n, 0.0), DZ_DTYPE), mask=m_row)
+    tl.store(p_dz + 3 * H, convert(tl.where(active, d_n, 0.0), DZ_DTYPE), mask=m_row)
+
+
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
 def rnn_backward_split_kernel(
     p_dout, p_out,
@@ -287,12 +364,15 @@ def rnn_backward_split_kernel(
     H, s_t, s_n = aligned(H, ALIGN), aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
-    GATES_K: tl.constexpr = 4 if CELL == LSTM else 1  # dz's features per hidden feature
-    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, GATES_K * H,
-                                                G, ROWS, i_d0, ACC, PRECISION, R, BK)
+    # the product's reduction length, by hidden feature: dz's (LSTM), dq's (GRU: dz's first
+    # three slots of four)
+    GATES_K: tl.constexpr = 4 if CELL == LSTM else 3 if CELL == GRU else 1
+    i_d, S, b_b, o_j, o_k, p_cnt, n0 = _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, H,
+                                                GATES_K * H, G, ROWS, i_d0, ACC, PRECISION, R,
+                                                BK)
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
-    if CELL == LSTM:
+    if CELL != RNN:  # (GRU: p_dc carries dL/dh z, p_c0 is h0)
         p_dc = p_dc + i_d * s_hd
         p_dc0 = p_dc0 + i_d * s_hd
         p_c0 = p_c0 + i_d * s_hd
@@ -328,6 +408,11 @@ def rnn_backward_split_kernel(
                                    p_gates + tt * s_zt + n * s_zn + o_j,
                                    p_dz + tt * s_zt + n * s_zn + o_j, m_row, active, t, tt, T,
                                    i_d, H, s_t, ACC)
+            elif CELL == GRU:
+                _gru_backward_row(b_g, p_dc + n * s_hn + o_j, p_out + n * s_n + o_x,
+                                  p_c0 + n * s_hn + o_j, p_gates + tt * s_zt + n * s_zn + o_j,
+                                  p_dz + tt * s_zt + n * s_zn + o_j, m_row, active, t, tt, T,
+                                  i_d, H, s_t, ACC)
             else:
                 b_y = tl.load(p_out + tt * s_t + n * s_n + o_x, mask=m_row,
                               other=0.0).to(ACC)
@@ -348,8 +433,11 @@ def rnn_backward_split_kernel(
                 b_dzr = state_operand(b_dzr, p_b.dtype.element_ty, PRECISION).to(ACC)
                 # Held rows keep what phase 1 stored.
                 writes = (n < N) & (tt < sequence_lengths(p_len, n, n < N, T, HAS_LENGTHS))
-                tl.store(p_carry + n * s_hn + o_j, tl.sum(b_b * b_dzr[None, :], 1),
-                         mask=o_j < tl.where(writes, H, 0))
+                b_flow = tl.sum(b_b * b_dzr[None, :], 1)
+                if CELL == GRU:  # and the part of dL/dh_{tt-1} that does not pass W_hh
+                    b_flow += tl.load(p_dc + n * s_hn + o_j, mask=o_j < tl.where(writes, H, 0),
+                                      other=0.0)
+                tl.store(p_carry + n * s_hn + o_j, b_flow, mask=o_j < tl.where(writes, H, 0))
         t += 1
     tl.debug_barrier()  # carry's last stores, then its loads
     for i in range(ROWS):
@@ -365,7 +453,7 @@ def rnn_backward_split_kernel(
                      mask=m_row)
     if ok == 0:
         tl.store(p_sync, 1)
-        if CELL == LSTM:
+        if CELL != RNN:
             for g in tl.static_range(4):
                 _poison(p_dz + g * H, s_zt, s_zn, t, T, N, H, n0, ROWS, i_d, o_j, True, R)
         else:

@@ -85,7 +85,9 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J, K, G, ROWS, N, i_d0,
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)
     BKW: tl.constexpr = BK // KW
     o_j, o_f = program_rows(H, R, GATE_ROWS)
-    m_j = (o_f < H) & (o_j < J)
+    m_j = o_f < H
+    if GATE_ROWS > 1:  # (one gate: o_j is o_f, and J is H)
+        m_j = m_j & (o_j < J)
     p_b = direction_pointer(p_b, p_b_r, i_d)
     b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)
     b_b1 = b_b0

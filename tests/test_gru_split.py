@@ -1,7 +1,8 @@
-"""GRU layers on the tensor-core split (kernels/split_dot.py with CELL = GRU): the forward's
-programs hold the three gates' rows of R/4 features (four slots, the fourth masked), the
-hidden products apart from P; the backward's hold W_hh's columns of their features over the
-three gates' rows (K = 3H) and carry dL/dh z of their own features.
+"""GRU layers on the split (kernels/split_dot.py on tensor cores, kernels/split.py one batch
+row at a time in IEEE fp32 and fp64, both with CELL = GRU): the forward's programs hold the
+three gates' rows of R/4 features (four slots, the fourth masked), the hidden products apart
+from P; the backward's hold W_hh's columns of their features over the three gates' rows
+(K = 3H) and carry dL/dh z of their own features.
 
 Through the concurrent interpreter at H = 40 (small_variant("split")), as the LSTM's split
 (tests/test_lstm_split.py); the natural limits are the LSTM's (dispatch rule 4), asserted
@@ -21,8 +22,8 @@ from helpers import rel_err
 from triton_rnn.reference import gru_backward as reference_backward
 from triton_rnn.reference import gru_forward as reference_forward
 from triton_rnn.kernels import concurrent_interpreter as ci
-from triton_rnn.kernels import launch, split_dot
-from triton_rnn.kernels.dispatch import choose, choose_split_dot
+from triton_rnn.kernels import launch, split, split_dot
+from triton_rnn.kernels.dispatch import choose, choose_split, choose_split_dot
 from triton_rnn.kernels.failures import SplitBarrierTimeout
 
 from test_concurrent_interpreter import SENTINEL, _arrive_unless_first_program
@@ -105,6 +106,20 @@ def test_split_gru_row_tiles_match_float64(dtype, tol, small_variant, variants):
         assert rel_err(a, b) < tol, name
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)],
+                         ids=["fp64", "fp32"])
+def test_split_gru_on_cuda_cores_matches_float64(dtype, tol, small_variant, variants):
+    """split.py's GRU (IEEE fp32 and fp64, one batch row at a time), two directions, a packed
+    unsorted batch: values and gradients as the float64 reference's, to the dtype's noise."""
+    small_variant("split")
+    layer = _layer(T=3, N=3, D=2, dtype=dtype, packed=True)
+    result = _run(layer, allow_tf32=False)
+    assert _split_ran(variants) == ["forward", "backward"]
+    assert not choose(H, 3, dtype, False, gates=3).use_dot
+    for name, a, b in zip(NAMES, result, _reference(layer, result)):
+        assert rel_err(a, b) < tol, name
+
+
 def test_split_gru_backward_with_b_in_shared_memory(small_variant, variants):
     """The backward's form for K = 4096 (B in shared memory, KC = 4 state chunks), here at
     H = 40 in bf16: the same dz and dh0 as the float64 reference to bf16's rounding."""
@@ -137,9 +152,9 @@ def test_split_gru_module_matches_nn_gru(small_variant, variants):
 
 
 @pytest.mark.parametrize("arch", [90, 80, None], ids=["sm90", "sm80", "interpreter"])
-def test_dispatch_takes_gru_layers_as_the_lstm_on_tensor_cores(arch, monkeypatch):
-    """16-bit and TF32 GRU layers take the LSTM's split configurations (the forward's four
-    slots a program, the backward's K = 4*BH); IEEE fp32 and fp64 ones stream."""
+def test_dispatch_takes_gru_layers_as_the_lstm(arch, monkeypatch):
+    """GRU layers past the resident variant take the LSTM's configurations (the forward's four
+    slots a program, the backward's K = 4*BH), on tensor cores and one row at a time."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True),
                         (torch.float32, False), (torch.float64, False)):
@@ -147,15 +162,20 @@ def test_dispatch_takes_gru_layers_as_the_lstm_on_tensor_cores(arch, monkeypatch
             for pass_ in ("forward", "backward"):
                 gru = choose(hidden, 16, dtype, tf32, arch=arch, gates=3, pass_=pass_)
                 lstm = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_=pass_)
-                if dtype == torch.bfloat16 or tf32:
-                    assert gru == lstm, (gru, lstm)
-                else:
-                    assert gru.variant == "streaming", gru
+                assert gru == lstm, (gru, lstm)
 
 
 # ----- a faulty barrier: the split GRU raises and poisons, never a silent wrong result -----
 
 FAULT_H = 20
+# (dtype, batch, forward config, backward config): on tensor cores, TF32, two groups of 9 and
+# 8 rows (forward 5 slices of 4 features, backward 2 of 16); split.py, fp64, two groups of one
+# row (forward 5 slices of 4 features, backward 3 of 8)
+FAULT_FORMS = {
+    "tiles": (torch.float32, 17, replace(choose_split_dot(32, torch.float32), gate_rows=4),
+              choose_split_dot(128, torch.float32)),
+    "rows": (torch.float64, 2, replace(choose_split(32, torch.float64), gate_rows=4),
+             choose_split(128, torch.float64, rows=8))}
 
 
 @pytest.fixture
@@ -176,15 +196,15 @@ def sentinel_launches(monkeypatch):
     return launches
 
 
+@pytest.mark.parametrize("form", list(FAULT_FORMS))
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_split_gru_missing_arrival_raises_and_poisons(pass_, monkeypatch, sentinel_launches):
-    """TF32, two groups of 9 and 8 rows; program (0, 0, 0) never arrives: the launcher raises
-    SplitBarrierTimeout within seconds; group 0's results after the first step it could not
-    compute are NaN (backward: dh0 too), its first step and the other group are the
-    reference's."""
-    forward = replace(choose_split_dot(32, torch.float32), gate_rows=4)
-    backward = choose_split_dot(128, torch.float32)
-    layer = _layer(T=3, N=17, D=1, dtype=torch.float32, packed=False, hidden=FAULT_H)
+def test_split_gru_missing_arrival_raises_and_poisons(pass_, form, monkeypatch,
+                                                      sentinel_launches):
+    """Program (0, 0, 0) never arrives: the launcher raises SplitBarrierTimeout within
+    seconds; group 0's results after the first step it could not compute are NaN (backward:
+    dh0 too), its first step and the other group are the reference's."""
+    dtype, batch, forward, backward = FAULT_FORMS[form]
+    layer = _layer(T=3, N=batch, D=1, dtype=dtype, packed=False, hidden=FAULT_H)
     projs, h0, weights, biases, _ = layer
     out, gates = launch.gru_forward(projs, h0, weights, None, True, forward, biases)
     dout = _gradient(out)
@@ -193,6 +213,7 @@ def test_split_gru_missing_arrival_raises_and_poisons(pass_, monkeypatch, sentin
                                                 backward)]
     sentinel_launches.clear()
     monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
+    monkeypatch.setattr(split, "arrive_and_wait", _arrive_unless_first_program)
     start = time.monotonic()
     with pytest.raises(SplitBarrierTimeout):
         if pass_ == "forward":
