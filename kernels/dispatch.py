@@ -43,8 +43,8 @@ The rule, in order (the resource report prints it beside every configuration):
    32 in fp64), and IEEE fp32 never takes tl.dot (TF32 tiles take it, but not W-first: it
    held 230-255 registers). Beyond that, 16-bit and TF32 LSTM layers take the tensor-core
    split up to BH = 1024 in 16-bit on sm_90 (512 elsewhere) and 256 in TF32 (_split_gates),
-   both passes with the configuration an RNN of the pass's reduction length K gets: the forward multiplies over
-   K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
+   both passes with the configuration an RNN of the pass's reduction length K gets: the
+   forward multiplies over K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
    take split.py (one batch row at a time) the same way, to BH = 256. The tensor-core

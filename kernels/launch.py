@@ -456,11 +456,26 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
     """(h', c', gates) of one LSTMCell step for x (N, I), h and c (N, H) or None (zeros),
     w_ih (4H, I), w_hh (4H, H), biases (4H,) or None, in one launch: gates (N, 4H) are the
     activations i, f, g, o, which the backward reads."""
+    return _gated_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32, LSTM.value)
+
+
+def gru_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
+    """(h', gates) of one GRUCell step for x (N, I), h (N, H) or None (zeros), w_ih (3H, I),
+    w_hh (3H, H), biases (3H,) or None, in one launch: gates (N, 4H) are r, z, n and
+    h W_hnᵀ + b_hn, which the backward reads."""
+    out, _, gates = _gated_cell_forward(x, h, None, w_ih, w_hh, b_ih, b_hh, allow_tf32,
+                                        GRU.value)
+    return out, gates
+
+
+def _gated_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool, cell: int):
+    """(h', c' (the LSTM's; h' for the GRU), gates (N, 4H)) of one step of a gated cell in one
+    launch of the cell kernel."""
     N, I = x.shape
     H = w_hh.shape[1]
     out = _empty((N, H), dtype=x.dtype, device=x.device)
-    c_out = _empty(like=out)
-    gates = _empty((N, 4 * H), dtype=x.dtype, device=x.device)
+    c_out = _empty(like=out) if cell == LSTM.value else out
+    gates = _empty((N, 4 * H), dtype=x.dtype, device=x.device)  # (GRU_SAVED is 4 too)
     if N == 0:
         return out, c_out, gates
     # Rows of x, h, c and the biases with unit feature stride; h and c with one row stride.
@@ -468,7 +483,7 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
     h, c, b_ih, b_hh = (None if t is None else t.contiguous() for t in (h, c, b_ih, b_hh))
     cfg = choose_cell(N, x.dtype)
     options = compile_options(cfg, x.dtype, False, allow_tf32, HAS_H=h is not None,
-                              HAS_BIAS=b_ih is not None, CELL=LSTM.value)
+                              HAS_BIAS=b_ih is not None, CELL=cell)
     grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
     unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
     with _on_device(x):
@@ -478,32 +493,6 @@ def lstm_cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
             N, I, H, x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
             w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
     return out, c_out, gates
-
-
-def gru_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, allow_tf32: bool):
-    """(h', gates) of one GRUCell step for x (N, I), h (N, H) or None (zeros), w_ih (3H, I),
-    w_hh (3H, H), biases (3H,) or None, in one launch: gates (N, 4H) are r, z, n and
-    h W_hnᵀ + b_hn, which the backward reads."""
-    N, I = x.shape
-    H = w_hh.shape[1]
-    out = _empty((N, H), dtype=x.dtype, device=x.device)
-    gates = _empty((N, GRU_SAVED * H), dtype=x.dtype, device=x.device)
-    if N == 0:
-        return out, gates
-    x = x.contiguous()
-    h, b_ih, b_hh = (None if t is None else t.contiguous() for t in (h, b_ih, b_hh))
-    cfg = choose_cell(N, x.dtype)
-    options = compile_options(cfg, x.dtype, False, allow_tf32, HAS_H=h is not None,
-                              HAS_BIAS=b_ih is not None, CELL=GRU.value)
-    grid = (triton.cdiv(N, cfg.BN), triton.cdiv(H, cfg.BH))
-    unused = x  # stands in for absent optional tensors; their constexpr flag keeps it unread
-    with _on_device(x):
-        rnn_cell_forward_kernel[grid](
-            x, unused if h is None else h, w_ih, w_hh, unused if b_ih is None else b_ih,
-            unused if b_hh is None else b_hh, out, unused, out, gates,
-            N, I, H, x.stride(0), 0 if h is None else h.stride(0), out.stride(0),
-            w_ih.stride(1), w_ih.stride(0), w_hh.stride(1), w_hh.stride(0), **options)
-    return out, gates
 
 
 def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config = None,

@@ -85,7 +85,8 @@ BATCHES = (1, 5, 16, 256)
 # an A100 cannot hold: it streams); streaming, whose W_hh chunks are streamed whatever H (one
 # H per product and dtype class: tl.dot in bf16, TF32 and fp64, the elementwise product in
 # IEEE fp32); and the LSTMCell, whose kernel streams the weights whatever H, at batch 16
-# (tl.dot) in every dtype and 1 (elementwise) in bf16. Smaller tiles compile in tests/test_compile.py's shapes (sm_90, the newest Triton).
+# (tl.dot) in every dtype and 1 (elementwise) in bf16. Smaller tiles compile in
+# tests/test_compile.py's shapes (sm_90, the newest Triton).
 LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64, 16),
                ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
                ("fp32", 256, 16), ("fp64", 256, 16),

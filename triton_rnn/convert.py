@@ -9,7 +9,8 @@ from .rnn import RNN
 
 def convert(model: nn.Module) -> nn.Module:
     """Turn every torch.nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell and nn.GRUCell in
-    `model`, `model` itself included, into triton_rnn's class of that name, in place, and return `model`.
+    `model`, `model` itself included, into triton_rnn's class of that name, in place, and
+    return `model`.
 
     Each module is re-classed rather than copied, so it keeps its parameter objects, buffers,
     hooks and training mode, and optimizers already holding its parameters keep working."""

@@ -25,7 +25,7 @@ from .kernels import gru_backward as kernel_backward
 from .kernels import gru_cell_forward as kernel_cell
 from .kernels import gru_forward as kernel_forward
 from .kernels.cells import GRU_SAVED
-from .ops import _directions, _plain_eager, hidden_weight_grad, uses_kernels
+from .ops import _directions, _plain_eager, eager_function, hidden_weight_grad, uses_kernels
 
 
 def _gru_impl(proj, proj_r, h0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, allow_tf32):
@@ -105,21 +105,8 @@ gru_recurrence_backward.register_autograd(_no_double_backward,
                                           setup_context=lambda ctx, inputs, output: None)
 
 
-class _EagerGRU(torch.autograd.Function):
-    """gru_recurrence's implementation and autograd formula without the custom op's dispatch
-    layers (as ops._EagerRecurrence)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _gru_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        lengths = inputs[7]
-        ctx.mark_non_differentiable(output[1], *(() if lengths is None else (lengths,)))
-        return output
-
-    @staticmethod
-    def backward(ctx, dout, dgates):
-        return _backward(ctx, dout, dgates)
+_EagerGRU = eager_function("_EagerGRU", _gru_impl, _setup_context, _backward,
+                           lengths_at=7, saved_at=(1,))
 
 
 def run_gru(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, w_hh: Tensor,

@@ -23,7 +23,7 @@ from . import reference
 from .kernels import lstm_backward as kernel_backward
 from .kernels import lstm_cell_forward as kernel_cell
 from .kernels import lstm_forward as kernel_forward
-from .ops import _directions, _plain_eager, hidden_weight_grad, uses_kernels
+from .ops import _directions, _plain_eager, eager_function, hidden_weight_grad, uses_kernels
 
 
 def _lstm_impl(proj, proj_r, h0, c0, w_hh, w_hh_r, b_hh, b_hh_r, lengths, allow_tf32):
@@ -107,21 +107,8 @@ lstm_recurrence_backward.register_autograd(_no_double_backward,
                                            setup_context=lambda ctx, inputs, output: None)
 
 
-class _EagerLSTM(torch.autograd.Function):
-    """lstm_recurrence's implementation and autograd formula without the custom op's dispatch
-    layers (as ops._EagerRecurrence)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _lstm_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        lengths = inputs[8]
-        ctx.mark_non_differentiable(output[2], *(() if lengths is None else (lengths,)))
-        return output
-
-    @staticmethod
-    def backward(ctx, dout, dcells, dgates):
-        return _backward(ctx, dout, dcells, dgates)
+_EagerLSTM = eager_function("_EagerLSTM", _lstm_impl, _setup_context, _backward,
+                            lengths_at=8, saved_at=(2,))
 
 
 def run_lstm(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, c0: Tensor, w_hh: Tensor,

@@ -135,23 +135,30 @@ def _no_double_backward(ctx, ddz, ddh0):
 recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerRecurrence(torch.autograd.Function):
-    """The recurrence op's implementation and autograd formula, without the custom op's
-    Python dispatch layers (schema handling, autograd wrapper, Dynamo-disabled frames: about
-    half of our host cost per layer in eager mode). Backward runs through the registered
-    backward op, so double backward raises the same error either way."""
-
-    @staticmethod
+def eager_function(name: str, impl, setup_context, backward, lengths_at: int,
+                   saved_at: tuple = ()) -> type:
+    """A custom op's implementation and autograd formula (setup_context, backward) as an
+    autograd.Function, without the op's Python dispatch layers (schema handling, autograd
+    wrapper, Dynamo-disabled frames: about half of our host cost per layer in eager mode). Its
+    backward runs through the registered backward op, so double backward raises the same
+    error either way. Not differentiable: inputs[lengths_at] (the lengths) and the outputs at
+    saved_at (what only the backward reads; one mark_non_differentiable call names them all,
+    as a second call replaces the first)."""
     def forward(ctx, *inputs):
-        out = _recurrence_impl(*inputs)
-        _setup_context(ctx, inputs, out)
-        lengths = inputs[7]
-        ctx.mark_non_differentiable(*(() if lengths is None else (lengths,)))
-        return out
+        output = impl(*inputs)
+        setup_context(ctx, inputs, output)
+        lengths = inputs[lengths_at]
+        ctx.mark_non_differentiable(*(output[i] for i in saved_at),
+                                    *(() if lengths is None else (lengths,)))
+        return output
 
-    @staticmethod
-    def backward(ctx, dout):
-        return _backward(ctx, dout)
+    return type(name, (torch.autograd.Function,),
+                {"__doc__": eager_function.__doc__, "forward": staticmethod(forward),
+                 "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads))})
+
+
+_EagerRecurrence = eager_function("_EagerRecurrence", _recurrence_impl, _setup_context,
+                                  _backward, lengths_at=7)
 
 
 def run_recurrence(proj: Tensor, proj_r: Optional[Tensor], h0: Tensor, w_hh: Tensor,
