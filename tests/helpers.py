@@ -175,3 +175,53 @@ def check_module_info(info: dict, make_pair, outputs, module_cls) -> None:
             if fwd_args is not None:  # else the constructor must raise
                 module(*fwd_args, **fwd_kwargs)
         assert re.search(regex, str(got.value)), (args, kwargs)
+
+
+# ----- what the gated layers' tests (LSTM, GRU) share ----------------------------------------
+
+def leaf(t, dtype=torch.float64):
+    """A copy of t on DEVICE in dtype that gradients accumulate in."""
+    return t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_()
+
+
+def compare_with_torch(ours, ref, inputs, ref_inputs, tolerance, grad_tolerance, leaves,
+                       ref_leaves, flatten):
+    """Forward values (flatten: a result's tensors), then the gradients of every input, state
+    and parameter, of one loss that weighs each output differently (so a swapped gradient
+    shows)."""
+    got, expected = flatten(ours(*inputs)), flatten(ref(*ref_inputs))
+    for a, b in zip(got, expected):
+        assert rel_err(a, b) < tolerance
+    weights = [torch.randn(b.shape, dtype=torch.float64) for b in expected]
+    sum(((a.double().cpu() * w).sum() for a, w in zip(got, weights))).backward()
+    sum(((b * w).sum() for b, w in zip(expected, weights))).backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert rel_err(p.grad, q.grad) < grad_tolerance, name
+    for a, b in zip(leaves, ref_leaves):
+        assert rel_err(a.grad, b.grad) < grad_tolerance
+
+
+def check_drop_in_module(ours_cls, ref_cls, args, small_args) -> None:
+    """ours_cls is a ref_cls with its parameters, initialisation and repr (constructed from
+    the positional `args`); a saved model and its state_dict load with torch's defaults; and
+    convert() re-classes a ref_cls in place (small_args: a small one's arguments)."""
+    import io
+    torch.manual_seed(0)
+    ref = ref_cls(*args)
+    torch.manual_seed(0)
+    ours = ours_cls(*args)
+    assert isinstance(ours, ref_cls) and ours_cls.__name__ in triton_rnn.__all__
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (_, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b)
+    assert repr(ours) == repr(ref)
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer)  # weights_only=True, PyTorch's default
+    assert type(again) is ours_cls
+    ref.load_state_dict(again.state_dict(), strict=True)
+    model = nn.Sequential(nn.Linear(small_args[0], small_args[0]), ref_cls(*small_args))
+    params = [id(p) for p in model[1].parameters()]
+    assert triton_rnn.convert(model) is model and type(model[1]) is ours_cls
+    assert [id(p) for p in model[1].parameters()] == params

@@ -1,7 +1,6 @@
 """triton_rnn.LSTM against nn.LSTM: the module (proj_size included), its kernels (the resident
 variant), its routing by measurement against nn.LSTM, and PyTorch's own samples and error
 inputs for nn.LSTM."""
-import io
 
 import pytest
 import torch
@@ -10,8 +9,9 @@ from torch.nn.utils.rnn import pack_sequence
 
 import triton_rnn
 from conftest import DEVICE
-from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_module_info,
-                     pytorch_module_info, rel_err)
+from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_drop_in_module,
+                     check_module_info, compare_with_torch, leaf, pytorch_module_info,
+                     rel_err)
 from triton_rnn import measure, routing
 from triton_rnn.kernels import launch
 
@@ -51,26 +51,6 @@ def _flatten(value):
     return [out.data if isinstance(out, nn.utils.rnn.PackedSequence) else out, h_n, c_n]
 
 
-def _compare(ours, ref, inputs, ref_inputs, tolerance, grad_tolerance, leaves, ref_leaves):
-    """Forward values, then the gradients of every input, state and parameter, of one loss
-    that weighs each output differently (so a swapped gradient shows)."""
-    got, expected = _flatten(ours(*inputs)), _flatten(ref(*ref_inputs))
-    for a, b in zip(got, expected):
-        assert rel_err(a, b) < tolerance
-    weights = [torch.randn(b.shape, dtype=torch.float64) for b in expected]
-    sum(((a.double().cpu() * w).sum() for a, w in zip(got, weights))).backward()
-    sum(((b * w).sum() for b, w in zip(expected, weights))).backward()
-    for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
-        assert rel_err(p.grad, q.grad) < grad_tolerance, name
-    for a, b in zip(leaves, ref_leaves):
-        assert rel_err(a.grad, b.grad) < grad_tolerance
-
-
-def _leaf(t, dtype=torch.float64):
-    """A copy of t on DEVICE in dtype that gradients accumulate in."""
-    return t.to(device=DEVICE, dtype=dtype, copy=True).requires_grad_()
-
-
 # Options of the module as an all-pairs cover: bias, layers, bidirectional, batch_first, the
 # input (padded, packed sorted or not, unbatched), initial states given or not, proj_size.
 OPTIONS = all_pairs((True, False), (1, 2), (False, True), (False, True),
@@ -90,24 +70,24 @@ def test_matches_nn_lstm_in_float64(bias, layers, bidirectional, batch_first, ki
     if kind.startswith("packed"):
         lengths = [T, T - 1, 2] if kind == "packed" else [2, T, T - 1]
         seqs = [torch.randn(n, I, dtype=torch.float64) for n in lengths]
-        leaves, ref_leaves = [_leaf(s) for s in seqs], [s.clone().requires_grad_() for s in seqs]
+        leaves, ref_leaves = [leaf(s) for s in seqs], [s.clone().requires_grad_() for s in seqs]
         x = pack_sequence(leaves, enforce_sorted=kind == "packed")
         x_ref = pack_sequence(ref_leaves, enforce_sorted=kind == "packed")
     else:
         shape = (T, I) if kind == "unbatched" else (N, T, I) if batch_first else (T, N, I)
         x = torch.randn(shape, dtype=torch.float64)
-        leaves, ref_leaves = [_leaf(x)], [x.clone().requires_grad_()]
+        leaves, ref_leaves = [leaf(x)], [x.clone().requires_grad_()]
         x, x_ref = leaves[0], ref_leaves[0]
         if kind == "unbatched":
             states = [s[:, 0] for s in states]
     inputs, ref_inputs = [x], [x_ref]
     if with_states:
-        h = [_leaf(s) for s in states]
+        h = [leaf(s) for s in states]
         h_ref = [s.clone().requires_grad_() for s in states]
         inputs.append(tuple(h))
         ref_inputs.append(tuple(h_ref))
         leaves, ref_leaves = leaves + h, ref_leaves + h_ref
-    _compare(ours, ref, inputs, ref_inputs, 1e-9, 1e-9, leaves, ref_leaves)
+    compare_with_torch(ours, ref, inputs, ref_inputs, 1e-9, 1e-9, leaves, ref_leaves, _flatten)
     assert kernel_launches == {"forward": layers, "backward": layers}
 
 
@@ -121,16 +101,16 @@ def test_proj_size_both_directions_from_given_states(kind, kernel_launches):
     states = [torch.randn(4, 3, size, dtype=torch.float64) for size in (P, H)]
     if kind == "padded":
         x = torch.randn(T, 3, I, dtype=torch.float64)
-        leaves, ref_leaves = [_leaf(x)], [x.clone().requires_grad_()]
+        leaves, ref_leaves = [leaf(x)], [x.clone().requires_grad_()]
         x, x_ref = leaves[0], ref_leaves[0]
     else:
         seqs = [torch.randn(n, I, dtype=torch.float64) for n in (2, T, 1)]
-        leaves, ref_leaves = [_leaf(q) for q in seqs], [q.clone().requires_grad_() for q in seqs]
+        leaves, ref_leaves = [leaf(q) for q in seqs], [q.clone().requires_grad_() for q in seqs]
         x = pack_sequence(leaves, enforce_sorted=False)
         x_ref = pack_sequence(ref_leaves, enforce_sorted=False)
-    h, h_ref = [_leaf(q) for q in states], [q.clone().requires_grad_() for q in states]
-    _compare(ours, ref, [x, tuple(h)], [x_ref, tuple(h_ref)], 1e-9, 1e-9, leaves + h,
-             ref_leaves + h_ref)
+    h, h_ref = [leaf(q) for q in states], [q.clone().requires_grad_() for q in states]
+    compare_with_torch(ours, ref, [x, tuple(h)], [x_ref, tuple(h_ref)], 1e-9, 1e-9,
+                       leaves + h, ref_leaves + h_ref, _flatten)
     assert kernel_launches == {"forward": 2, "backward": 2}
 
 
@@ -155,11 +135,12 @@ def test_dtypes_match_float64(dtype, tf32, N, arch, kernel_launches, monkeypatch
     ours, ref = lstm_pair(I, H, 1, True, False, 0.0, True, dtype=dtype)
     torch.manual_seed(2)
     x = torch.randn(T, N, I)
-    leaves, ref_leaves = [_leaf(x, dtype)], [x.double().requires_grad_()]
+    leaves, ref_leaves = [leaf(x, dtype)], [x.double().requires_grad_()]
     ieee = dtype == torch.float32 and not tf32
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
-        _compare(ours, ref, leaves, ref_leaves, 1e-5 if ieee else TOLERANCE[dtype],
-                 1e-5 if ieee else GRAD_TOLERANCE[dtype], leaves, ref_leaves)
+        compare_with_torch(ours, ref, leaves, ref_leaves, 1e-5 if ieee else TOLERANCE[dtype],
+                           1e-5 if ieee else GRAD_TOLERANCE[dtype], leaves, ref_leaves,
+                           _flatten)
     assert kernel_launches == {"forward": 1, "backward": 1}
 
 
@@ -281,36 +262,11 @@ def test_first_use_check_routes_a_wrong_lstm_kernel_to_nn_lstm(measured_on_cpu, 
 
 # ----- the module: nn.LSTM's constructor, parameters, state_dict, errors --------------------
 
-def test_is_an_nn_lstm_with_identical_parameters_init_and_repr():
-    torch.manual_seed(0)
-    ref = nn.LSTM(10, 20, 2, False, True, 0.1, True, 5)  # nn.LSTM's positional order
-    torch.manual_seed(0)
-    ours = triton_rnn.LSTM(10, 20, 2, False, True, 0.1, True, 5)
-    assert isinstance(ours, nn.LSTM) and "LSTM" in triton_rnn.__all__
-    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
-    for (_, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
-        assert torch.equal(a, b)
-    assert repr(ours) == repr(ref)
-
-
-def test_saved_model_and_state_dict_load_with_torch_defaults():
-    ours = triton_rnn.LSTM(3, 4, 2, bidirectional=True)
-    buffer = io.BytesIO()
-    torch.save(ours, buffer)
-    buffer.seek(0)
-    again = torch.load(buffer)  # weights_only=True, PyTorch's default
-    assert type(again) is triton_rnn.LSTM
-    ref = nn.LSTM(3, 4, 2, bidirectional=True)
-    ref.load_state_dict(again.state_dict(), strict=True)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), ref.parameters()))
-
-
-def test_convert_reclasses_nn_lstm_in_place():
-    model = nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 4))
-    lstm_params = [id(p) for p in model[1].parameters()]
-    assert triton_rnn.convert(model) is model and type(model[1]) is triton_rnn.LSTM
-    assert [id(p) for p in model[1].parameters()] == lstm_params
+def test_is_an_nn_lstm_that_saves_loads_and_converts():
+    """nn.LSTM's parameters, initialisation and repr (its positional order, proj_size
+    included); saving, loading and convert() (helpers.check_drop_in_module)."""
+    check_drop_in_module(triton_rnn.LSTM, nn.LSTM, (10, 20, 2, False, True, 0.1, True, 5),
+                         (3, 4))
 
 
 # (description, module kwargs, input shape, (h0, c0) shapes or None, input dtype, state dtype)
