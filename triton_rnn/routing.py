@@ -1,5 +1,5 @@
-"""Which path runs a triton_rnn.RNN (LSTM) call: our kernels, or nn.RNN's (nn.LSTM's) own
-(cuDNN on a GPU).
+"""Which path runs a triton_rnn.RNN (LSTM, GRU) call: our kernels, or nn.RNN's (nn.LSTM's,
+nn.GRU's) own (cuDNN on a GPU).
 
 The policy: `TRITON_RNN_BACKEND=auto|kernels|torch` in the environment, overridden in Python by
 `set_backend(...)` or, for a block, `with backend(...)`. "kernels" and "torch" mean what they
@@ -26,10 +26,10 @@ was measured faster on this GPU:
   choice of cuDNN algorithm, not measurements), else nn.RNN.
 - Under `torch.use_deterministic_algorithms(True)` training always runs our kernels, whose
   backward is bitwise deterministic.
-- LSTM: the same, with classes of their own ("lstm/..." in the cache), measured against
-  nn.LSTM ("lstm-proj/..." with proj_size; lstm_uses_torch);
-  the static rule sends LSTM classes never measured to nn.LSTM (no model of our LSTM step
-  yet).
+- LSTM and GRU: the same, with classes of their own ("lstm/...", "lstm-proj/..." with
+  proj_size, "gru/..." in the cache), measured against nn.LSTM and nn.GRU (lstm_uses_torch;
+  the GRU's forward calls use_torch as RNN's does); the static rule sends their classes never
+  measured to torch.nn (no model of our gated steps against cuDNN's yet).
 CPU tensors are not routed under "auto": they run our kernels' CPU path as before.
 
     python -m triton_rnn.routing --show     # this GPU's measured classes
@@ -149,8 +149,8 @@ def _classes(path: Path = TABLE) -> dict:
 def static_choice(device: str, dtype: str, hidden: int, batch: int, training: bool,
                   packed: bool = False, directions: int = 1, layers: int = 1,
                   cell: str = "rnn") -> str:
-    """"torch" or "kernels" for a class never measured (see the module docstring). LSTM
-    classes: "torch" (no model of our LSTM step yet)."""
+    """"torch" or "kernels" for a class never measured (see the module docstring). LSTM and
+    GRU classes: "torch" (no model of our gated steps against cuDNN's yet)."""
     from .kernels.dispatch import choose
     if cell != "rnn":
         return "torch"
