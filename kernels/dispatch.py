@@ -49,9 +49,9 @@ The rule, in order (the resource report prints it beside every configuration):
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
    take split.py (one batch row at a time) the same way, to BH = 256. The tensor-core
    forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
-   share only the saved h, c and gates): TF32 to H = 512 on an H100 (S = H/4 programs; at
-   BH = 1024 its 256 do not fit), 16-bit on sm_80 to H = 864 (an A100's 108 SMs, one
-   program of 8 features each).
+   share only the saved h, c and gates): TF32 to H = 512 in registers (S = H/4 programs),
+   513-1024 with B in shared memory and 8 features a program (S = H/8: 128 programs on an
+   H100; on an A100 to H = 864), 16-bit on sm_80 to H = 864 too (108 SMs).
    Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
    chunks one after another), as do split layers whose programs a device cannot hold.
    A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and,
@@ -227,12 +227,20 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
             return choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
         return replace(choose_split(BH, dtype, allow_tf32=False, arch=arch), gate_rows=slots)
     if pass_ == "forward":
-        # K = BH, as an RNN's: in registers, whatever the backward takes (the two passes
-        # exchange only the saved h, c and gates, the same for every variant)
-        forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0) \
-            if BH <= LSTM_SPLIT_FORWARD_MAX_BH[dtype.itemsize] else None
-        return None if forward is None or forward.b_shared else \
-            replace(forward, gate_rows=slots)
+        # K = BH, as an RNN's, whatever the backward takes (the two passes exchange only the
+        # saved h, c and gates, the same for every variant)
+        if BH > LSTM_SPLIT_FORWARD_MAX_BH[dtype.itemsize]:
+            return None
+        if dtype.itemsize == 4 and BH == 1024:
+            # TF32: R = 16 rows in registers are S = H/4 programs (192 at H = 768, more than
+            # an H100 holds); R = 32 in registers spilled 24-192 B (Triton 3.6, 3.9); B in
+            # shared memory, R = 32 (8 features, S = H/8), compiled with 0 B on both, 192 KB
+            # (KC = 1) on sm_90 and 160 KB (KC = 2) on sm_80
+            forward = _split_dot_shared(BH, 32, arch, 4, 1)
+        else:
+            forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0)
+            forward = None if forward is None or forward.b_shared else forward
+        return None if forward is None else replace(forward, gate_rows=slots)
     if K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
         return None
     if K > SPLIT_MAX_BH[dtype.itemsize]:

@@ -22,7 +22,7 @@ from helpers import rel_err
 from triton_rnn.reference import gru_backward as reference_backward
 from triton_rnn.reference import gru_forward as reference_forward
 from triton_rnn.kernels import concurrent_interpreter as ci
-from triton_rnn.kernels import launch, split, split_dot
+from triton_rnn.kernels import dispatch, launch, split, split_dot
 from triton_rnn.kernels.dispatch import choose, choose_split, choose_split_dot
 from triton_rnn.kernels.failures import SplitBarrierTimeout
 
@@ -118,6 +118,21 @@ def test_split_gru_on_cuda_cores_matches_float64(dtype, tol, small_variant, vari
     assert not choose(H, 3, dtype, False, gates=3).use_dot
     for name, a, b in zip(NAMES, result, _reference(layer, result)):
         assert rel_err(a, b) < tol, name
+
+
+def test_split_gru_forward_with_b_in_shared_memory(small_variant, variants):
+    """The TF32 forward's form for BH = 1024 (B in shared memory, R = 32 rows: 8 features a
+    program), here at H = 40: the same h and saved values as the form in registers (R = 16),
+    to TF32's accumulation-order noise."""
+    small_variant("split")
+    projs, h0, weights, biases, lengths = _layer(T=3, N=17, D=1, dtype=torch.float32,
+                                                 packed=True)
+    registers = launch.gru_forward(projs, h0, weights, lengths, True, b_hh=biases)
+    shared = replace(dispatch._split_dot_shared(64, 32, 90, 4, 1), gate_rows=4)
+    result = launch.gru_forward(projs, h0, weights, lengths, True, shared, biases)
+    assert variants["forward"][-1] == "split"
+    for name, a, b in zip(NAMES, result, registers):
+        assert rel_err(a, b) < 1e-4, name
 
 
 def test_split_gru_backward_with_b_in_shared_memory(small_variant, variants):

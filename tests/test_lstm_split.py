@@ -140,6 +140,21 @@ def test_split_lstm_on_cuda_cores_matches_float64(dtype, tol, small_variant, var
         assert rel_err(a, b) < tol, name
 
 
+def test_split_lstm_forward_with_b_in_shared_memory(small_variant, variants):
+    """The TF32 forward's form for BH = 1024 (B in shared memory, R = 32 rows: 8 features a
+    program), here at H = 40: the same h, c and gates as the form in registers (R = 16), to
+    TF32's accumulation-order noise."""
+    small_variant("split")
+    layer = _layer(T=3, N=17, D=1, dtype=torch.float32, packed=True)
+    projs, h0, c0, weights, biases, lengths = layer
+    registers = launch.lstm_forward(projs, h0, c0, weights, lengths, True, b_hh=biases)
+    shared = replace(dispatch._split_dot_shared(64, 32, 90, 4, 1), gate_rows=4)
+    result = launch.lstm_forward(projs, h0, c0, weights, lengths, True, shared, biases)
+    assert variants["forward"][-1] == "split"
+    for name, a, b in zip(NAMES, result, registers):
+        assert rel_err(a, b) < 1e-4, name
+
+
 def test_split_lstm_backward_with_b_in_shared_memory(small_variant, variants):
     """The backward's form for K = 4096 (B in shared memory, re-read each step, in KC = 4
     state chunks: its row-tile loop is a `for`), here at H = 40 in bf16: the same dz, dh0 and
