@@ -21,13 +21,14 @@ from helpers import rel_err
 # tensors the kernels handle fails the test: here they are the comparison, on purpose)
 from triton_rnn.reference import gru_backward as reference_backward
 from triton_rnn.reference import gru_forward as reference_forward
-from triton_rnn.kernels import concurrent_interpreter as ci
 from triton_rnn.kernels import dispatch, launch, split, split_dot
 from triton_rnn.kernels.dispatch import choose, choose_split, choose_split_dot
 from triton_rnn.kernels.failures import SplitBarrierTimeout
 
-from test_concurrent_interpreter import SENTINEL, _arrive_unless_first_program
-from test_lstm_split import variants  # noqa: F401
+from test_concurrent_interpreter import _arrive_unless_first_program
+# (the GRU's launches pass out for the LSTM's cell states and dh0 for its dc0: the fixture
+# sets those outputs to SENTINEL too)
+from test_lstm_split import sentinel_launches, variants  # noqa: F401
 
 H = 40
 
@@ -191,24 +192,6 @@ FAULT_FORMS = {
               choose_split_dot(128, torch.float32)),
     "rows": (torch.float64, 2, replace(choose_split(32, torch.float64), gate_rows=4),
              choose_split(128, torch.float64, rows=8))}
-
-
-@pytest.fixture
-def sentinel_launches(monkeypatch):
-    """Small bound on the waits; each concurrent launch's named arguments recorded and its
-    outputs set to SENTINEL first, so that NaN afterwards is the kernel's."""
-    monkeypatch.setattr(launch, "MAX_POLLS_INTERPRETED", 300)
-    launches, original = [], ci.launch
-
-    def recording_launch(kernel, grid, *args, **kwargs):
-        named = dict(zip(kernel.arg_names, args))
-        for name in ("p_dz", "p_dh0") if "p_dz" in named else ("p_out",):
-            named[name].fill_(SENTINEL)
-        launches.append((grid, named))
-        return original(kernel, grid, *args, **kwargs)
-
-    monkeypatch.setattr(ci, "launch", recording_launch)
-    return launches
 
 
 @pytest.mark.parametrize("form", list(FAULT_FORMS))
