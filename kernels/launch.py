@@ -503,51 +503,70 @@ def lstm_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config: Config =
     w_hh: each direction's (4H, H); b_hh: None or each direction's (4H,). Arguments as
     recurrence_forward takes them. The variant dispatch rule 4 gives; a split layer whose
     programs the device cannot hold at once streams instead, as an RNN layer does."""
+    return _gated_forward(proj, h0, c0, w_hh, lengths, allow_tf32, config, b_hh, LSTM.value)
+
+
+def gru_forward(proj, h0, w_hh, lengths, allow_tf32: bool, config: Config = None, b_hh=None):
+    """(out, gates) of one GRU layer (D directions): h_t (T, N, D*H) and r, z, n and q_n (the
+    new gate's hidden product, b_hn in it) of every step (T, N, D*4H; direction d's at 4H*d),
+    which the backward reads. proj: each direction's (T, N, 3H) = X W_ihᵀ + b_ih; h0 (D, N, H);
+    w_hh: each direction's (3H, H); b_hh: None or each direction's (3H,). As lstm_forward."""
+    out, _, gates = _gated_forward(proj, h0, None, w_hh, lengths, allow_tf32, config, b_hh,
+                                   GRU.value)
+    return out, gates
+
+
+def _gated_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config, b_hh, cell: int):
+    """lstm_forward's (out, cells, gates) for a gated cell; the GRU has no c (c0 None): out,
+    h0 and the state buffer stand in for the kernels' cell-state arguments, which it leaves
+    unread, and cells is out. gates (T, N, D*4H): four values a feature for either cell."""
     D, N, H = h0.shape
-    projs = _one_layout(per_direction(proj, 4 * H), unit_last_stride=True)
+    lstm = cell == LSTM.value
+    projs = _one_layout(per_direction(proj, GATES[cell] * H), unit_last_stride=True)
     weights = _one_layout(per_direction(w_hh))
     assert len(projs) == len(weights) == D, "one projection and one W_hh per direction"
     T, dtype, device = projs[0].shape[0], projs[0].dtype, projs[0].device
     out = _empty((T, N, D * H), dtype=dtype, device=device)
-    cells = _empty(like=out)
-    gates = _empty((T, N, D * 4 * H), dtype=dtype, device=device)
+    cells = _empty(like=out) if lstm else out
+    gates = _empty((T, N, D * GRU_SAVED * H), dtype=dtype, device=device)  # (LSTM: 4 gates)
     if N == 0:
         return out, cells, gates
-    h0, c0 = h0.contiguous(), c0.contiguous()
+    h0 = h0.contiguous()
+    c0 = c0.contiguous() if lstm else h0
     biases = weights if b_hh is None else \
         _one_layout(per_direction(b_hh), unit_last_stride=True)
     HB, w_strides = 0 if b_hh is None else H, _weight_operand(weights[0], transpose=True)
     p_len = lengths_argument(lengths, device)
+    gate_strides = (H * weights[0].stride(0), *gates.stride()[:2])
     with _on_device(out):
         cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
-                                           allow_tf32, config, cell=LSTM.value)
+                                           allow_tf32, config, cell=cell)
         if cfg.variant == "split":
-            options = _aligned(options, cfg, H, (*projs[0].stride()[:2], *out.stride()[:2],
-                                                 *h0.stride()[:2], *gates.stride()[:2]),
-                               w_strides)
-            carry = c0.to(acc_dtype(dtype), copy=True)  # c_{t-1}, c0 before the first step
+            strides = (*projs[0].stride()[:2], *out.stride()[:2], *h0.stride()[:2])
+            options = _aligned(options, cfg, H, (*strides, *gates.stride()[:2]), w_strides)
+            # c_{t-1} in ACC, c0 before the first step (the GRU's: h0, unread)
+            carry = c0.to(acc_dtype(dtype), copy=True) if lstm else h0
             if _launch_split("forward", kernel, cfg, options,
                              (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
-                              cells, gates, carry),
-                             (T, N, H, HB), (*projs[0].stride()[:2], *out.stride()[:2],
-                                             *h0.stride()[:2], *w_strides,
-                                             *gates.stride()[:2]), D):
+                              cells, gates, carry), (T, N, H, HB),
+                             (*strides, *w_strides, *gates.stride()[:2]), D):
                 return out, cells, gates
             cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
-                                               allow_tf32, split=False, cell=LSTM.value)
+                                               allow_tf32, split=False, cell=cell)
         if cfg.variant == "streaming":
             acc = acc_dtype(dtype)
-            state, cstate = (_empty((D, 2, N, H), dtype=acc, device=device) for _ in range(2))
+            state = _empty((D, 2, N, H), dtype=acc, device=device)
+            cstate = _empty(like=state) if lstm else state
             state[:, 1], cstate[:, 1] = h0, c0
             kernel[grid](
                 *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len, cells, gates,
                 cstate, T, N, H, HB, *projs[0].stride()[:2], *w_strides, *out.stride()[:2],
-                *state.stride()[:3], H * weights[0].stride(0), *gates.stride()[:2], **options)
-            return out, cells, gates
-        kernel[grid](
-            *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, c0, cells, gates,
-            T, N, H, HB, *projs[0].stride()[:2], *h0.stride()[:2], *w_strides,
-            *out.stride()[:2], H * weights[0].stride(0), *gates.stride()[:2], **options)
+                *state.stride()[:3], *gate_strides, **options)
+        else:
+            kernel[grid](
+                *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, c0, cells, gates,
+                T, N, H, HB, *projs[0].stride()[:2], *h0.stride()[:2], *w_strides,
+                *out.stride()[:2], *gate_strides, **options)
     return out, cells, gates
 
 
@@ -556,99 +575,8 @@ def lstm_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32
     """(dz, dh0, dc0) of one LSTM layer: dz (T, N, D*4H) = dL/d(P_t) of every gate and step
     (= dL/d(b_hh) summed over t and the batch), dh0 and dc0 (D, N, H). dout, dcells: the
     gradients of out and cells; the rest as lstm_forward took and left them."""
-    T, N, _ = out.shape
-    weights = _one_layout(per_direction(w_hh))
-    D, H = len(weights), weights[0].shape[1]
-    dout, dcells, out, cells = (t.contiguous() for t in (dout, dcells, out, cells))
-    gates, c0 = gates.contiguous(), c0.contiguous()
-    dz = _empty(like=gates)
-    dh0 = _empty(like=c0)
-    dc0 = _empty(like=c0)
-    if N == 0:
-        return dz, dh0, dc0
-    p_len, w_strides = lengths_argument(lengths, out.device), \
-        _weight_operand(weights[0], transpose=False)
-    with _on_device(out):
-        cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
-                                           allow_tf32, config, cell=LSTM.value)
-        if cfg.variant == "split":
-            options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2],
-                                                 *dz.stride()[:2]), w_strides)
-            acc = acc_dtype(out.dtype)
-            carry = _empty((D, N, H), dtype=acc, device=out.device)
-            dc = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dc, carried
-            if _launch_split("backward", kernel, cfg, options,
-                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells, dcells,
-                              c0, gates, dc0, dc),
-                             (T, N, H), (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
-                                         *dz.stride()[:2]), D):
-                return dz, dh0, dc0
-            cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
-                                               allow_tf32, split=False, cell=LSTM.value)
-        if cfg.variant == "streaming":
-            state, dcstate = (torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype),
-                                          device=out.device) for _ in range(2))
-            kernel[grid](
-                dout, out, *_pair(weights), dz, state, p_len, cells, dcells, c0, gates, dcstate,
-                T, N, H, *out.stride()[:2], *w_strides, *state.stride()[:3], *c0.stride()[:2],
-                H * weights[0].stride(0), *dz.stride()[:2], **options)
-            dh0.copy_(state[:, (T - 1) % 2])
-            dc0.copy_(dcstate[:, (T - 1) % 2])
-            return dz, dh0, dc0
-        kernel[grid](
-            dout, out, *_pair(weights), dz, dh0, p_len, cells, dcells, c0, gates, dc0, T, N, H,
-            *out.stride()[:2], *w_strides, *dh0.stride()[:2], H * weights[0].stride(0),
-            *dz.stride()[:2], **options)
-    return dz, dh0, dc0
-
-
-def gru_forward(proj, h0, w_hh, lengths, allow_tf32: bool, config: Config = None, b_hh=None):
-    """(out, gates) of one GRU layer (D directions): h_t (T, N, D*H) and r, z, n and q_n (the
-    new gate's hidden product, b_hn in it) of every step (T, N, D*4H; direction d's at 4H*d),
-    which the backward reads. proj: each direction's (T, N, 3H) = X W_ihᵀ + b_ih; h0 (D, N, H);
-    w_hh: each direction's (3H, H); b_hh: None or each direction's (3H,). The variant dispatch
-    rule 4 gives; a split layer whose programs the device cannot hold at once streams."""
-    D, N, H = h0.shape
-    projs = _one_layout(per_direction(proj, 3 * H), unit_last_stride=True)
-    weights = _one_layout(per_direction(w_hh))
-    assert len(projs) == len(weights) == D, "one projection and one W_hh per direction"
-    T, dtype, device = projs[0].shape[0], projs[0].dtype, projs[0].device
-    out = _empty((T, N, D * H), dtype=dtype, device=device)
-    gates = _empty((T, N, D * GRU_SAVED * H), dtype=dtype, device=device)
-    if N == 0:
-        return out, gates
-    h0 = h0.contiguous()
-    biases = weights if b_hh is None else \
-        _one_layout(per_direction(b_hh), unit_last_stride=True)
-    HB, w_strides = 0 if b_hh is None else H, _weight_operand(weights[0], transpose=True)
-    p_len = lengths_argument(lengths, device)
-    gate_strides = (H * weights[0].stride(0), *gates.stride()[:2])
-    with _on_device(out):
-        cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
-                                           allow_tf32, config, cell=GRU.value)
-        if cfg.variant == "split":
-            strides = (*projs[0].stride()[:2], *out.stride()[:2], *h0.stride()[:2])
-            options = _aligned(options, cfg, H, (*strides, *gates.stride()[:2]), w_strides)
-            if _launch_split("forward", kernel, cfg, options,  # (h0 for the unread carry)
-                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
-                              out, gates, h0), (T, N, H, HB),
-                             (*strides, *w_strides, *gates.stride()[:2]), D):
-                return out, gates
-            cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
-                                               allow_tf32, split=False, cell=GRU.value)
-        if cfg.variant == "streaming":
-            state = _empty((D, 2, N, H), dtype=acc_dtype(dtype), device=device)
-            state[:, 1] = h0
-            kernel[grid](
-                *_pair(projs), *_pair(weights), *_pair(biases), out, state, p_len, out, gates,
-                state, T, N, H, HB, *projs[0].stride()[:2], *w_strides, *out.stride()[:2],
-                *state.stride()[:3], *gate_strides, **options)
-        else:  # resident (out and h0 stand in for the LSTM's cell states and c0: unread)
-            kernel[grid](
-                *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, h0, out, gates,
-                T, N, H, HB, *projs[0].stride()[:2], *h0.stride()[:2], *w_strides,
-                *out.stride()[:2], *gate_strides, **options)
-    return out, gates
+    return _gated_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32,
+                           config, LSTM.value)
 
 
 def gru_backward(dout, out, gates, h0, w_hh, lengths, allow_tf32: bool, config: Config = None):
@@ -656,43 +584,59 @@ def gru_backward(dout, out, gates, h0, w_hh, lengths, allow_tf32: bool, config: 
     gradients dq_r, dq_z, dq_n (= dL/d(b_hh) summed over t and the batch) and dL/dP_n
     (dL/dP_r = dq_r, dL/dP_z = dq_z); dh0 (D, N, H). The rest as gru_forward took and left
     them."""
+    dz, dh0, _ = _gated_backward(dout, dout, out, out, gates, h0, w_hh, lengths, allow_tf32,
+                                 config, GRU.value)
+    return dz, dh0
+
+
+def _gated_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf32: bool,
+                    config, cell: int):
+    """lstm_backward's (dz, dh0, dc0) for a gated cell. The GRU passes dout and out for the
+    cell states' gradient and values and h0 as c0, which its kernels read as h0; its dc0 is
+    dh0, and the carried dL/dc buffer carries its dL/dh z."""
     T, N, _ = out.shape
+    lstm = cell == LSTM.value
     weights = _one_layout(per_direction(w_hh))
     D, H = len(weights), weights[0].shape[1]
-    dout, out, gates, h0 = (t.contiguous() for t in (dout, out, gates, h0))
+    dout, dcells, out, cells = (t.contiguous() for t in (dout, dcells, out, cells))
+    gates, c0 = gates.contiguous(), c0.contiguous()
     dz = _empty(like=gates)
-    dh0 = _empty(like=h0)
+    dh0 = _empty(like=c0)
+    dc0 = _empty(like=c0) if lstm else dh0
     if N == 0:
-        return dz, dh0
+        return dz, dh0, dc0
     p_len, w_strides = lengths_argument(lengths, out.device), \
         _weight_operand(weights[0], transpose=False)
     gate_strides = (H * weights[0].stride(0), *dz.stride()[:2])
     with _on_device(out):
         cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
-                                           allow_tf32, config, cell=GRU.value)
+                                           allow_tf32, config, cell=cell)
         if cfg.variant == "split":
             options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2],
                                                  *dz.stride()[:2]), w_strides)
             acc = acc_dtype(out.dtype)
             carry = _empty((D, N, H), dtype=acc, device=out.device)
-            direct = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dh z, carried
+            dc = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dc (dL/dh z)
             if _launch_split("backward", kernel, cfg, options,
-                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, out, dout, h0,
-                              gates, dh0, direct), (T, N, H),
+                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells, dcells,
+                              c0, gates, dc0, dc), (T, N, H),
                              (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
                               *dz.stride()[:2]), D):
-                return dz, dh0
+                return dz, dh0, dc0
             cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
-                                               allow_tf32, split=False, cell=GRU.value)
+                                               allow_tf32, split=False, cell=cell)
         if cfg.variant == "streaming":
             state = torch.zeros((D, 2, N, H), dtype=acc_dtype(out.dtype), device=out.device)
+            dcstate = torch.zeros_like(state) if lstm else state
             kernel[grid](
-                dout, out, *_pair(weights), dz, state, p_len, out, dout, h0, gates, state,
-                T, N, H, *out.stride()[:2], *w_strides, *state.stride()[:3], *h0.stride()[:2],
+                dout, out, *_pair(weights), dz, state, p_len, cells, dcells, c0, gates, dcstate,
+                T, N, H, *out.stride()[:2], *w_strides, *state.stride()[:3], *c0.stride()[:2],
                 *gate_strides, **options)
             dh0.copy_(state[:, (T - 1) % 2])
-        else:  # resident (h0 passed as the LSTM's c0; the cell-state arguments unread)
+            if lstm:
+                dc0.copy_(dcstate[:, (T - 1) % 2])
+        else:
             kernel[grid](
-                dout, out, *_pair(weights), dz, dh0, p_len, out, dout, h0, gates, dh0, T, N, H,
+                dout, out, *_pair(weights), dz, dh0, p_len, cells, dcells, c0, gates, dc0, T, N, H,
                 *out.stride()[:2], *w_strides, *dh0.stride()[:2], *gate_strides, **options)
-    return dz, dh0
+    return dz, dh0, dc0
