@@ -61,13 +61,20 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return (actual - expected).norm().item() / (scale if scale > 0 else 1.0)
 
 
-def make_pair(*args, dtype=torch.float32, device=DEVICE, seed=0, **kwargs):
-    """(ours, nn.RNN in float64 on the CPU) holding the same weights."""
+def module_pair(ours_cls, ref_cls, *args, dtype=torch.float64, device=DEVICE, seed=0,
+                **kwargs):
+    """(ours_cls on `device` in dtype, ref_cls, its torch.nn class, in float64 on the CPU)
+    holding the same weights."""
     torch.manual_seed(seed)
-    ours = triton_rnn.RNN(*args, **kwargs).to(device=device, dtype=dtype)
-    ref = nn.RNN(*args, **kwargs).double()
+    ours = ours_cls(*args, **kwargs).to(device=device, dtype=dtype)
+    ref = ref_cls(*args, **kwargs).double()
     ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
     return ours, ref
+
+
+def make_pair(*args, dtype=torch.float32, **kwargs):
+    """(ours, nn.RNN in float64 on the CPU) holding the same weights."""
+    return module_pair(triton_rnn.RNN, nn.RNN, *args, dtype=dtype, **kwargs)
 
 
 def cpu_training_pair(*args, **kwargs):

@@ -9,16 +9,12 @@ import triton_rnn.gru_ops as gru_ops
 import triton_rnn.lstm_ops as lstm_ops
 from conftest import DEVICE
 from triton_rnn.kernels import launch
-from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_module_info,
+from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_module_info, module_pair,
                      pytorch_module_info, rel_err)
 
 
-def _pair(*args, dtype=torch.float64, **kwargs):
-    torch.manual_seed(0)
-    ours = triton_rnn.RNNCell(*args, **kwargs).to(DEVICE, dtype)
-    ref = nn.RNNCell(*args, **kwargs).double()
-    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
-    return ours, ref
+def _pair(*args, **kwargs):
+    return module_pair(triton_rnn.RNNCell, nn.RNNCell, *args, **kwargs)
 
 
 def _out_and_grads(cell, x, h):
@@ -162,12 +158,8 @@ def test_nan_propagates_like_nn_rnn_cell(act):
 
 # ----- LSTMCell ------------------------------------------------------------------------------
 
-def _lstm_pair(*args, dtype=torch.float64, **kwargs):
-    torch.manual_seed(0)
-    ours = triton_rnn.LSTMCell(*args, **kwargs).to(DEVICE, dtype)
-    ref = nn.LSTMCell(*args, **kwargs).double()
-    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
-    return ours, ref
+def _lstm_pair(*args, **kwargs):
+    return module_pair(triton_rnn.LSTMCell, nn.LSTMCell, *args, **kwargs)
 
 
 def _lstm_out_and_grads(cell, x, hx):
@@ -256,12 +248,8 @@ def test_lstm_cell_module_info_samples_and_error_inputs():
 
 # ----- GRUCell -------------------------------------------------------------------------------
 
-def _gru_pair(*args, dtype=torch.float64, **kwargs):
-    torch.manual_seed(0)
-    ours = triton_rnn.GRUCell(*args, **kwargs).to(DEVICE, dtype)
-    ref = nn.GRUCell(*args, **kwargs).double()
-    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
-    return ours, ref
+def _gru_pair(*args, **kwargs):
+    return module_pair(triton_rnn.GRUCell, nn.GRUCell, *args, **kwargs)
 
 
 def _gru_out_and_grads(cell, x, h):

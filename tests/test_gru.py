@@ -9,21 +9,17 @@ from torch.nn.utils.rnn import pack_sequence
 import triton_rnn
 from conftest import DEVICE
 from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_drop_in_module,
-                     check_module_info, compare_with_torch, leaf, pytorch_module_info,
-                     rel_err)
+                     check_module_info, compare_with_torch, leaf, module_pair,
+                     pytorch_module_info, rel_err)
 from triton_rnn import measure, reference, routing
 from triton_rnn.kernels import launch
 
 pytestmark = pytest.mark.resident
 
 
-def gru_pair(*args, dtype=torch.float64, seed=0, **kwargs):
+def gru_pair(*args, **kwargs):
     """(ours on DEVICE in dtype, nn.GRU in float64 on the CPU) holding the same weights."""
-    torch.manual_seed(seed)
-    ours = triton_rnn.GRU(*args, **kwargs).to(device=DEVICE, dtype=dtype)
-    ref = nn.GRU(*args, **kwargs).double()
-    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
-    return ours, ref
+    return module_pair(triton_rnn.GRU, nn.GRU, *args, **kwargs)
 
 
 @pytest.fixture

@@ -10,21 +10,17 @@ from torch.nn.utils.rnn import pack_sequence
 import triton_rnn
 from conftest import DEVICE
 from helpers import (GRAD_TOLERANCE, TOLERANCE, all_pairs, check_drop_in_module,
-                     check_module_info, compare_with_torch, leaf, pytorch_module_info,
-                     rel_err)
+                     check_module_info, compare_with_torch, leaf, module_pair,
+                     pytorch_module_info, rel_err)
 from triton_rnn import measure, routing
 from triton_rnn.kernels import launch
 
 pytestmark = pytest.mark.resident
 
 
-def lstm_pair(*args, dtype=torch.float64, seed=0, **kwargs):
+def lstm_pair(*args, **kwargs):
     """(ours on DEVICE in dtype, nn.LSTM in float64 on the CPU) holding the same weights."""
-    torch.manual_seed(seed)
-    ours = triton_rnn.LSTM(*args, **kwargs).to(device=DEVICE, dtype=dtype)
-    ref = nn.LSTM(*args, **kwargs).double()
-    ref.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
-    return ours, ref
+    return module_pair(triton_rnn.LSTM, nn.LSTM, *args, **kwargs)
 
 
 @pytest.fixture
