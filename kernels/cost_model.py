@@ -269,7 +269,7 @@ _BACKWARD_READS = {1: 2, 3: 6, 4: 8}
 
 
 def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, acc: int, BN: int,
-                 BH: int, S: int = 1, rows: int = 1, gates: int = 1) -> tuple:
+                 BH: int, S: int = 1, rows: int = 1, gates: int = 1, parts: int = 1) -> tuple:
     """(L2 bytes read by the whole grid, dependent global round trips) of one step, from the
     kernels' design (elem: the layer's element bytes; acc: the state's; gates: the cell's,
     kernels/cells.py).
@@ -289,6 +289,10 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       fp32 c_{t-1} besides the exchanged h; backward, dY_t, dL/dc_t, c_t, c_{t-1}, the four
       gates' activations and its own fp32 dL/dc (one row at a time, the carry too), and every
       slice's dz of all four gates (4 x the state, S times); round trips as for RNN.
+      In two dimensions (parts = KP > 1, split_2d.py): every program reads its part of its
+      group's state (S/KP x the state) and, finishing its features, their KP fp32 partial
+      sums; forward P_t, backward dY_t and y_t besides. Per row tile a partial product waits
+      for the state part and a finish for the partials (2 per tile); two barriers (2 x 2.5).
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
       product's other operand (the state forward, dz_t backward); per chunk it waits for the
       first chunk of the product's operands (the pipelined rest is in flight): forward 1 per
@@ -307,6 +311,11 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
         if pass_ == "forward":
             return gates * state, 0
         return _BACKWARD_READS[gates] * state, 1
+    if variant == "split" and parts > 1:
+        own = state if pass_ == "forward" else 2 * state
+        partials = D * N * H * parts * 4
+        return own + S * state / parts + partials, \
+            2 * triton.cdiv(rows, BN) + 2 * BARRIER_ROUND_TRIPS
     if variant == "split":
         # backward: dY_t and y_t, and one row at a time the carry (on tensor cores only held
         # rows read it, none in a padded batch: the model, of a padded batch, leaves it out)

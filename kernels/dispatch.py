@@ -107,6 +107,16 @@ SPLIT_DOT_OPERAND_REGISTERS = 160
 SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448,
                     103: 232448, 120: 101376}
 SHARED_PER_BLOCK_OTHER = 65536
+# The split in two dimensions (split_2d.py): batches of at least SPLIT_2D_MIN_BATCH rows, in
+# row tiles of SPLIT_2D_BN, at the (operand bytes, BH) it has a configuration for:
+# (R rows of B, KP parts of the reduction, KC state chunks, warps), each program's block of B
+# (R x BH/KP) in shared memory, at most SPLIT_2D_SHARED bytes of it per program in all (sm_80's
+# opt-in maximum: what compiled without spills, sm_90 and sm_80, Triton 3.6 and the newest).
+SPLIT_2D_MIN_BATCH = 64
+SPLIT_2D_BN = 64
+SPLIT_2D = {(4, 2048): (128, 8, 8, 4), (2, 2048): (128, 4, 4, 4), (4, 1024): (64, 4, 4, 4)}
+SPLIT_2D_WARPS_SM80 = {(2, 2048): 8, (4, 1024): 8}  # (4 warps spilled 40-128 B on sm_80)
+SPLIT_2D_SHARED = 166912
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates).
 LSTM_BACKWARD_ROWS = 16
@@ -128,17 +138,27 @@ class Config:
     k_chunks: int = 1      # split on tensor cores: the state tile's chunks per step (KC)
     b_shared: bool = False  # split on tensor cores: B kept in shared memory, not registers
     gate_rows: int = 1     # split: rows of B per feature a program owns (LSTM forward: 4)
+    k_parts: int = 1       # split in two dimensions (split_2d.py): parts of the reduction (KP)
 
     @property
     def features(self) -> int:
-        """split: the hidden features one program owns (its slice)."""
-        return self.R // self.gate_rows
+        """split: the hidden features one program owns (its slice; in two dimensions the
+        ones it finishes, R / KP of its block's R rows)."""
+        return self.R // self.gate_rows // self.k_parts
+
+    def slices(self, H: int) -> int:
+        """split: the programs of one batch group, S (in two dimensions every row block's KP
+        programs, those whose features lie past H too: they hold part of B's rows below H)."""
+        if self.k_parts > 1:
+            return triton.cdiv(H, self.R) * self.k_parts
+        return triton.cdiv(H, self.features)
 
     def describe(self) -> str:
         block = {"resident": f"BH={self.BH}", "split": f"R={self.R} BH={self.BH}"}.get(
             self.variant, f"BJ={self.BH}") + (f" KC={self.k_chunks}" if self.k_chunks > 1 else "") \
             + (" B-shared" if self.b_shared else "") \
-            + (f" gates={self.gate_rows}" if self.gate_rows > 1 else "")
+            + (f" gates={self.gate_rows}" if self.gate_rows > 1 else "") \
+            + (f" KP={self.k_parts}" if self.k_parts > 1 else "")
         kind = "dot" if self.use_dot else "elementwise"
         return (f"{self.variant}/{kind} BN={self.BN} {block} warps={self.num_warps}"
                 f" stages={self.num_stages}" + (" W-first" if self.w_first else ""))
@@ -188,6 +208,10 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         if cfg is not None:
             return cfg
     elif split and BH <= SPLIT_MAX_BH[elem]:
+        if batch >= SPLIT_2D_MIN_BATCH and split_on_tensor_cores(dtype, allow_tf32):
+            cfg = choose_split_2d(BH, dtype, arch)
+            if cfg is not None:
+                return cfg
         return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
 
@@ -309,6 +333,24 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
     KC = next((kc for kc in (1, 2) if (R * BH + BH * DOT_MIN_BATCH // kc) * elem // 4 // threads
                <= SPLIT_DOT_OPERAND_REGISTERS), 4)
     return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
+
+
+def choose_split_2d(BH: int, dtype: torch.dtype, arch: int = None):
+    """The split in two dimensions (split_2d.py) for an RNN layer of BH on tensor cores, or
+    None where it has none (SPLIT_2D) or the device's shared memory per block cannot hold
+    it."""
+    elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
+    if (elem, BH) not in SPLIT_2D:
+        return None
+    R, KP, KC, num_warps = SPLIT_2D[elem, BH]
+    if arch is not None and arch < 90:
+        num_warps = SPLIT_2D_WARPS_SM80.get((elem, BH), num_warps)
+    budget = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else
+                                  SHARED_PER_BLOCK_OTHER)
+    if budget < SPLIT_2D_SHARED:
+        return None
+    return Config("split", True, SPLIT_2D_BN, BH, num_warps, num_stages=1, R=R, k_chunks=KC,
+                  k_parts=KP)
 
 
 def _split_dot_shared(BH: int, R: int, arch: int, elem: int, min_chunks: int):

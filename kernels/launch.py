@@ -19,6 +19,7 @@ from .cells import GATES, GRU, GRU_SAVED, LSTM, RNN
 from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell, split_on_tensor_cores
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
+from .split_2d import rnn_backward_split_2d_kernel, rnn_forward_split_2d_kernel
 from .split_dot import rnn_backward_split_dot_kernel, rnn_forward_split_dot_kernel
 from .streaming import rnn_backward_streaming_kernel, rnn_forward_streaming_kernel
 
@@ -61,12 +62,16 @@ KERNEL_NAMES = ("rnn_forward_resident_kernel", "rnn_forward_streaming_kernel",
                 "rnn_forward_split_kernel", "rnn_forward_split_dot_kernel",
                 "rnn_backward_resident_kernel", "rnn_backward_streaming_kernel",
                 "rnn_backward_split_kernel", "rnn_backward_split_dot_kernel",
+                "rnn_forward_split_2d_kernel", "rnn_backward_split_2d_kernel",
                 "rnn_cell_forward_kernel")
 
 
-def kernel_for(pass_: str, variant: str, use_dot: bool = False):
+def kernel_for(pass_: str, variant: str, use_dot: bool = False, k_parts: int = 1):
     """The recurrence's @triton.jit kernel for "forward"/"backward" and a dispatch variant
-    (split: on tensor cores with use_dot)."""
+    (split: on tensor cores with use_dot, in two dimensions with k_parts > 1)."""
+    if variant == "split" and k_parts > 1:
+        return {"forward": rnn_forward_split_2d_kernel,
+                "backward": rnn_backward_split_2d_kernel}[pass_]
     if variant == "split" and use_dot:
         return {"forward": rnn_forward_split_dot_kernel,
                 "backward": rnn_backward_split_dot_kernel}[pass_]
@@ -94,11 +99,15 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
                              "the layer's dtype and allow_tf32)")
         # On tensor cores the row tile, the warps' parts of K and the state's chunks; ptxas
         # may then use every register a thread can have at one program per SM.
+        # In two dimensions: the reduction's parts (KP), BK = BH / KP wide.
         dot = dict(BN=cfg.BN, KW=cfg.num_warps, KC=cfg.k_chunks, DOT_DTYPE=dot_dtype,
                    B_SHARED=cfg.b_shared) if cfg.use_dot else {}
+        if cfg.k_parts > 1:
+            dot = dict(BN=cfg.BN, KC=cfg.k_chunks, DOT_DTYPE=dot_dtype, KP=cfg.k_parts)
         return dict(
             ACT=int(relu), ACC=_TL_DTYPE[acc_dtype(dtype)],
-            PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH, **flags, **dot,
+            PRECISION=_precision(dtype, allow_tf32), R=cfg.R, BK=cfg.BH // cfg.k_parts,
+            **flags, **dot,
             MAX_POLLS=MAX_POLLS_INTERPRETED if interpreting() else MAX_POLLS,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True,
             # (split.py's LSTM rows hold nine inputs and their addresses at once: uncapped)
@@ -206,8 +215,8 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
     flags = {"CELL": cell} if cell != RNN.value else {}
     options = compile_options(cfg, dtype, relu, allow_tf32,
                               HAS_LENGTHS=int(lengths is not None), **flags)
-    return cfg, kernel_for(pass_, cfg.variant, cfg.use_dot), (triton.cdiv(N, cfg.BN), D), \
-        options
+    return cfg, kernel_for(pass_, cfg.variant, cfg.use_dot, cfg.k_parts), \
+        (triton.cdiv(N, cfg.BN), D), options
 
 
 def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
@@ -235,6 +244,11 @@ def split_max_groups(cfg: Config, N: int):
 # What an RNN passes for the resident kernels' gate arguments (B's gate offset, the gate
 # buffers' strides), which only other cells read.
 _NO_GATES = (0, 0, 0)
+
+def _partial_sums(cfg: Config, D: int, N: int, H: int, device) -> torch.Tensor:
+    """The two-dimensional split's partial-sum buffer (D, KP, N, H), fp32 (split_2d.py)."""
+    return _empty((D, cfg.k_parts, N, H), dtype=torch.float32, device=device)
+
 
 _no_lengths = {}  # device -> an int32 tensor a padded batch passes for the lengths, never read
 
@@ -282,7 +296,7 @@ def _launch_split(pass_, kernel, cfg, options, tensors, sizes, strides, D) -> bo
     failures.check_earlier()
     device = tensors[0].device
     T, N, H = sizes[:3]
-    S = triton.cdiv(H, cfg.features)
+    S = cfg.slices(H)
     key = (kernel, str(device))
     # [failure flag, one barrier counter per (direction, group)], zero on entry.
     sync = torch.zeros(1 + D * N, dtype=torch.int32, device=device)
@@ -355,8 +369,12 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
         options = _aligned(options, cfg, H, (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2]),
                            w_strides)
         if cfg.variant == "split":
-            # the split kernels' LSTM arguments (cell states, gates, carry), unread
+            # the split kernels' LSTM arguments (cell states, gates, carry), unread; in two
+            # dimensions the partial-sum buffer instead
             lstm = ((out,) * 3, _NO_GATES[:2])
+            if cfg.k_parts > 1:
+                part = _partial_sums(cfg, D, N, H, out.device)
+                lstm = ((part,), part.stride()[1:3])
             if _launch_split("forward", kernel, cfg, options,
                              (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
                               *lstm[0]),
@@ -403,6 +421,9 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         if cfg.variant == "split":
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             lstm = ((out,) * 6, _NO_GATES[:2])  # the split kernels' LSTM arguments, unread
+            if cfg.k_parts > 1:  # in two dimensions the partial-sum buffer instead
+                part = _partial_sums(cfg, D, N, H, out.device)
+                lstm = ((part,), part.stride()[1:3])
             strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1),
                        *lstm[1])
             if _launch_split("backward", kernel, cfg, options,

@@ -676,7 +676,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
     config = cfg.describe()
     S, rows, launches = 1, 1, 1
     if cfg.variant == "split" and not error:
-        S = triton.cdiv(H, cfg.features)
+        S = cfg.slices(H)
         plan = launch.split_plan(S, N, directions, capacity, launch.split_max_groups(cfg, N))
         if plan is None:  # what the launcher runs instead
             row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False,
@@ -717,7 +717,7 @@ def _model(row: Row, cfg, sass: str, dtype: torch.dtype, D: int, S: int, rows: i
     l2_bytes, trips = cost_model.step_traffic(
         cfg.variant, pass_, row.H, row.N, D // launches, dtype.itemsize,
         launch.acc_dtype(dtype).itemsize, cfg.BN, cfg.BH, S, rows,
-        GATES[CELLS[row.cell]])
+        GATES[CELLS[row.cell]], cfg.k_parts)
     cycles = cost_model.issue_cycles(counts.instructions, cfg.num_warps, row.programs,
                                      ARCHS[row.arch]["sms"])
     row.issue_cycles, row.l2_bytes = cycles * launches, l2_bytes * launches
