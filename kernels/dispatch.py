@@ -209,7 +209,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
             return cfg
     elif split and BH <= SPLIT_MAX_BH[elem]:
         if batch >= SPLIT_2D_MIN_BATCH and split_on_tensor_cores(dtype, allow_tf32):
-            cfg = choose_split_2d(BH, dtype, arch)
+            cfg = choose_split_2d(BH, dtype, arch, ragged)
             if cfg is not None:
                 return cfg
         return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
@@ -335,12 +335,14 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
     return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
 
 
-def choose_split_2d(BH: int, dtype: torch.dtype, arch: int = None):
+def choose_split_2d(BH: int, dtype: torch.dtype, arch: int = None, ragged: bool = False):
     """The split in two dimensions (split_2d.py) for an RNN layer of BH on tensor cores, or
-    None where it has none (SPLIT_2D) or the device's shared memory per block cannot hold
-    it."""
+    None where it has none (SPLIT_2D), the device's shared memory per block cannot hold it, or
+    at BH = 2048 the hidden size is ragged (not a multiple of 16: its rows load in narrower
+    vectors, and at H = 1100 the code spilled 16-496 B, sm_90 and sm_80, Triton 3.6 and 3.9;
+    at BH = 1024, H = 600 compiled with none)."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
-    if (elem, BH) not in SPLIT_2D:
+    if (elem, BH) not in SPLIT_2D or (ragged and BH >= 2048):
         return None
     R, KP, KC, num_warps = SPLIT_2D[elem, BH]
     if arch is not None and arch < 90:

@@ -45,7 +45,7 @@ if COVERAGE:
 # Test files that are about one kernel variant (the quick loop: python -m pytest -m split).
 VARIANT_FILES = {"test_split.py": "split", "test_split_gpu.py": "split",
                  "test_lstm_split.py": "split", "test_lstm_streaming.py": "streaming",
-                 "test_gru_split.py": "split",
+                 "test_gru_split.py": "split", "test_split_2d.py": "split",
                  "test_concurrent_interpreter.py": "split", "test_cell.py": "cell",
                  "test_w_first.py": "resident"}
 VARIANTS = ("resident", "split", "streaming", "cell")

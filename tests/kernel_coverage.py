@@ -22,6 +22,8 @@ KERNELS = {launch.kernel_for(p, v).fn.__name__: (p, v) for p in ("forward", "bac
            for v in ("resident", "split", "streaming")}
 KERNELS.update({launch.kernel_for(p, "split", True).fn.__name__: (p, "split")
                 for p in ("forward", "backward")})
+KERNELS.update({launch.kernel_for(p, "split", True, 2).fn.__name__: (p, "split-2d")
+                for p in ("forward", "backward")})
 KERNELS[launch.rnn_cell_forward_kernel.fn.__name__] = ("cell", "cell")
 FIELDS = ("pass", "variant", "dtype", "batch", "directions", "batch class")
 _current = {"test": None}

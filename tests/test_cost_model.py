@@ -118,6 +118,24 @@ def test_split_traffic_by_design():
     assert traffic[("backward", 1)] == (67 * state, 64 + 2.5)
 
 
+def test_two_dimensional_split_traffic_by_design():
+    """The split in two dimensions (split_2d.py), tf32 H = 2048, batch 64 in one group of
+    S = 128 programs, KP = 8 parts (row blocks of 128): the state is 64 x 2048 x 4 B = 512 KB,
+    and each program reads its 256-feature part of it (S / KP = 16 states in all); finishing,
+    every feature's 8 fp32 partial sums (8 states' worth); forward P_t, backward dY_t and y_t.
+    One row tile of 64: the partial product waits for the state part, the finish for the
+    partials (2), and two barriers (2 x 2.5); with 4 tiles (batch 256), 8 loads."""
+    state = 64 * 2048 * 4
+    forward = cost_model.step_traffic("split", "forward", 2048, 64, 1, 4, 4, 64, 2048, 128, 64,
+                                      parts=8)
+    backward = cost_model.step_traffic("split", "backward", 2048, 64, 1, 4, 4, 64, 2048, 128,
+                                       64, parts=8)
+    assert forward == (state + 16 * state + 8 * state, 2 + 5.0)
+    assert backward == (2 * state + 16 * state + 8 * state, 2 + 5.0)
+    assert cost_model.step_traffic("split", "forward", 2048, 256, 1, 4, 4, 64, 2048, 128, 256,
+                                   parts=8)[1] == 8 + 5.0
+
+
 def test_lstm_traffic_by_design():
     """An LSTM layer on the resident variant, bf16 H = 64, batch 16, one direction: the state
     is 16 x 64 x 2 B. Forward reads the four gates' P_t (nothing waited for: prefetched);
