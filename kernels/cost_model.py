@@ -290,8 +290,10 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
       gates' activations and its own fp32 dL/dc (one row at a time, the carry too), and every
       slice's dz of all four gates (4 x the state, S times); round trips as for RNN.
       In two dimensions (parts = KP > 1, split_2d.py): every program reads its part of its
-      group's state (S/KP x the state) and, finishing its features, their KP fp32 partial
-      sums; forward P_t, backward dY_t and y_t besides. Per row tile a partial product waits
+      group's state (S/KP x the state; the gated cells' backward, of every gate's dz) and,
+      finishing its features, their KP fp32 partial sums; forward P_t, backward dY_t and y_t
+      besides (the gated cells' backward: what its one-dimensional form reads, and its own
+      fp32 dL/dc or dL/dh z). Per row tile a partial product waits
       for the state part and a finish for the partials (2 per tile); two barriers (2 x 2.5).
     streaming: every program re-reads all of W_hh and, per output chunk, its rows of the
       product's other operand (the state forward, dz_t backward); per chunk it waits for the
@@ -312,9 +314,11 @@ def step_traffic(variant: str, pass_: str, H: int, N: int, D: int, elem: int, ac
             return gates * state, 0
         return _BACKWARD_READS[gates] * state, 1
     if variant == "split" and parts > 1:
-        own = state if pass_ == "forward" else 2 * state
+        own = state if pass_ == "forward" else _BACKWARD_READS[gates] * state
+        if gates != 1:  # (the gated cells' backward: its dz over all gates, its own fp32 carry)
+            own += D * N * H * acc
         partials = D * N * H * parts * 4
-        return own + S * state / parts + partials, \
+        return own + S * gates * state / parts + partials, \
             2 * triton.cdiv(rows, BN) + 2 * BARRIER_ROUND_TRIPS
     if variant == "split":
         # backward: dY_t and y_t, and one row at a time the carry (on tensor cores only held

@@ -56,7 +56,11 @@ The rule, in order (the resource report prints it beside every configuration):
    forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
    share only the saved h, c and gates): TF32 to H = 512 in registers (S = H/4 programs),
    513-1024 with B in shared memory and 8 features a program (S = H/8: 128 programs on an
-   H100; on an A100 to H = 864), 16-bit on sm_80 to H = 864 too (108 SMs).
+   H100; on an A100 to H = 864), 16-bit on sm_80 to H = 864 too (108 SMs). The TF32
+   backward past BH = 256 (K = 2048 and 4096: H 257-1024) splits in two dimensions
+   (split_2d.py, SPLIT_2D_GATED_BACKWARD: row blocks of 32 or 64 features' W_hh columns times
+   4 or 8 parts of K, each block in shared memory, 64 and 128 programs at H = 512 and 1024;
+   an A100 holds the first, not the second).
    Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
    chunks one after another), as do split layers whose programs a device cannot hold.
    A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and,
@@ -122,6 +126,10 @@ SPLIT_2D_BN = 64
 SPLIT_2D = {(4, 2048): (128, 8, 8, 4), (2, 2048): (128, 4, 4, 4), (4, 1024): (64, 4, 4, 4)}
 SPLIT_2D_WARPS_SM80 = {(2, 2048): 8, (4, 1024): 8}  # (4 warps spilled 40-128 B on sm_80)
 SPLIT_2D_SHARED = 166912
+# ... and the TF32 backward of the gated cells past what split_dot.py holds (rule 4), at every
+# batch (row tiles of 16), by (operand bytes, K = 4 BH): its R features' W_hh columns over all
+# gates' rows in KP parts of K (32 x 512 and 64 x 512 fp32: 64 and 128 KB)
+SPLIT_2D_GATED_BACKWARD = {(4, 2048): (32, 4, 2, 4), (4, 4096): (64, 8, 2, 4)}
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates).
 LSTM_BACKWARD_ROWS = 16
@@ -235,7 +243,9 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     c_t, c_{t-1} and c0, the four gates): at R = 32 bf16 spilled 56-192 B (H = 65 and 512,
     sm_90 and sm_80). TF32 at K = 2048 (B in shared memory) needs 192 KB of shared memory,
     more than sm_80 has, and spilled 112 B on sm_90 with Triton 3.6: TF32 LSTM layers take the
-    split to H = 256. 16-bit at K = 4096 (H 513-1024): B (16 x 4096, 128 KB) in registers
+    one-dimensional split to H = 256, and past it the split in two dimensions
+    (SPLIT_2D_GATED_BACKWARD; 0 B spilled on sm_90 and sm_80, Triton 3.6 and 3.9, from H = 300
+    to 1024). 16-bit at K = 4096 (H 513-1024): B (16 x 4096, 128 KB) in registers
     spilled 408-528 B whatever KC; in shared memory with KC = 4 (160 KB in all) it compiled
     with 0 B (3.6) and 32 B (3.9) on sm_90 but spilled 80-104 B on sm_80, so only GPUs with
     sm_90's shared memory per block take it; elsewhere 16-bit LSTM layers take the split to
@@ -270,6 +280,8 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
             forward = choose_split_dot(BH, dtype, arch=arch, ragged=hidden_size % 16 != 0)
             forward = None if forward is None or forward.b_shared else forward
         return None if forward is None else replace(forward, gate_rows=slots)
+    if dtype.itemsize == 4 and (4, K) in SPLIT_2D_GATED_BACKWARD:
+        return choose_split_2d(K, dtype, arch, table=SPLIT_2D_GATED_BACKWARD, BN=DOT_MIN_BATCH)
     if K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
         return None
     if K > SPLIT_MAX_BH[dtype.itemsize]:
@@ -340,24 +352,27 @@ def choose_split_dot(BH: int, dtype: torch.dtype, rows: int = 0, arch: int = Non
     return Config("split", True, DOT_MIN_BATCH, BH, num_warps, num_stages=1, R=R, k_chunks=KC)
 
 
-def choose_split_2d(BH: int, dtype: torch.dtype, arch: int = None, ragged: bool = False):
+def choose_split_2d(BH: int, dtype: torch.dtype, arch: int = None, ragged: bool = False,
+                    table: dict = None, BN: int = None):
     """The split in two dimensions (split_2d.py) for an RNN layer of BH on tensor cores, or
     None where it has none (SPLIT_2D), the device's shared memory per block cannot hold it, or
     at BH = 2048 the hidden size is ragged (not a multiple of 16: its rows load in narrower
     vectors, and at H = 1100 the code spilled 16-496 B, sm_90 and sm_80, Triton 3.6 and 3.9;
-    at BH = 1024, H = 600 compiled with none)."""
+    at BH = 1024, H = 600 compiled with none). table, BN: another table of configurations,
+    and its row tile (the gated cells' backward: SPLIT_2D_GATED_BACKWARD, BH its K)."""
     elem = 2 if dtype.itemsize == 2 else 4  # TF32 operands are 32-bit
-    if (elem, BH) not in SPLIT_2D or (ragged and BH >= 2048):
+    table = SPLIT_2D if table is None else table
+    if (elem, BH) not in table or (ragged and BH >= 2048):
         return None
-    R, KP, KC, num_warps = SPLIT_2D[elem, BH]
+    R, KP, KC, num_warps = table[elem, BH]
     if arch is not None and arch < 90:
         num_warps = SPLIT_2D_WARPS_SM80.get((elem, BH), num_warps)
     budget = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else
                                   SHARED_PER_BLOCK_OTHER)
     if budget < SPLIT_2D_SHARED:
         return None
-    return Config("split", True, SPLIT_2D_BN, BH, num_warps, num_stages=1, R=R, k_chunks=KC,
-                  k_parts=KP)
+    return Config("split", True, BN or SPLIT_2D_BN, BH, num_warps, num_stages=1, R=R,
+                  k_chunks=KC, k_parts=KP)
 
 
 def _split_dot_shared(BH: int, R: int, arch: int, elem: int, min_chunks: int):

@@ -245,9 +245,14 @@ def split_max_groups(cfg: Config, N: int):
 # buffers' strides), which only other cells read.
 _NO_GATES = (0, 0, 0)
 
-def _partial_sums(cfg: Config, D: int, N: int, H: int, device) -> torch.Tensor:
-    """The two-dimensional split's partial-sum buffer (D, KP, N, H), fp32 (split_2d.py)."""
-    return _empty((D, cfg.k_parts, N, H), dtype=torch.float32, device=device)
+def _with_partial_sums(cfg: Config, D: int, N: int, H: int, tensors, strides, sizes) -> tuple:
+    """(tensors, sizes, strides) of a split launch: in two dimensions (split_2d.py) its
+    partial-sum buffer (D, KP, N, H) in fp32 after the tensors, and its part and batch strides
+    after the strides."""
+    if cfg.k_parts == 1:
+        return tensors, sizes, strides
+    part = _empty((D, cfg.k_parts, N, H), dtype=torch.float32, device=tensors[0].device)
+    return (*tensors, part), sizes, (*strides, *part.stride()[1:3])
 
 
 _no_lengths = {}  # device -> an int32 tensor a padded batch passes for the lengths, never read
@@ -369,18 +374,15 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
         options = _aligned(options, cfg, H, (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2]),
                            w_strides)
         if cfg.variant == "split":
-            # the split kernels' LSTM arguments (cell states, gates, carry), unread; in two
-            # dimensions the partial-sum buffer instead
+            # the split kernels' LSTM arguments (cell states, gates, carry), unread
             lstm = ((out,) * 3, _NO_GATES[:2])
-            if cfg.k_parts > 1:
-                part = _partial_sums(cfg, D, N, H, out.device)
-                lstm = ((part,), part.stride()[1:3])
             if _launch_split("forward", kernel, cfg, options,
-                             (*_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len,
-                              *lstm[0]),
-                             (T, N, H, HB), (s_pt, s_pn, out.stride(0), out.stride(1),
-                                             h0.stride(0), h0.stride(1), *w_strides, *lstm[1]),
-                             D):
+                             *_with_partial_sums(
+                                 cfg, D, N, H,
+                                 (*_pair(projs), h0, *_pair(weights), *_pair(biases), out,
+                                  p_len, *lstm[0]),
+                                 (s_pt, s_pn, out.stride(0), out.stride(1), h0.stride(0),
+                                  h0.stride(1), *w_strides, *lstm[1]), (T, N, H, HB)), D):
                 return out
             cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
                                                allow_tf32, split=False)
@@ -421,14 +423,11 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         if cfg.variant == "split":
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             lstm = ((out,) * 6, _NO_GATES[:2])  # the split kernels' LSTM arguments, unread
-            if cfg.k_parts > 1:  # in two dimensions the partial-sum buffer instead
-                part = _partial_sums(cfg, D, N, H, out.device)
-                lstm = ((part,), part.stride()[1:3])
             strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1),
                        *lstm[1])
-            if _launch_split("backward", kernel, cfg, options,
-                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, *lstm[0]),
-                             (T, N, H), strides, D):
+            if _launch_split("backward", kernel, cfg, options, *_with_partial_sums(
+                    cfg, D, N, H, (dout, out, *_pair(weights), dz, dh0, carry, p_len, *lstm[0]),
+                    strides, (T, N, H)), D):
                 return dz, dh0
             cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
                                                allow_tf32, split=False)
@@ -638,11 +637,11 @@ def _gated_backward(dout, dcells, out, cells, gates, c0, w_hh, lengths, allow_tf
             acc = acc_dtype(out.dtype)
             carry = _empty((D, N, H), dtype=acc, device=out.device)
             dc = torch.zeros((D, N, H), dtype=acc, device=out.device)  # dL/dc (dL/dh z)
-            if _launch_split("backward", kernel, cfg, options,
-                             (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells, dcells,
-                              c0, gates, dc0, dc), (T, N, H),
-                             (*out.stride()[:2], *w_strides, *dh0.stride()[:2],
-                              *dz.stride()[:2]), D):
+            if _launch_split("backward", kernel, cfg, options, *_with_partial_sums(
+                    cfg, D, N, H, (dout, out, *_pair(weights), dz, dh0, carry, p_len, cells,
+                                   dcells, c0, gates, dc0, dc),
+                    (*out.stride()[:2], *w_strides, *dh0.stride()[:2], *dz.stride()[:2]),
+                    (T, N, H)), D):
                 return dz, dh0, dc0
             cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, False,
                                                allow_tf32, split=False, cell=cell)

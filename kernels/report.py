@@ -82,7 +82,7 @@ BATCHES = (1, 5, 16, 256)
 # 1024 in bf16 (the backward's K = 1024, 2048 and 4096; 1024 on sm_90 only) on tensor cores,
 # H = 256 in IEEE fp32 and fp64 one row at a time (split.py); the tensor-core forward past the
 # backward's limit (TF32 512 in registers and 768 with B in shared memory, KC = 1 on sm_90 and
-# 2 on sm_80, whose backwards stream; bf16 1024 on sm_80, whose 128 programs an A100 cannot
+# 2 on sm_80, whose backwards split in two dimensions, split_2d.py; bf16 1024 on sm_80, whose 128 programs an A100 cannot
 # hold: it streams); streaming, whose W_hh chunks are streamed whatever H (one H per product
 # and dtype class: tl.dot in bf16, TF32 (2048) and fp64, the elementwise product in IEEE
 # fp32); and the LSTMCell, whose kernel streams the weights whatever H, at batch 16

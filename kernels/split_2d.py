@@ -30,36 +30,39 @@ Numerics: split_dot.py's. The exchanged state is rounded as the product's operan
 before the loop; partial sums are fp32, and the sum over the KP parts is in a fixed order.
 
 Every wait is bounded (MAX_POLLS); a program whose wait runs out sets the failure flag and
-writes NaN into every element it owns from the step whose barrier failed (backward: from that
-visit, and dh0), then leaves."""
+writes NaN into every element it owns from the first step it could not compute (the step of
+a failed first barrier; the one after a failed second barrier, whose step was finished from
+complete sums), backward also into dh0 (and dc0), then leaves."""
 import triton
 import triton.language as tl
 
 from .barrier import arrive_and_wait
-from .blocks import (activate, activation_grad, aligned, convert, direction_pointer,
-                     sequence_lengths, state_mask, state_offsets, state_operand,
-                     tf32_dot_operand, time_index, weight_operand)
+from .blocks import (activate, aligned, convert, direction_pointer, sequence_lengths,
+                     state_mask, state_offsets, state_operand, tf32_dot_operand, time_index,
+                     weight_operand)
+from .cells import GRU, LSTM, RNN
 from .split import _poison
-from .split_dot import _features, _tile
+from .split_dot import _features, _summed, _tile, _visit_tile
 
 
 @triton.jit
-def _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, c, PRECISION: tl.constexpr,
+def _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, c, PRECISION: tl.constexpr,
                DOT_DTYPE: tl.constexpr, BK: tl.constexpr, KC: tl.constexpr):
     """Chunk c of the program's block of B, transposed, as a (BK/KC, R) tile: element (i, r) is
-    B[o_j[r], k0 + c*BK/KC + i], zero outside the rows' mask and H, rounded for the product."""
+    B[o_j[r], k0 + c*BK/KC + i], zero outside the rows' mask and the reduction length K,
+    rounded for the product."""
     o_k = k0 + c * (BK // KC) + tl.arange(0, BK // KC)
     b_b = tl.load(p_b + o_j[None, :] * s_bj + o_k[:, None] * s_bk,
-                  mask=m_j[None, :] & (o_k < H)[:, None], other=0.0)
+                  mask=m_j[None, :] & (o_k < K)[:, None], other=0.0)
     return weight_operand(b_b, tl.float32, True, PRECISION).to(DOT_DTYPE)
 
 
 @triton.jit
-def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, PRECISION: tl.constexpr,
+def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, i_d0, PRECISION: tl.constexpr,
              DOT_DTYPE: tl.constexpr, R: tl.constexpr, BK: tl.constexpr, KP: tl.constexpr,
              KC: tl.constexpr):
-    """What program (s, g, d) works on: its direction; S; its rows o_j of B and their mask;
-    its reduction part's first feature k0; its block of B in KC (1, 2, 4 or 8) chunks, a tuple
+    """What program (s, g, d) works on: its direction; S; its rows o_j of B (below H) and their
+    mask; its part of the reduction (of length K) from k0; its block of B in KC (1, 2, 4 or 8) chunks, a tuple
     of 8 (unused chunks repeat the first); the RF = R/KP features it finishes (o_f); its group's counter and first row."""
     i_s = tl.program_id(0)
     i_g = tl.program_id(1)
@@ -68,18 +71,18 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, PRECISION: tl.con
     m_j = o_j < H
     k0 = (i_s % KP) * BK
     p_b = direction_pointer(p_b, p_b_r, i_d)
-    b_b0 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 0, PRECISION, DOT_DTYPE, BK, KC)
+    b_b0 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 0, PRECISION, DOT_DTYPE, BK, KC)
     b_b1, b_b2, b_b3, b_b4, b_b5, b_b6, b_b7 = b_b0, b_b0, b_b0, b_b0, b_b0, b_b0, b_b0
     if KC >= 2:
-        b_b1 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 1, PRECISION, DOT_DTYPE, BK, KC)
+        b_b1 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 1, PRECISION, DOT_DTYPE, BK, KC)
     if KC >= 4:
-        b_b2 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 2, PRECISION, DOT_DTYPE, BK, KC)
-        b_b3 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 3, PRECISION, DOT_DTYPE, BK, KC)
+        b_b2 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 2, PRECISION, DOT_DTYPE, BK, KC)
+        b_b3 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 3, PRECISION, DOT_DTYPE, BK, KC)
     if KC == 8:
-        b_b4 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 4, PRECISION, DOT_DTYPE, BK, KC)
-        b_b5 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 5, PRECISION, DOT_DTYPE, BK, KC)
-        b_b6 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 6, PRECISION, DOT_DTYPE, BK, KC)
-        b_b7 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, H, 7, PRECISION, DOT_DTYPE, BK, KC)
+        b_b4 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 4, PRECISION, DOT_DTYPE, BK, KC)
+        b_b5 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 5, PRECISION, DOT_DTYPE, BK, KC)
+        b_b6 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 6, PRECISION, DOT_DTYPE, BK, KC)
+        b_b7 = _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, 7, PRECISION, DOT_DTYPE, BK, KC)
     RF: tl.constexpr = R // KP
     o_f = i_s * RF + tl.arange(0, RF)
     return (i_d, tl.num_programs(0), o_j, m_j, k0, (b_b0, b_b1, b_b2, b_b3, b_b4, b_b5, b_b6,
@@ -88,7 +91,7 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, PRECISION: tl.con
 
 @triton.jit
 def _partial_tile(b_bs, p_state, s_state, p_part, s_qn, o_j, m_j, k0, n0, i0,
-                  ROWS, N, H, active, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                  ROWS, N, K, active, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
                   PRECISION: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
                   KC: tl.constexpr, BN: tl.constexpr):
     """Phase 1 for the row tile from n0 + i0: part (BN, R) = Σ_{k in the program's part}
@@ -101,7 +104,7 @@ def _partial_tile(b_bs, p_state, s_state, p_part, s_qn, o_j, m_j, k0, n0, i0,
     for c in tl.static_range(KC):
         o_k = k0 + c * (BK // KC) + tl.arange(0, BK // KC)
         b_s = tl.load(p_state + o_n[:, None] * s_state + o_k[None, :],
-                      mask=m_n[:, None] & (o_k < H)[None, :], other=0.0, cache_modifier=".cg")
+                      mask=m_n[:, None] & (o_k < K)[None, :], other=0.0, cache_modifier=".cg")
         if PRECISION == "tf32":  # as state_operand rounds it, in one instruction
             b_s = tf32_dot_operand(b_s)
         else:
@@ -109,16 +112,6 @@ def _partial_tile(b_bs, p_state, s_state, p_part, s_qn, o_j, m_j, k0, n0, i0,
         b_z = tl.dot(b_s, b_bs[c], b_z, input_precision=PRECISION, out_dtype=tl.float32)
     tl.store(p_part + state_offsets(o_n, s_qn, o_j, False), b_z,
              mask=state_mask(m_n, m_j, False))
-
-
-@triton.jit
-def _summed(p_part, s_qk, s_qn, o_n, m_n, o_f, m_f, m_extra, KP: tl.constexpr):
-    """(RF, BN) fp32: the KP partial sums of features o_f for rows o_n, in part order (from
-    L2), where m_extra holds; zero elsewhere."""
-    b_sum = _features(p_part, o_n, s_qn, o_f, m_n, m_f, m_extra, True)
-    for b in tl.static_range(1, KP):
-        b_sum += _features(p_part + b * s_qk, o_n, s_qn, o_f, m_n, m_f, m_extra, True)
-    return b_sum
 
 
 @triton.jit
@@ -144,6 +137,7 @@ def rnn_forward_split_2d_kernel(
     p_b, p_b_r,          # each direction's B = W_hhᵀ: element (k, j) (same strides)
     p_bias, p_bias_r,    # each direction's b_hh (H,), read where HB > 0
     p_out, p_len,
+    p_cell, p_gates, p_carry,  # split_dot.py's cell arguments (RNN here: unread)
     p_part,              # partial sums (D, KP, N, H) in fp32
     p_sync,
     T, N, H, HB,
@@ -153,19 +147,22 @@ def rnn_forward_split_2d_kernel(
     s_t, s_n,            # out (T, N, D*H)
     s_hd, s_hn,          # h0 (D, N, H)
     s_bk, s_bj,          # B
+    s_gt, s_gn,          # (split_dot.py's gate strides: unread)
     s_qk, s_qn,          # part: part and batch strides (a direction's parts are KP*s_qk apart)
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, KP: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr, ALIGN: tl.constexpr = 1,
     ALIGN_BK: tl.constexpr = 1, ALIGN_BJ: tl.constexpr = 1,
 ):
-    """h_t = act(P_t + b_hh + W_hh h_{t-1}) in two phases per step (the module docstring)."""
+    """h_t = act(P_t + b_hh + W_hh h_{t-1}) in two phases per step (the module docstring); the
+    arguments are split_dot.py's forward's and the partial-sum buffer (RNN only)."""
     H, s_pt, s_pn, s_t, s_n = aligned(H, ALIGN), aligned(s_pt, ALIGN), aligned(s_pn, ALIGN), \
         aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     i_d, S, o_j, m_j, k0, b_bs, o_f, p_cnt, n0 = _program(
-        p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, PRECISION, DOT_DTYPE, R, BK, KP, KC)
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, H, G, ROWS, i_d0, PRECISION, DOT_DTYPE, R, BK, KP,
+        KC)
     m_f = o_f < H
     b_hb = tl.load(direction_pointer(p_bias, p_bias_r, i_d) + o_f, mask=o_f < HB,
                    other=0.0).to(ACC)[:, None]
@@ -176,6 +173,7 @@ def rnn_forward_split_2d_kernel(
     p_mine = p_part + (k0 // BK) * s_qk  # this program's part
     t = T * 0
     arrivals = t
+    t_bad = t + T  # the first step whose state is not complete: none yet
     ok = t == 0
     while (t < T) & ok:
         tt = time_index(t, T, i_d, False)
@@ -188,6 +186,7 @@ def rnn_forward_split_2d_kernel(
                           PRECISION, R, BK, KC, BN)
         arrivals += 1
         ok = arrive_and_wait(p_cnt, S * arrivals, MAX_POLLS)
+        t_bad = tl.where(ok, t_bad, t)  # (its partial sums are not all there)
         for i0 in range(0, ROWS, BN):
             _forward_finish(p_part, s_qk, s_qn, b_hb, p_proj + tt * s_pt, s_pn, p_prev, s_prev,
                             p_out + tt * s_t, s_n, p_len, o_f, m_f, n0, i0, tt, T, N, ROWS,
@@ -195,46 +194,11 @@ def rnn_forward_split_2d_kernel(
         if ok & (t < T - 1):  # the last step's state is read by no program
             arrivals += 1
             ok = arrive_and_wait(p_cnt, S * arrivals, MAX_POLLS)
+            t_bad = tl.where(ok, t_bad, t + 1)  # (step t was finished from complete sums)
         t += 1
-    if ok == 0:  # from the step whose barrier failed (t - 1), NaN
+    if ok == 0:  # from the first step it could not compute, NaN
         tl.store(p_sync, 1)
-        _poison(p_out, s_t, s_n, t - 1, T, N, H, n0, ROWS, i_d, o_f, False, R // KP)
-
-
-@triton.jit
-def _backward_finish(p_part, s_qk, s_qn, p_dout, p_out, p_dz, p_carry, p_dh0, s_t, s_n, s_hn,
-                     p_len, o_x, o_f, m_f, n0, i0, v, T, N, ROWS, i_d, ACT: tl.constexpr,
-                     ACC: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr, HAS_LENGTHS):
-    """Phase 2 of visit v (its step tt) for the row tile from n0 + i0, features o_f: the flow
-    into tt is the sum of the partials (W_hhᵀ dz of the step visited before; nothing at v = 0)
-    or, for a row held there, what it carried; then split_dot.py's _backward_tile: dz_tt =
-    act'(y_tt)(dY_tt + flow) where the row is active at tt, the sum carried where it is held,
-    and at v = T the flow is dh0."""
-    o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-    m_c = state_mask(m_n, m_f, True)
-    o_c = state_offsets(o_n, s_hn, o_f, True)
-    tt, tt_before = time_index(v, T, i_d, True), time_index(v - 1, T, i_d, True)
-    o_now = tt * s_t + o_x
-    lengths = sequence_lengths(p_len, o_n, m_n, T, HAS_LENGTHS)
-    held_before = tl.where(v > 0, tt_before >= lengths, False)[None, :]
-    now = v < T
-    b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
-    b_g = _features(p_dout + o_now, o_n, s_n, o_f, m_n, m_f, now)
-    b_y = _features(p_out + o_now, o_n, s_n, o_f, m_n, m_f, now)
-    b_flow = _summed(p_part, s_qk, s_qn, o_n, m_n, o_f, m_f, v > 0, KP)
-    b_flow = tl.where(held_before, b_carried, b_flow)
-    # the carry's loads may replicate values across warps and its stores come from one of
-    # them: every load above before any store below
-    tl.debug_barrier()
-    tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty),
-             mask=tl.where(v == T, m_c, False))
-    b_g = b_g.to(ACC) + b_flow
-    active = (tt < lengths)[None, :]
-    b_dz = tl.where(active, activation_grad(b_g, b_y.to(ACC), ACT), 0.0)
-    m_c = tl.where(now, m_c, False)
-    tl.store(p_carry + o_c, b_g, mask=m_c & ~active)
-    tl.store(p_dz + o_now + state_offsets(o_n, s_n, o_f, True),
-             convert(b_dz, p_dz.dtype.element_ty), mask=m_c)
+        _poison(p_out, s_t, s_n, t_bad, T, N, H, n0, ROWS, i_d, o_f, False, R // KP)
 
 
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
@@ -242,60 +206,101 @@ def rnn_backward_split_2d_kernel(
     p_dout, p_out,
     p_b, p_b_r,          # each direction's B = W_hh: element (k, j) (same strides)
     p_dz, p_dh0, p_carry, p_len,
+    p_cell, p_dcell,     # LSTM: c_t as the forward left it; dL/dc_t (T, N, D*H) as dout
+    p_c0, p_gates,       # LSTM: c0 (D, N, H) as dh0; the gate activations (T, N, D*4H) as dz
+    p_dc0, p_dc,         # LSTM: dL/dc0; dL/dc carried, in ACC (D, N, H) as dh0
     p_part,              # partial sums (D, KP, N, H) in fp32
     p_sync,
     T, N, H,
     ROWS,                # batch rows per group
     i_d0, G,             # this launch's first direction; batch groups
-    s_t, s_n,            # dout, out and dz share the contiguous (T, N, D*H) layout
+    s_t, s_n,            # dout, out (RNN: and dz) share the contiguous (T, N, D*H) layout
     s_bk, s_bj,          # B
     s_hd, s_hn,          # dh0 and carry (D, N, H)
+    s_zt, s_zn,          # LSTM, GRU: dz and the gate activations
     s_qk, s_qn,          # part: part and batch strides
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
     BK: tl.constexpr, KP: tl.constexpr, MAX_POLLS: tl.constexpr, HAS_LENGTHS,
     BN: tl.constexpr, KC: tl.constexpr, DOT_DTYPE: tl.constexpr, ALIGN: tl.constexpr = 1,
-    ALIGN_BK: tl.constexpr = 1, ALIGN_BJ: tl.constexpr = 1,
+    ALIGN_BK: tl.constexpr = 1, ALIGN_BJ: tl.constexpr = 1, CELL: tl.constexpr = 0,
 ):
-    """dz_t = act'(y_t)(dY_t + W_hhᵀ dz_{t+1}) (and dh0) in visits 0..T, two phases each (the
-    module docstring); B's rows are W_hh's columns j, its reduction W_hh's rows k."""
+    """split_dot.py's backward (its arguments, and the partial-sum buffer) in two phases per
+    visit: phase 1 multiplies the program's block of B with its part of every program's dz of
+    the visit before (K = H; LSTM, GRU: all gates' rows of W_hh, K = 4H and 3H of dz's four
+    slots), phase 2 is split_dot.py's tile function (`_visit_tile`) for the features the
+    program finishes, its flow the sum of their partials. Visits 0..T; the first has no
+    partial products (nothing flows into it) and no first barrier, the last no second."""
     H, s_t, s_n = aligned(H, ALIGN), aligned(s_t, ALIGN), aligned(s_n, ALIGN)
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
+    K_GATES: tl.constexpr = 4 if CELL == LSTM else 3 if CELL == GRU else 1
     i_d, S, o_j, m_j, k0, b_bs, o_f, p_cnt, n0 = _program(
-        p_b, p_b_r, p_sync, s_bk, s_bj, H, G, ROWS, i_d0, PRECISION, DOT_DTYPE, R, BK, KP, KC)
+        p_b, p_b_r, p_sync, s_bk, s_bj, H, K_GATES * H, G, ROWS, i_d0, PRECISION, DOT_DTYPE,
+        R, BK, KP, KC)
+    RF: tl.constexpr = R // KP
     m_f = o_f < H
     p_carry = p_carry + i_d * s_hd
     p_dh0 = p_dh0 + i_d * s_hd
+    if CELL != RNN:  # (GRU: p_dc carries dL/dh z, p_c0 is h0)
+        p_dc = p_dc + i_d * s_hd
+        p_dc0 = p_dc0 + i_d * s_hd
+        p_c0 = p_c0 + i_d * s_hd
+        p_gates = p_gates + i_d * 4 * H
+        p_dz = p_dz + i_d * 4 * H
+    else:
+        s_zt, s_zn = s_t, s_n  # (dz is out's layout)
     p_part = p_part + i_d * KP * s_qk
     p_mine = p_part + (k0 // BK) * s_qk
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
+    o_first, m_first = _tile(n0, 0, ROWS, N, BN)
+    o_step = time_index(0, T, i_d, True) * s_t + o_x
+    b_g0 = _features(p_dout + o_step, o_first, s_n, o_f, m_first, m_f, T > 0)  # a visit ahead
+    if CELL == RNN:
+        b_y0 = _features(p_out + o_step, o_first, s_n, o_f, m_first, m_f, T > 0)
+    else:
+        b_y0 = b_g0  # (unused)
     v = T * 0
     arrivals = v
+    v_bad = v + T + 1  # the first visit whose flow is not complete: none yet
     ok = v == 0
     while (v <= T) & ok:
         # dz of the visit before, every program's, multiplied by this program's block
-        p_before = p_dz + time_index(v - 1, T, i_d, True) * s_t + o_x
+        p_before = p_dz + time_index(v - 1, T, i_d, True) * s_zt + (o_x if CELL == RNN else 0)
         for i0 in range(0, ROWS, BN):
-            _partial_tile(b_bs, p_before, s_n, p_mine, s_qn, o_j, m_j, k0,
-                          n0, i0, ROWS, N, H, v > 0, p_b.dtype.element_ty, DOT_DTYPE,
-                          PRECISION, R, BK, KC, BN)
+            _partial_tile(b_bs, p_before, s_zn, p_mine, s_qn, o_j, m_j, k0, n0, i0, ROWS, N,
+                          K_GATES * H, v > 0, p_b.dtype.element_ty, DOT_DTYPE, PRECISION, R,
+                          BK, KC, BN)
         if v > 0:  # (nothing flows into the first visit)
             arrivals += 1
             ok = arrive_and_wait(p_cnt, S * arrivals, MAX_POLLS)
+            v_bad = tl.where(ok, v_bad, v)
         for i0 in range(0, ROWS, BN):
-            _backward_finish(p_part, s_qk, s_qn, p_dout, p_out, p_dz, p_carry, p_dh0, s_t, s_n,
-                             s_hn, p_len, o_x, o_f, m_f, n0, i0, v, T, N, ROWS, i_d, ACT, ACC,
-                             KP, BN, HAS_LENGTHS)
+            _visit_tile(b_bs[0], b_bs[0], b_bs[0], b_bs[0], b_g0, b_y0, p_dout, p_out, p_dz,
+                        p_carry, p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n,
+                        s_hn, s_zt, s_zn, p_len, o_x, o_f, m_f, n0, i0, v, T, N, H, ROWS, i_d,
+                        p_b.dtype.element_ty, ACT, ACC, PRECISION, RF, 1, BK, KC, BN,
+                        DOT_DTYPE, HAS_LENGTHS, CELL, p_part, s_qk, s_qn, KP)
         if ok & (v < T):  # this visit's dz, from every program, is what the next multiplies
+            o_next = time_index(v + 1, T, i_d, True) * s_t + o_x
+            b_g0 = _features(p_dout + o_next, o_first, s_n, o_f, m_first, m_f, v + 1 < T)
+            if CELL == RNN:
+                b_y0 = _features(p_out + o_next, o_first, s_n, o_f, m_first, m_f, v + 1 < T)
             arrivals += 1
             ok = arrive_and_wait(p_cnt, S * arrivals, MAX_POLLS)
+            v_bad = tl.where(ok, v_bad, v + 1)  # (visit v was finished from complete sums)
         v += 1
-    if ok == 0:  # from the visit whose barrier failed (v - 1), NaN; and dh0
+    if ok == 0:  # from the first visit it could not compute, NaN; and dh0 (dc0)
         tl.store(p_sync, 1)
-        RF: tl.constexpr = R // KP
-        _poison(p_dz + o_x, s_t, s_n, v - 1, T, N, H, n0, ROWS, i_d, o_f, True, RF)
+        if CELL != RNN:
+            for g in tl.static_range(4):
+                _poison(p_dz + g * H, s_zt, s_zn, v_bad, T, N, H, n0, ROWS, i_d, o_f, True, RF)
+        else:
+            _poison(p_dz + o_x, s_t, s_n, v_bad, T, N, H, n0, ROWS, i_d, o_f, True, RF)
         for i0 in range(0, ROWS, BN):
             o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_f, True),
-                     tl.full((RF, BN), float("nan"), p_dh0.dtype.element_ty),
+            nan = tl.full((RF, BN), float("nan"), p_dh0.dtype.element_ty)
+            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_f, True), nan,
                      mask=state_mask(m_n, m_f, True))
+            if CELL == LSTM:
+                tl.store(p_dc0 + state_offsets(o_n, s_hn, o_f, True), nan,
+                         mask=state_mask(m_n, m_f, True))

@@ -148,6 +148,36 @@ def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, K, W_DTYPE: tl
 
 
 @triton.jit
+def _summed(p_part, s_qk, s_qn, o_n, m_n, o_j, m_j, m_extra, KP: tl.constexpr):
+    """(R, BN) fp32: the KP partial sums split_2d.py's programs left for features o_j of rows
+    o_n (part b at p_part + b*s_qk, row stride s_qn), added in part order, read from L2 (.cg),
+    where m_extra holds; zero elsewhere."""
+    b_sum = _features(p_part, o_n, s_qn, o_j, m_n, m_j, m_extra, True)
+    for b in tl.static_range(1, KP):
+        b_sum += _features(p_part + b * s_qk, o_n, s_qn, o_j, m_n, m_j, m_extra, True)
+    return b_sum
+
+
+@triton.jit
+def _flow(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, o_n, m_n, K, v, p_part, s_qk, s_qn,
+          o_j, m_j,
+          W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+          R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
+          BN: tl.constexpr, KP: tl.constexpr):
+    """What flows into visit v's step from the step visited before (nothing read at v = 0):
+    this program's rows of B times every slice's dz there (_product: rows o_n from n_first,
+    at p_rows, s_row apart), or with KP > 0 (split_2d.py) the sum of the KP partial products its
+    programs left for features o_j (_summed)."""
+    if KP > 0:
+        b_flow = _summed(p_part, s_qk, s_qn, o_n, m_n, o_j, m_j, v > 0, KP)
+    else:
+        b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first,
+                          tl.where(v > 0, m_n, False), K, W_DTYPE, DOT_DTYPE, PRECISION, R,
+                          KW, BKW, KC, BN)
+    return b_flow
+
+
+@triton.jit
 def _gate(b_z, g: tl.constexpr, RF: tl.constexpr, BN: tl.constexpr):
     """Gate g's (RF, BN) rows of gate-major (GATES * RF, BN) pre-activations, by a gather
     whose index layout spreads them over the threads (as _spread does)."""
@@ -351,7 +381,8 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
                    W_DTYPE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                    PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
                    BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
-                   DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+                   DOT_DTYPE: tl.constexpr, HAS_LENGTHS, p_part, s_qk, s_qn,
+                   KP: tl.constexpr):
     """Visit v of the backward for the row tile from n0 + i0 (its step tt = the v-th visited).
     First the gradient that flows into tt from the step tt' visited before it: the product
     B dz_tt' over every slice's dz_tt' (nothing at v = 0), or, for a row held at tt', what it
@@ -373,9 +404,8 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
     later = tl.where(i0 > 0, v < T, False)
     b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, later)
     b_y = _features(p_out + o_now, o_n, s_n, o_j, m_n, m_j, later)
-    b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + o_before, s_n, n0 + i0,
-                      tl.where(v > 0, m_n, False), H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
-                      BKW, KC, BN)
+    b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + o_before, s_n, n0 + i0, o_n, m_n, H, v, p_part,
+                   s_qk, s_qn, o_j, m_j, W_DTYPE, DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN, KP)
     # At v = 0 nothing flows in: a zero, not the product of masked (zero) operands, which
     # is NaN where B holds an Inf or a NaN (nn.RNN's backward gives finite values there).
     b_flow = tl.where(held_before, b_carried, tl.where(v > 0, b_flow, 0.0))
@@ -400,7 +430,8 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
                         p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                         W_DTYPE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                         R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
-                        BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+                        BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS, p_part, s_qk,
+                        s_qn, KP: tl.constexpr):
     """_backward_tile for the LSTM: the flow into step tt is dL/dh_tt = Σ over all four gates'
     rows of W_hh times every slice's dz of the step visited before (K = 4H: dz (T, N, D*4H),
     row stride s_zn, p_dz at this direction's gates); dL/dc_tt is this program's own, carried
@@ -430,9 +461,9 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
     g_f = _features(p_g + H, o_n, s_zn, o_j, m_n, m_j, now)
     g_g = _features(p_g + 2 * H, o_n, s_zn, o_j, m_n, m_j, now)
     g_o = _features(p_g + 3 * H, o_n, s_zn, o_j, m_n, m_j, now)
-    b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0,
-                      tl.where(v > 0, m_n, False), 4 * H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
-                      BKW, KC, BN)
+    b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0, o_n, m_n,
+                   4 * H, v, p_part, s_qk, s_qn, o_j, m_j, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
+                   BKW, KC, BN, KP)
     # nothing flows in at v = 0 (a zero, not a product of zeros: see _backward_tile)
     b_flow = tl.where(held_before, b_carried, tl.where(v > 0, b_flow, 0.0))
     # the carries' loads may replicate values across warps and their stores come from one of
@@ -464,7 +495,8 @@ def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carr
                        n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr, ACC: tl.constexpr,
                        PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
                        BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
-                       DOT_DTYPE: tl.constexpr, HAS_LENGTHS):
+                       DOT_DTYPE: tl.constexpr, HAS_LENGTHS, p_part, s_qk, s_qn,
+                       KP: tl.constexpr):
     """_backward_tile for the GRU: the flow into step tt is dL/dh_tt = Σ over the three gates'
     rows of W_hh times every slice's dq of the step visited before (K = 3H: dz's first three
     slots, row stride s_zn) plus dL/dh z of that step, this program's own, carried in ACC
@@ -492,9 +524,9 @@ def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carr
     g_z = _features(p_g + H, o_n, s_zn, o_j, m_n, m_j, now)
     g_n = _features(p_g + 2 * H, o_n, s_zn, o_j, m_n, m_j, now)
     q_n = _features(p_g + 3 * H, o_n, s_zn, o_j, m_n, m_j, now)
-    b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0,
-                      tl.where(v > 0, m_n, False), 3 * H, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
-                      BKW, KC, BN)
+    b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0, o_n, m_n,
+                   3 * H, v, p_part, s_qk, s_qn, o_j, m_j, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
+                   BKW, KC, BN, KP)
     # nothing flows in at v = 0 (a zero, not a product of zeros: see _backward_tile)
     b_flow = tl.where(held_before, b_carried, tl.where(v > 0, b_flow + b_direct, 0.0))
     # the carries' loads may replicate values across warps and their stores come from one of
@@ -523,23 +555,26 @@ def _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry
                 o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr,
                 ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                 R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
-                BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS, CELL: tl.constexpr):
-    """Visit v of the backward for one row tile: the cell's tile function."""
+                BN: tl.constexpr, DOT_DTYPE: tl.constexpr, HAS_LENGTHS, CELL: tl.constexpr,
+                p_part, s_qk, s_qn, KP: tl.constexpr):
+    """Visit v of the backward for one row tile: the cell's tile function (KP > 0: the flow
+    from split_2d.py's partial sums, o_j the features the program finishes)."""
     if CELL == GRU:
         _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carry, p_dc,
                            p_dh0, p_c0, p_gates, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j,
                            m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC, PRECISION, R, KW,
-                           BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                           BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS, p_part, s_qk, s_qn, KP)
     elif CELL == LSTM:
         _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
                             p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn,
                             p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC,
-                            PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS)
+                            PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS, p_part, s_qk,
+                            s_qn, KP)
     else:
         _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
                        s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                        W_DTYPE, ACT, ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE,
-                       HAS_LENGTHS)
+                       HAS_LENGTHS, p_part, s_qk, s_qn, KP)
 
 
 @triton.jit(do_not_specialize=["T", "N", "ROWS", "i_d0", "G", "HAS_LENGTHS"])
@@ -606,7 +641,7 @@ def rnn_backward_split_dot_kernel(
                             p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn,
                             s_zt, s_zn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                             p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW, BKW, KC, BN,
-                            DOT_DTYPE, HAS_LENGTHS, CELL)
+                            DOT_DTYPE, HAS_LENGTHS, CELL, p_dz, 0, 0, 0)
         else:
             i0 = ROWS * 0
             while i0 < ROWS:
@@ -614,7 +649,7 @@ def rnn_backward_split_dot_kernel(
                             p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn,
                             s_zt, s_zn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                             p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW, BKW, KC, BN,
-                            DOT_DTYPE, HAS_LENGTHS, CELL)
+                            DOT_DTYPE, HAS_LENGTHS, CELL, p_dz, 0, 0, 0)
                 i0 += BN
         if v < T:  # dz of this visit, from every slice, is what the next one multiplies
             o_next = time_index(v + 1, T, i_d, True) * s_t + o_x

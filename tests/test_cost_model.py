@@ -134,6 +134,13 @@ def test_two_dimensional_split_traffic_by_design():
     assert backward == (2 * state + 16 * state + 8 * state, 2 + 5.0)
     assert cost_model.step_traffic("split", "forward", 2048, 256, 1, 4, 4, 64, 2048, 128, 256,
                                    parts=8)[1] == 8 + 5.0
+    # the LSTM's backward, tf32 H = 1024, batch 16 (state 64 KB), 128 programs of 8 parts of
+    # K = 4096: every gate's dz (4 x 128/8 states), 8 partials, the 8 states' worth of reads
+    # of its one-dimensional form and the fp32 dL/dc carry (one more); one tile
+    lstm = 16 * 1024 * 4
+    assert cost_model.step_traffic("split", "backward", 1024, 16, 1, 4, 4, 16, 4096, 128, 16,
+                                   gates=4, parts=8) == (
+        8 * lstm + lstm + 4 * 16 * lstm + 8 * lstm, 2 + 5.0)
 
 
 def test_lstm_traffic_by_design():

@@ -21,8 +21,8 @@ from helpers import rel_err
 # tensors the kernels handle fails the test: here they are the comparison, on purpose)
 from triton_rnn.reference import gru_backward as reference_backward
 from triton_rnn.reference import gru_forward as reference_forward
-from triton_rnn.kernels import dispatch, launch, split, split_dot
-from triton_rnn.kernels.dispatch import choose, choose_split, choose_split_dot
+from triton_rnn.kernels import dispatch, launch, split, split_2d, split_dot
+from triton_rnn.kernels.dispatch import Config, choose, choose_split, choose_split_dot
 from triton_rnn.kernels.failures import SplitBarrierTimeout
 
 from test_concurrent_interpreter import _arrive_unless_first_program
@@ -148,6 +148,23 @@ def test_split_gru_backward_with_b_in_shared_memory(small_variant, variants):
         assert rel_err(a, b) < 2e-2, name
 
 
+def test_split_gru_backward_in_two_dimensions(small_variant, variants, monkeypatch):
+    """The TF32 backward's form past K = 1024 (split_2d.py: row blocks of W_hh's columns times
+    parts of K, two barriers a visit), here at H = 40 (K = 256: 3 blocks of 16 features x 2
+    parts), two directions, a packed (unsorted) batch in two groups: every saved value and
+    gradient as the resident kernels', to TF32's accumulation-order noise."""
+    layer = _layer(T=3, N=17, D=2, dtype=torch.float32, packed=True)
+    resident = _run(layer)
+    small_variant("split")
+    monkeypatch.setattr(dispatch, "SPLIT_2D_GATED_BACKWARD", {(4, 256): (16, 2, 2, 4)})
+    assert choose(H, 17, torch.float32, True, gates=3,
+                  pass_="backward").k_parts == 2
+    result = _run(layer)
+    assert _split_ran(variants) == ["forward", "backward"]
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, result, resident)}
+    assert all(e < 1e-4 for e in errors.values()), errors
+
+
 def test_split_gru_module_matches_nn_gru(small_variant, variants):
     """triton_rnn.GRU on the split in TF32, two directions: outputs, h_n and every gradient as
     nn.GRU's in float64, to TF32's rounding."""
@@ -191,11 +208,16 @@ FAULT_FORMS = {
     "tiles": (torch.float32, 17, replace(choose_split_dot(32, torch.float32), gate_rows=4),
               choose_split_dot(128, torch.float32)),
     "rows": (torch.float64, 2, replace(choose_split(32, torch.float64), gate_rows=4),
-             choose_split(128, torch.float64, rows=8))}
+             choose_split(128, torch.float64, rows=8)),
+    # the backward in two dimensions (split_2d.py): 2 row blocks of 16 features x 2 parts of K
+    "parts": (torch.float32, 17, replace(choose_split_dot(32, torch.float32), gate_rows=4),
+              Config("split", True, 16, 128, 4, num_stages=1, R=16, k_chunks=2, k_parts=2))}
+# (pass, form): the "parts" form's forward is the "tiles" one
+FAULT_CASES = [(p, f) for f in FAULT_FORMS for p in ("forward", "backward")
+               if (p, f) != ("forward", "parts")]
 
 
-@pytest.mark.parametrize("form", list(FAULT_FORMS))
-@pytest.mark.parametrize("pass_", ["forward", "backward"])
+@pytest.mark.parametrize("pass_,form", FAULT_CASES)
 def test_split_gru_missing_arrival_raises_and_poisons(pass_, form, monkeypatch,
                                                       sentinel_launches):
     """Program (0, 0, 0) never arrives: the launcher raises SplitBarrierTimeout within
@@ -212,6 +234,7 @@ def test_split_gru_missing_arrival_raises_and_poisons(pass_, form, monkeypatch,
     sentinel_launches.clear()
     monkeypatch.setattr(split_dot, "arrive_and_wait", _arrive_unless_first_program)
     monkeypatch.setattr(split, "arrive_and_wait", _arrive_unless_first_program)
+    monkeypatch.setattr(split_2d, "arrive_and_wait", _arrive_unless_first_program)
     start = time.monotonic()
     with pytest.raises(SplitBarrierTimeout):
         if pass_ == "forward":
