@@ -252,13 +252,6 @@ def rnn_backward_split_2d_kernel(
     p_part = p_part + i_d * KP * s_qk
     p_mine = p_part + (k0 // BK) * s_qk
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout
-    o_first, m_first = _tile(n0, 0, ROWS, N, BN)
-    o_step = time_index(0, T, i_d, True) * s_t + o_x
-    b_g0 = _features(p_dout + o_step, o_first, s_n, o_f, m_first, m_f, T > 0)  # a visit ahead
-    if CELL == RNN:
-        b_y0 = _features(p_out + o_step, o_first, s_n, o_f, m_first, m_f, T > 0)
-    else:
-        b_y0 = b_g0  # (unused)
     v = T * 0
     arrivals = v
     v_bad = v + T + 1  # the first visit whose flow is not complete: none yet
@@ -274,17 +267,15 @@ def rnn_backward_split_2d_kernel(
             arrivals += 1
             ok = arrive_and_wait(p_cnt, S * arrivals, MAX_POLLS)
             v_bad = tl.where(ok, v_bad, v)
+        # (every tile loads its own dY_tt and y_tt with its sums: KP > 0; none a visit ahead,
+        # which held them through the partial products, where the code then spilled)
         for i0 in range(0, ROWS, BN):
-            _visit_tile(b_bs[0], b_bs[0], b_bs[0], b_bs[0], b_g0, b_y0, p_dout, p_out, p_dz,
+            _visit_tile(b_bs[0], b_bs[0], b_bs[0], b_bs[0], b_bs[0], b_bs[0], p_dout, p_out, p_dz,
                         p_carry, p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n,
                         s_hn, s_zt, s_zn, p_len, o_x, o_f, m_f, n0, i0, v, T, N, H, ROWS, i_d,
                         p_b.dtype.element_ty, ACT, ACC, PRECISION, RF, 1, BK, KC, BN,
                         DOT_DTYPE, HAS_LENGTHS, CELL, p_part, s_qk, s_qn, KP)
         if ok & (v < T):  # this visit's dz, from every program, is what the next multiplies
-            o_next = time_index(v + 1, T, i_d, True) * s_t + o_x
-            b_g0 = _features(p_dout + o_next, o_first, s_n, o_f, m_first, m_f, v + 1 < T)
-            if CELL == RNN:
-                b_y0 = _features(p_out + o_next, o_first, s_n, o_f, m_first, m_f, v + 1 < T)
             arrivals += 1
             ok = arrive_and_wait(p_cnt, S * arrivals, MAX_POLLS)
             v_bad = tl.where(ok, v_bad, v + 1)  # (visit v was finished from complete sums)

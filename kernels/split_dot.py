@@ -178,6 +178,28 @@ def _flow(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, o_n, m_n, K, v, p_part
 
 
 @triton.jit
+def _load_now(i0, now, KP: tl.constexpr):
+    """Whether a backward tile loads its dY_t (y_t) itself: where it is in its step (now),
+    except the first tile's, loaded a visit ahead; in two dimensions (KP > 0) every tile's."""
+    if KP > 0:
+        load = now
+    else:
+        load = tl.where(i0 > 0, now, False)
+    return load
+
+
+@triton.jit
+def _this_tile(b_ahead, b_loaded, i0, KP: tl.constexpr):
+    """A backward tile's dY_t (y_t): the first tile's loaded a visit ahead (b_ahead), the
+    others' by the tile (b_loaded); in two dimensions (KP > 0) every tile's by the tile."""
+    if KP > 0:
+        b_x = b_loaded
+    else:
+        b_x = tl.where(i0 == 0, b_ahead, b_loaded)
+    return b_x
+
+
+@triton.jit
 def _gate(b_z, g: tl.constexpr, RF: tl.constexpr, BN: tl.constexpr):
     """Gate g's (RF, BN) rows of gate-major (GATES * RF, BN) pre-activations, by a gather
     whose index layout spreads them over the threads (as _spread does)."""
@@ -401,7 +423,7 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
     # Loads that do not wait for the product, issued before it: dY_tt and y_tt of a later
     # tile, and what rows held at tt' carried (this program's own).
     b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
-    later = tl.where(i0 > 0, v < T, False)
+    later = _load_now(i0, v < T, KP)
     b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, later)
     b_y = _features(p_out + o_now, o_n, s_n, o_j, m_n, m_j, later)
     b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + o_before, s_n, n0 + i0, o_n, m_n, H, v, p_part,
@@ -414,8 +436,8 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
     tl.debug_barrier()
     tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty),
              mask=tl.where(v == T, m_c, False))
-    b_g = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
-    b_y = tl.where(i0 == 0, b_y0, b_y).to(ACC)
+    b_g = _this_tile(b_g0, b_g, i0, KP).to(ACC) + b_flow
+    b_y = _this_tile(b_y0, b_y, i0, KP).to(ACC)
     active = (tt < lengths)[None, :]
     b_dz = tl.where(active, activation_grad(b_g, b_y, ACT), 0.0)
     m_c = tl.where(v < T, m_c, False)
@@ -450,7 +472,7 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
     # Loads that do not wait for the product, issued before it
     b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
     b_dc = tl.load(p_dc + o_c, mask=tl.where(v > 0, m_c, False), other=0.0)
-    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, tl.where(i0 > 0, now, False))
+    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, _load_now(i0, now, KP))
     b_dcell = _features(p_dcell + o_now, o_n, s_n, o_j, m_n, m_j, now)
     b_cn = _features(p_cell + o_now, o_n, s_n, o_j, m_n, m_j, now)
     b_cp = tl.where(v + 1 < T,
@@ -472,7 +494,7 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
     m_end = tl.where(v == T, m_c, False)
     tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty), mask=m_end)
     tl.store(p_dc0 + o_c, convert(b_dc, p_dc0.dtype.element_ty), mask=m_end)
-    b_dh = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
+    b_dh = _this_tile(b_g0, b_g, i0, KP).to(ACC) + b_flow
     b_dct = b_dc + b_dcell.to(ACC)
     d_i, d_f, d_g, d_o, b_dcp = lstm_update_grad(b_dh, b_dct, g_i.to(ACC), g_f.to(ACC),
                                                  g_g.to(ACC), g_o.to(ACC), b_cn.to(ACC),
@@ -515,7 +537,7 @@ def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carr
     # Loads that do not wait for the product, issued before it
     b_carried = tl.load(p_carry + o_c, mask=m_c & held_before, other=0.0)
     b_direct = tl.load(p_direct + o_c, mask=tl.where(v > 0, m_c, False), other=0.0)
-    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, tl.where(i0 > 0, now, False))
+    b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, _load_now(i0, now, KP))
     b_hp = tl.where(v + 1 < T,
                     _features(p_out + tt_prev * s_t + o_x, o_n, s_n, o_j, m_n, m_j, v + 1 < T),
                     _features(p_h0, o_n, s_hn, o_j, m_n, m_j, v + 1 == T))
@@ -534,7 +556,7 @@ def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carr
     tl.debug_barrier()
     tl.store(p_dh0 + o_c, convert(b_flow, p_dh0.dtype.element_ty),
              mask=tl.where(v == T, m_c, False))
-    b_dh = tl.where(i0 == 0, b_g0, b_g).to(ACC) + b_flow
+    b_dh = _this_tile(b_g0, b_g, i0, KP).to(ACC) + b_flow
     d_r, d_z, dq_n, d_n, b_through = gru_update_grad(b_dh, g_r.to(ACC), g_z.to(ACC),
                                                      g_n.to(ACC), q_n.to(ACC), b_hp.to(ACC))
     active = (tt < lengths)[None, :]
