@@ -60,7 +60,8 @@ The rule, in order (the resource report prints it beside every configuration):
    backward past BH = 256 (K = 2048 and 4096: H 257-1024) splits in two dimensions
    (split_2d.py, SPLIT_2D_GATED_BACKWARD: row blocks of 32 or 64 features' W_hh columns times
    4 or 8 parts of K, each block in shared memory, 64 and 128 programs at H = 512 and 1024;
-   an A100 holds the first, not the second).
+   an A100 holds the first, not the second); so does the 16-bit backward at K = 4096 where
+   shared memory per block is below sm_90's (an A100: H 513-1024, 64 programs).
    Larger LSTM layers stream (rule 3's configuration; streaming.py multiplies the four gates'
    chunks one after another), as do split layers whose programs a device cannot hold.
    A GRU layer (3 gates) takes the resident variant the same way (BH <= 64, 32 in fp64) and,
@@ -126,10 +127,12 @@ SPLIT_2D_BN = 64
 SPLIT_2D = {(4, 2048): (128, 8, 8, 4), (2, 2048): (128, 4, 4, 4), (4, 1024): (64, 4, 4, 4)}
 SPLIT_2D_WARPS_SM80 = {(2, 2048): 8, (4, 1024): 8}  # (4 warps spilled 40-128 B on sm_80)
 SPLIT_2D_SHARED = 166912
-# ... and the TF32 backward of the gated cells past what split_dot.py holds (rule 4), at every
-# batch (row tiles of 16), by (operand bytes, K = 4 BH): its R features' W_hh columns over all
-# gates' rows in KP parts of K (32 x 512 and 64 x 512 fp32: 64 and 128 KB)
-SPLIT_2D_GATED_BACKWARD = {(4, 2048): (32, 4, 2, 4), (4, 4096): (64, 8, 2, 4)}
+# ... and the backward of the gated cells past what split_dot.py holds (rule 4: TF32 past
+# BH = 256, 16-bit past 512 where shared memory per block is below sm_90's), at every batch
+# (row tiles of 16), by (operand bytes, K = 4 BH): its R features' W_hh columns over all
+# gates' rows in KP parts of K (32 x 512 and 64 x 512 fp32, 64 x 1024 16-bit: 64-128 KB)
+SPLIT_2D_GATED_BACKWARD = {(4, 2048): (32, 4, 2, 4), (4, 4096): (64, 8, 2, 4),
+                           (2, 4096): (64, 4, 2, 4)}
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates).
 LSTM_BACKWARD_ROWS = 16
@@ -248,7 +251,8 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     to 1024). 16-bit at K = 4096 (H 513-1024): B (16 x 4096, 128 KB) in registers
     spilled 408-528 B whatever KC; in shared memory with KC = 4 (160 KB in all) it compiled
     with 0 B (3.6) and 32 B (3.9) on sm_90 but spilled 80-104 B on sm_80, so only GPUs with
-    sm_90's shared memory per block take it; elsewhere 16-bit LSTM layers take the split to
+    sm_90's shared memory per block take it; elsewhere the split in two dimensions (0 B on
+    sm_80, both Tritons), and before it 16-bit LSTM layers took the split to
     H = 512."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     # the GRU's three gates take four slots (the fourth masked): its tiles are the LSTM's
@@ -286,8 +290,11 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         return None
     if K > SPLIT_MAX_BH[dtype.itemsize]:
         shared = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else 0)
-        return _split_dot_shared(K, LSTM_BACKWARD_ROWS, arch, dtype.itemsize, 4) \
-            if shared >= SHARED_PER_BLOCK[90] else None
+        if shared >= SHARED_PER_BLOCK[90]:
+            return _split_dot_shared(K, LSTM_BACKWARD_ROWS, arch, dtype.itemsize, 4)
+        # (sm_80: in two dimensions, 0 B spilled; 4.17 µs modeled on sm_90, where the form
+        # above models 3.66)
+        return choose_split_2d(K, dtype, arch, table=SPLIT_2D_GATED_BACKWARD, BN=DOT_MIN_BATCH)
     # the backward's rows (dz's, of the four gates) are 4H long
     backward = choose_split_dot(K, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
                                 ragged=slots * hidden_size % 16 != 0)

@@ -169,6 +169,7 @@ def rnn_forward_split_2d_kernel(
     p_h0 = p_h0 + i_d * s_hd
     p_out = p_out + i_d * H  # this direction's features
     p_proj = direction_pointer(p_proj, p_proj_r, i_d)
+    s_qk = s_qk + 0 * i_d  # int64: (KP - 1) N H may pass 2^31 (_summed's offsets too)
     p_part = p_part + i_d * KP * s_qk
     p_mine = p_part + (k0 // BK) * s_qk  # this program's part
     t = T * 0
@@ -249,6 +250,7 @@ def rnn_backward_split_2d_kernel(
         p_dz = p_dz + i_d * 4 * H
     else:
         s_zt, s_zn = s_t, s_n  # (dz is out's layout)
+    s_qk = s_qk + 0 * i_d  # int64: (KP - 1) N H may pass 2^31 (_summed's offsets too)
     p_part = p_part + i_d * KP * s_qk
     p_mine = p_part + (k0 // BK) * s_qk
     o_x = i_d * H  # this direction's features in the (T, N, D*H) layout

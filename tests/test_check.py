@@ -16,7 +16,8 @@ def test_without_a_gpu_it_says_so_and_exits_0(capsys):
 
 CASES = [("resident", "bf16", True), ("split", "fp64", True), ("streaming", "tf32", False),
          ("cell", "fp16", False), ("lstm", "tf32", True), ("lstm-streaming", "fp64", True),
-         ("lstm-cell", "bf16", False), ("gru", "tf32", True), ("gru-streaming", "fp64", False)]
+         ("lstm-cell", "bf16", False), ("gru", "tf32", True), ("gru-streaming", "fp64", False),
+         ("split-2d", "tf32", True), ("lstm-2d", "tf32", False)]
 
 
 @pytest.mark.skipif(CUDA, reason="the interpreted checks; on a GPU perf/gpu_check.py runs it")
@@ -26,7 +27,7 @@ def test_interpreted_checks_pass_and_name_the_variant_that_ran():
     rows = [line.split() for line in lines[2:-1]]
     assert [(r[0], r[1], r[3]) for r in rows] == [(v, check.RUNS_ON.get(v, v), d)
                                                   for v, d, _ in CASES]
-    assert all(r[7] == "ok" for r in rows) and lines[-1] == "9 passed, 0 failed, 0 not run"
+    assert all(r[7] == "ok" for r in rows) and lines[-1] == "11 passed, 0 failed, 0 not run"
 
 
 @pytest.mark.skipif(CUDA, reason="the interpreted checks")

@@ -210,20 +210,22 @@ def test_split_lstm_module_matches_nn_lstm(proj, small_variant, variants):
 
 
 @pytest.mark.parametrize("arch", [90, 80, None], ids=["sm90", "sm80", "interpreter"])
-def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arch,
-                                                                               monkeypatch):
-    """On tensor cores, 16-bit to H = 1024 where the device has sm_90's shared memory per block
-    (B in shared memory at K = 4096; the interpreter is taken as sm_90), else 512, and TF32 to
-    256; one batch row at a time (split.py), IEEE fp32 and fp64 to 256, the backward with 8
-    features per program; past those the backward streams, and the forward does past 1024
-    or off tensor cores."""
+def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_cores(arch,
+                                                                                   monkeypatch):
+    """On tensor cores to H = 1024: 16-bit in one dimension (B in shared memory at K = 4096
+    where the device has sm_90's shared memory per block; the interpreter is taken as sm_90),
+    else its backward past 512 in two dimensions; TF32's backward in one dimension to 256, in
+    two past it. One batch row at a time (split.py), IEEE fp32 and fp64 to 256, the backward
+    with 8 features per program. Past those the backward streams, and the forward does past
+    1024 or off tensor cores."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
-    wide = 512 if arch == 80 else 1024
-    for dtype, tf32, largest in ((torch.bfloat16, False, wide), (torch.float16, False, wide),
-                                 (torch.float32, True, 256), (torch.float32, False, 256),
-                                 (torch.float64, False, 256)):
+    wide = 512 if arch == 80 else 1024  # 16-bit in one dimension
+    for dtype, tf32, largest, one_dimension in (
+            (torch.bfloat16, False, 1024, wide), (torch.float16, False, 1024, wide),
+            (torch.float32, True, 1024, 256), (torch.float32, False, 256, 256),
+            (torch.float64, False, 256, 256)):
         on_tensor_cores = dtype != torch.float64 and (dtype != torch.float32 or tf32)
-        for hidden in (65, 200, 500, largest):
+        for hidden in (65, 200, 500, 700, 1024):
             if hidden > largest:
                 continue
             forward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4)
@@ -231,17 +233,18 @@ def test_dispatch_takes_16_bit_lstm_layers_to_1024_on_sm90_and_others_to_256(arc
             assert forward.variant == backward.variant == "split"
             assert forward.use_dot == backward.use_dot == on_tensor_cores
             assert forward.gate_rows == 4 and backward.gate_rows == 1
-            assert backward.R == (16 if on_tensor_cores else 8)
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
+            if forward.BH > one_dimension:
+                assert backward.k_parts > 1 and backward.BN == 16, backward
+                continue
+            assert backward.k_parts == 1
+            assert backward.R == (16 if on_tensor_cores else 8)
             assert backward.b_shared == (backward.BH == 4096), backward
         # past those the backward streams; the forward keeps the split on tensor cores to
         # H = 1024 (in registers: K = H), which the launcher streams where S does not fit
         forward, backward = (choose(largest + 1, 16, dtype, tf32, arch=arch, gates=4,
                                     pass_=p) for p in ("forward", "backward"))
-        assert backward.variant == "streaming"
-        assert forward.variant == ("split" if on_tensor_cores and largest < 1024 else
-                                   "streaming"), forward
-        assert not forward.b_shared
+        assert backward.variant == forward.variant == "streaming", (forward, backward)
 
 
 def triton_next_pow2(n):

@@ -10,7 +10,8 @@ padded and packed, bf16, fp16, float32 with and without TF32 (tf32, fp32) and fl
 triton_rnn.LSTM ("lstm": its resident kernels; "lstm-split": the split, on tensor cores in bf16
 and TF32, one row at a time in fp64; "lstm-streaming": past the split) and LSTMCell against
 nn.LSTM and nn.LSTMCell, triton_rnn.GRU ("gru": its resident kernels; "gru-split": the split
-on tensor cores; "gru-streaming" beyond) and GRUCell against nn.GRU and nn.GRUCell;
+on tensor cores; "gru-streaming" beyond) and GRUCell against nn.GRU and nn.GRUCell; the split
+in two dimensions ("split-2d": the RNN's at batch 64; "lstm-2d": the LSTM's TF32 backward);
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
 and every parameter, each
 compared by relative error with the bound of the first-use check (measure.py). It prints the
@@ -51,7 +52,8 @@ CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, 
     [("gru-split", d, p) for d in ("bf16", "tf32") for p in (False, True)] + \
     [("gru-streaming", d, False) for d in ("bf16", "fp64")] + \
     [("gru-cell", d, False) for d in ("fp16", "tf32")] + \
-    [("lstm-cell", d, False) for d in ("fp16", "tf32")]
+    [("lstm-cell", d, False) for d in ("fp16", "tf32")] + \
+    [(v, "tf32", p) for v in ("split-2d", "lstm-2d") for p in (False, True)]
 BUDGET_S = 100  # no case starts after this; each is a few compiles and a few short runs
 # variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
 # in every dtype it is checked in (LSTM and GRU: 32, their resident tile in fp64 too;
@@ -60,17 +62,19 @@ SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 4
          "lstm": (32, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
          "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-split": (256, 40, 64),
          "gru-streaming": (1100, 40, 8),
-         "gru-cell": (256, 40, 1)}
+         "gru-cell": (256, 40, 1), "split-2d": (1024, 40, 64), "lstm-2d": (512, 40, 64)}
+# variant -> batch on a GPU (16 otherwise): the RNN's split in two dimensions takes 64 rows
+BATCH = {"split-2d": 64}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
 MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
            "lstm-split": (LSTM, nn.LSTM), "lstm-streaming": (LSTM, nn.LSTM),
            "lstm-cell": (LSTMCell, nn.LSTMCell), "gru": (GRU, nn.GRU),
            "gru-split": (GRU, nn.GRU), "gru-streaming": (GRU, nn.GRU),
-           "gru-cell": (GRUCell, nn.GRUCell)}
+           "gru-cell": (GRUCell, nn.GRUCell), "lstm-2d": (LSTM, nn.LSTM)}
 RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streaming",
            "lstm-cell": "cell", "gru": "resident", "gru-split": "split",
            "gru-streaming": "streaming",
-           "gru-cell": "cell"}
+           "gru-cell": "cell", "lstm-2d": "split-2d"}
 
 
 def _small_limits():
@@ -88,9 +92,29 @@ def _streaming_only(on: bool, saved: tuple):
         limits.update(dict.fromkeys(kept, 0) if on else kept)
 
 
+@contextlib.contextmanager
+def _two_dimensions(variant: str, interpreted: bool):
+    """Interpreted, for the split in two dimensions ("split-2d": the RNN's, "lstm-2d": the
+    LSTM's TF32 backward): its configurations at H = 40 (BH = 64; the backward's K = 256),
+    row blocks of 16 times 2 parts, and the RNN's at the interpreted batch of 3."""
+    patches = {}
+    if interpreted and variant == "split-2d":
+        patches = dict(SPLIT_2D={(4, 64): (16, 2, 2, 4)}, SPLIT_2D_MIN_BATCH=2, SPLIT_2D_BN=16)
+    elif interpreted and variant == "lstm-2d":
+        patches = dict(SPLIT_2D_GATED_BACKWARD={(4, 256): (16, 2, 2, 4)})
+    saved = {name: getattr(dispatch, name) for name in patches}
+    for name, value in patches.items():
+        setattr(dispatch, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(dispatch, name, value)
+
+
 class _VariantSeen:
     """Records the variant of the last recurrence plan (a split plan that does not fit is
-    followed by its fallback's)."""
+    followed by its fallback's); "split-2d" for the split in two dimensions."""
 
     def __init__(self):
         self.seen, self._plan = [], launch._plan
@@ -98,7 +122,8 @@ class _VariantSeen:
     def __enter__(self):
         def plan(*args, **kwargs):
             result = self._plan(*args, **kwargs)
-            self.seen.append(result[0].variant)
+            cfg = result[0]
+            self.seen.append(cfg.variant + ("-2d" if cfg.k_parts > 1 else ""))
             return result
         launch._plan = plan
         return self
@@ -162,7 +187,8 @@ def check_case(variant: str, dtype_name: str, packed: bool, device: str,
     cell = variant.endswith("cell")
     H_gpu, H_small, T_gpu = SIZES.get(variant, (256, 40, 1))
     H = H_small if interpreted else H_gpu
-    T, N, I = (1 if cell else 3 if interpreted else T_gpu), (3 if interpreted else 16), 32
+    T, N, I = (1 if cell else 3 if interpreted else T_gpu), \
+        (3 if interpreted else BATCH.get(variant, 16)), 32
     dtype, tf32 = routing.DTYPES[dtype_name]
     torch.manual_seed(0)
     ours_cls, ref_cls = MODULES.get(variant, (RNN, nn.RNN))
@@ -175,7 +201,8 @@ def check_case(variant: str, dtype_name: str, packed: bool, device: str,
     packed = packed and not cell
     x, states = _inputs(T, N, I, 2, H, dtype, device, cell, variant.startswith("lstm"))
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), _matmul_tf32(tf32), \
-            routing.kernels_always(), _VariantSeen() as seen:
+            routing.kernels_always(), _two_dimensions(variant, interpreted), \
+            _VariantSeen() as seen:
         got = _run(ours, x, states, packed, cell)
         if device == "cuda":
             failures.check()  # a barrier timeout raises here

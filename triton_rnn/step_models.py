@@ -88,15 +88,18 @@ def ours_us(dtype: str, hidden: int, batch: int, training: bool, arch: int = 90)
     and batch's buckets, or None where the table has no row for them, or its row models
     another configuration than the dispatcher picks for `arch` (the table is sm_90's: another
     GPU's dispatcher may pick another configuration; or the table was not written again after
-    the dispatcher changed)."""
+    the dispatcher changed; or the call's own hidden size and batch get another configuration
+    than their buckets: the split in two dimensions starts at batch 64 and is not taken at a
+    ragged hidden size past 1024)."""
     table = _table()
+    exact_hidden, exact_batch = hidden, batch
     hidden, batch = max(16, bucket(hidden)), bucket(batch)
     batches = [n for (d, h, n) in table if d == dtype and h == hidden]
     if not batches:
         return None
     largest = max(batches)
     row = table[(dtype, hidden, min(batch, largest))]
-    config = choose(hidden, min(batch, largest), *DTYPES[dtype], arch=arch).describe()
+    config = choose(exact_hidden, max(1, exact_batch), *DTYPES[dtype], arch=arch).describe()
     modeled = row.get("forward_config", "")  # the report adds the split plan: " S=..."
     if modeled != config and not modeled.startswith(config + " S="):
         return None
