@@ -189,6 +189,22 @@ def test_split_lstm_backward_in_two_dimensions(small_variant, variants, monkeypa
     assert all(e < 1e-4 for e in errors.values()), errors
 
 
+def test_split_lstm_16_bit_backward_in_two_dimensions(small_variant):
+    """The 16-bit backward's form at K = 4096 on an A100 (split_2d.py), here at H = 40 in bf16
+    (K = 256 in 4 parts of 64, 3 row blocks of 16 features): dz, dh0 and dc0 as the float64
+    reference's to bf16's rounding, a packed batch."""
+    small_variant("split")
+    layer = _layer(T=3, N=5, D=1, dtype=torch.bfloat16, packed=True)
+    projs, h0, c0, weights, biases, lengths = layer
+    out, cells, gates = launch.lstm_forward(projs, h0, c0, weights, lengths, False,
+                                            b_hh=biases)
+    parts = Config("split", True, 16, 256, 4, num_stages=1, R=16, k_chunks=1, k_parts=4)
+    result = (out, cells, gates, *launch.lstm_backward(*_gradients(out), out, cells, gates, c0,
+                                                       weights, lengths, False, parts))
+    for name, a, b in list(zip(NAMES, result, _reference(layer, result)))[3:]:
+        assert rel_err(a, b) < 2e-2, name
+
+
 @pytest.mark.parametrize("proj", [0, 9], ids=["", "proj_size"])
 def test_split_lstm_module_matches_nn_lstm(proj, small_variant, variants):
     """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
