@@ -42,7 +42,7 @@ from .blocks import (activate, aligned, convert, direction_pointer, sequence_len
                      weight_operand)
 from .cells import GRU, LSTM, RNN
 from .split import _poison
-from .split_dot import _features, _summed, _tile, _visit_tile
+from .split_dot import _features, _summed, _tile, _visit_tile, backward_failed
 
 
 @triton.jit
@@ -283,17 +283,5 @@ def rnn_backward_split_2d_kernel(
             v_bad = tl.where(ok, v_bad, v + 1)  # (visit v was finished from complete sums)
         v += 1
     if ok == 0:  # from the first visit it could not compute, NaN; and dh0 (dc0)
-        tl.store(p_sync, 1)
-        if CELL != RNN:
-            for g in tl.static_range(4):
-                _poison(p_dz + g * H, s_zt, s_zn, v_bad, T, N, H, n0, ROWS, i_d, o_f, True, RF)
-        else:
-            _poison(p_dz + o_x, s_t, s_n, v_bad, T, N, H, n0, ROWS, i_d, o_f, True, RF)
-        for i0 in range(0, ROWS, BN):
-            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            nan = tl.full((RF, BN), float("nan"), p_dh0.dtype.element_ty)
-            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_f, True), nan,
-                     mask=state_mask(m_n, m_f, True))
-            if CELL == LSTM:
-                tl.store(p_dc0 + state_offsets(o_n, s_hn, o_f, True), nan,
-                         mask=state_mask(m_n, m_f, True))
+        backward_failed(p_sync, p_dz, p_dh0, p_dc0, s_t, s_n, s_zt, s_zn, s_hn, v_bad, T, N, H,
+                        n0, ROWS, i_d, o_f, m_f, RF, BN, CELL)

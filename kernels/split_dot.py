@@ -681,17 +681,28 @@ def rnn_backward_split_dot_kernel(
             ok = arrive_and_wait(p_cnt, S * (v + 1), MAX_POLLS)
         v += 1
     if ok == 0:  # visit v and later never ran: their dz, and dh0, are NaN
-        tl.store(p_sync, 1)
-        if CELL != RNN:
-            for g in tl.static_range(4):
-                _poison(p_dz + g * H, s_zt, s_zn, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
-        else:
-            _poison(p_dz + i_d * H, s_t, s_n, v, T, N, H, n0, ROWS, i_d, o_j, True, R)
-        for i0 in range(0, ROWS, BN):
-            o_n, m_n = _tile(n0, i0, ROWS, N, BN)
-            nan = tl.full((R, BN), float("nan"), p_dh0.dtype.element_ty)
-            tl.store(p_dh0 + state_offsets(o_n, s_hn, o_j, True), nan,
+        backward_failed(p_sync, p_dz, p_dh0, p_dc0, s_t, s_n, s_zt, s_zn, s_hn, v, T, N, H,
+                        n0, ROWS, i_d, o_j, m_j, R, BN, CELL)
+
+
+@triton.jit
+def backward_failed(p_sync, p_dz, p_dh0, p_dc0, s_t, s_n, s_zt, s_zn, s_hn, v_from, T, N, H,
+                    n0, ROWS, i_d, o_j, m_j, R: tl.constexpr, BN: tl.constexpr,
+                    CELL: tl.constexpr):
+    """A tensor-core split backward whose wait ran out: the failure flag, and NaN into the
+    program's features o_j of dz from visit v_from on (the gated cells': of all four slots,
+    p_dz at the direction's) and of dh0 (and dc0)."""
+    tl.store(p_sync, 1)
+    if CELL != RNN:
+        for g in tl.static_range(4):
+            _poison(p_dz + g * H, s_zt, s_zn, v_from, T, N, H, n0, ROWS, i_d, o_j, True, R)
+    else:
+        _poison(p_dz + i_d * H, s_t, s_n, v_from, T, N, H, n0, ROWS, i_d, o_j, True, R)
+    for i0 in range(0, ROWS, BN):
+        o_n, m_n = _tile(n0, i0, ROWS, N, BN)
+        nan = tl.full((R, BN), float("nan"), p_dh0.dtype.element_ty)
+        tl.store(p_dh0 + state_offsets(o_n, s_hn, o_j, True), nan,
+                 mask=state_mask(m_n, m_j, True))
+        if CELL == LSTM:
+            tl.store(p_dc0 + state_offsets(o_n, s_hn, o_j, True), nan,
                      mask=state_mask(m_n, m_j, True))
-            if CELL == LSTM:
-                tl.store(p_dc0 + state_offsets(o_n, s_hn, o_j, True), nan,
-                         mask=state_mask(m_n, m_j, True))
