@@ -44,8 +44,8 @@ def _dtype_class(dtype, precision: str) -> str:
 def cell(kernel_name: str, arg_names, args, kwargs) -> tuple:
     pass_, variant = KERNELS[kernel_name]
     named = dict(zip(arg_names, args))
-    # the tensor-core split has no USE_DOT flag: its row tile BN says it
-    product = "dot" if kwargs.get("USE_DOT", "BN" in kwargs and variant == "split") \
+    # the tensor-core splits have no USE_DOT flag: their row tile BN says it
+    product = "dot" if kwargs.get("USE_DOT", "BN" in kwargs and variant.startswith("split")) \
         else "elementwise"
     weights = named["p_whh" if pass_ == "cell" else "p_b"]
     if pass_ == "cell":
