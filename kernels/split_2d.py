@@ -1,5 +1,6 @@
 """Split variant in two dimensions, on tensor cores: W_hh divided by rows and by parts of the
-reduction, for large batches, where split_dot.py's every-program-reads-all-of-h costs most.
+reduction, for large batches (and the gated cells' long backward reductions), where
+split_dot.py's every-program-reads-all-of-the-state costs most.
 
 split_dot.py (read its docstring first) gives each program R whole rows of B, so every
 program reads the group's whole state every step: S x N x H elements, H²·N/R in all. Here
@@ -10,15 +11,21 @@ a loop-invariant tl.dot operand there), and reads only its part of the state: H�
 again, but with R = KP times split_dot.py's rows for the same bytes of B per program, so KP
 times less. Each step then has two phases, each ended by the group's barrier (barrier.py):
 
-1. Partial products: for each row tile of BN batch rows, the program's (R, BN) part
-   Σ_{k in part b} B[j, k] s[n, k] (TF32 or 16-bit tl.dot, the state read from L2 (.cg) in KC
-   chunks), stored in fp32 into the partial-sum buffer `part` (D, KP, N, H): part[d, b, n, j].
+1. Partial products: for each row tile of BN batch rows, the program's (BN, R) part
+   Σ_{k in part b} s[n, k] B[j, k] (TF32 or 16-bit tl.dot, the batch rows as the MMA's M, the
+   state read from L2 (.cg) in KC chunks), stored in fp32 into the partial-sum buffer `part`
+   (D, KP, N, H): part[d, b, n, j].
 2. Finish: program s owns the RF = R/KP features s*RF .. s*RF+RF-1 (the b-th RF of its row
-   block), sums their KP partials (.cg) and finishes them: forward h_t = act(Σ + P_t + b_hh)
-   (a held row of a packed batch keeps h_{t-1}), stored in `out`, which the next step's
-   partial products read; backward, the flow Σ = W_hhᵀ dz of the step visited before, and
-   from it dz (dh0 after the last step), exactly as split_dot.py's `_backward_tile` finishes
-   (the carry of held rows in the program's own fp32 buffer).
+   block), sums their KP partials (.cg, split_dot._summed) and finishes them: forward
+   h_t = act(Σ + P_t + b_hh) (a held row of a packed batch keeps h_{t-1}), stored in `out`,
+   which the next step's partial products read; backward, the flow Σ (W_hhᵀ dz of the step
+   visited before) goes into split_dot.py's own tile function for the cell (`_visit_tile`
+   with KP > 0), which computes dz (dh0 after the last step) and keeps the carries of its
+   features in the program's own fp32 buffers.
+
+The cell is a constexpr in the backward (CELL, cells.py): the LSTM's and the GRU's reduce over
+all gates' rows of W_hh, K = 4H and 3H (of dz's four slots), the GRU's dL/dh z carried as in
+split_dot.py. The forward is the RNN's only (the gated cells' forward splits in one dimension).
 
 The partial-sum buffer needs one copy: a step's partials are written only after the barrier
 that ends the previous step's finishing phase, which every program reaches after its reads.
@@ -61,9 +68,10 @@ def _part_of_b(p_b, s_bk, s_bj, o_j, m_j, k0, K, c, PRECISION: tl.constexpr,
 def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, K, G, ROWS, i_d0, PRECISION: tl.constexpr,
              DOT_DTYPE: tl.constexpr, R: tl.constexpr, BK: tl.constexpr, KP: tl.constexpr,
              KC: tl.constexpr):
-    """What program (s, g, d) works on: its direction; S; its rows o_j of B (below H) and their
-    mask; its part of the reduction (of length K) from k0; its block of B in KC (1, 2, 4 or 8) chunks, a tuple
-    of 8 (unused chunks repeat the first); the RF = R/KP features it finishes (o_f); its group's counter and first row."""
+    """What program (s, g, d) works on: its direction; S; its rows o_j of B (below H) and
+    their mask; its part of the reduction (of length K) from k0; its block of B in KC (1, 2,
+    4 or 8) chunks, a tuple of 8 (unused chunks repeat the first); the RF = R/KP features it
+    finishes (o_f); its group's counter and first row."""
     i_s = tl.program_id(0)
     i_g = tl.program_id(1)
     i_d = (tl.program_id(2) + i_d0).to(tl.int64)

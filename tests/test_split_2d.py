@@ -59,7 +59,8 @@ def test_launcher_matches_reference(case, monkeypatch):
     if case == "tf32-two-tiles-per-group":  # 33 rows in one group: tiles of 16, 16 and 1
         monkeypatch.setattr(launch, "INTERPRETER_MAX_GROUPS", 1)
     proj, h0, w_hh = _layer(4, N, H, 2, dtype)
-    lengths = torch.randint(1, 5, (N,), dtype=torch.int32, generator=torch.Generator().manual_seed(3))
+    lengths = torch.randint(1, 5, (N,), dtype=torch.int32,
+                            generator=torch.Generator().manual_seed(3))
     _check_against_reference(proj, h0, w_hh, lengths, _config(H, R, KP, KC, BN), True, tol)
 
 
