@@ -52,7 +52,8 @@ The rule, in order (the resource report prints it beside every configuration):
    forward multiplies over K = BH, each program holding all four gates' rows of its R/4 features (R rows of W_hh:
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
-   take split.py (one batch row at a time) the same way, to BH = 256. The tensor-core
+   take split.py (one batch row at a time) the same way, fp32 to BH = 512 (its backward in 8
+   warps), fp64 to 256. The tensor-core
    forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
    share only the saved h, c and gates): TF32 to H = 512 in registers (S = H/4 programs),
    513-1024 with B in shared memory and 8 features a program (S = H/8: 128 programs on an
@@ -134,9 +135,10 @@ SPLIT_2D_SHARED = 166912
 SPLIT_2D_GATED_BACKWARD = {(4, 2048): (32, 4, 2, 4), (4, 4096): (64, 8, 2, 4),
                            (2, 4096): (64, 4, 2, 4)}
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
-# by element bytes (dispatch rule 4, _split_gates).
+# by element bytes (dispatch rule 4, _split_gates; 4 bytes: IEEE fp32's split.py to K = 2048,
+# TF32's split_dot.py to 1024, past which it splits in two dimensions).
 LSTM_BACKWARD_ROWS = 16
-LSTM_SPLIT_MAX_K = {2: 4096, 4: 1024, 8: 1024}
+LSTM_SPLIT_MAX_K = {2: 4096, 4: 2048, 8: 1024}
 # ... and its forward on tensor cores (K = BH), by element bytes (TF32's 4)
 LSTM_SPLIT_FORWARD_MAX_BH = {2: 1024, 4: 1024}
 
@@ -237,7 +239,7 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     """Rule 4's split for a cell of several gates, or None where it has none (the backward's
     K = gates*BH past what a split program holds; the forward's BH past
     LSTM_SPLIT_FORWARD_MAX_BH). IEEE fp32 and fp64: split.py's configuration for an RNN of K
-    hidden features, to H = 256.
+    hidden features, fp32 to H = 512, fp64 to 256.
     16-bit and TF32: the tensor-core split an RNN with K hidden features gets, in both
     passes (the forward's in registers only: its rows at BH = 2048 would be 256 programs),
     except that the
@@ -264,10 +266,13 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         # IEEE fp32 and fp64: split.py, one batch row at a time, as an RNN of K features; the
         # backward with 8 features per program, whose nine inputs per row every thread holds
         # whole (16: 48-176 B spilled in fp32 at H = 100-512), without the RNN's register cap
-        # (launch.compile_options). At H = 512 fp32 still spilled 48 B (16 warps, sm_90) and
-        # its forward's 128 programs did not fit an A100: to H = 256.
+        # (launch.compile_options); fp32 in at most 8 warps: at K = 2048 (H 257-512) 16 warps (128
+        # registers a thread) spilled 16-48 B on sm_90, 8 warps (216-232) none, sm_90 and
+        # sm_80, Triton 3.6 and 3.9. fp32 to H = 512 (its forward's 128 programs at 512 do not
+        # fit an A100, which streams them), fp64 to 256.
         if pass_ == "backward":
-            return choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
+            cfg = choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
+            return cfg if dtype.itemsize == 8 else replace(cfg, num_warps=min(cfg.num_warps, 8))
         return replace(choose_split(BH, dtype, allow_tf32=False, arch=arch), gate_rows=slots)
     if pass_ == "forward":
         # K = BH, as an RNN's, whatever the backward takes (the two passes exchange only the

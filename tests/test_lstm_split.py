@@ -231,14 +231,14 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
     """On tensor cores to H = 1024: 16-bit in one dimension (B in shared memory at K = 4096
     where the device has sm_90's shared memory per block; the interpreter is taken as sm_90),
     else its backward past 512 in two dimensions; TF32's backward in one dimension to 256, in
-    two past it. One batch row at a time (split.py), IEEE fp32 and fp64 to 256, the backward
-    with 8 features per program. Past those the backward streams, and the forward does past
-    1024 or off tensor cores."""
+    two past it. One batch row at a time (split.py), IEEE fp32 to 512 and fp64 to 256, the
+    backward with 8 features per program (fp32 in 8 warps). Past those the backward streams,
+    and the forward does past 1024 or off tensor cores."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     wide = 512 if arch == 80 else 1024  # 16-bit in one dimension
     for dtype, tf32, largest, one_dimension in (
             (torch.bfloat16, False, 1024, wide), (torch.float16, False, 1024, wide),
-            (torch.float32, True, 1024, 256), (torch.float32, False, 256, 256),
+            (torch.float32, True, 1024, 256), (torch.float32, False, 512, 512),
             (torch.float64, False, 256, 256)):
         on_tensor_cores = dtype != torch.float64 and (dtype != torch.float32 or tf32)
         for hidden in (65, 200, 500, 700, 1024):
@@ -256,6 +256,8 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
             assert backward.k_parts == 1
             assert backward.R == (16 if on_tensor_cores else 8)
             assert backward.b_shared == (backward.BH == 4096), backward
+            if dtype == torch.float32 and not tf32:
+                assert backward.num_warps <= 8, backward
         # past those the backward streams; the forward keeps the split on tensor cores to
         # H = 1024 (in registers: K = H), which the launcher streams where S does not fit
         forward, backward = (choose(largest + 1, 16, dtype, tf32, arch=arch, gates=4,
