@@ -280,7 +280,7 @@ def rnn_backward_split_2d_kernel(
         # (every tile loads its own dY_tt and y_tt with its sums: KP > 0; none a visit ahead,
         # which held them through the partial products, where the code then spilled)
         for i0 in range(0, ROWS, BN):
-            _visit_tile(b_bs[0], b_bs[0], b_bs[0], b_bs[0], b_bs[0], b_bs[0], p_dout, p_out, p_dz,
+            _visit_tile(b_bs, b_bs[0], b_bs[0], p_dout, p_out, p_dz,
                         p_carry, p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n,
                         s_hn, s_zt, s_zn, p_len, o_x, o_f, m_f, n0, i0, v, T, N, H, ROWS, i_d,
                         p_b.dtype.element_ty, ACT, ACC, PRECISION, RF, 1, BK, KC, BN,

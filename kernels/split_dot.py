@@ -78,7 +78,7 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J, K, G, ROWS, N, i_d0,
     slice count S; its R rows o_j of B (program_rows: its output features, or with GATE_ROWS > 1
     every gate's rows of its features) and their mask (rows of B past J masked: the GRU's fourth
     gate slot); its rows of B over the reduction length
-    K in KC chunks (unused chunks repeat the first), on-chip for all T steps; its group's
+    K in KC (1, 2, 4 or 8) chunks, a tuple of 8 (unused chunks repeat the first), on-chip for all T steps; its group's
     barrier counter; its group's first batch row n0, and the rows and mask of the group's
     first row tile."""
     i_g = tl.program_id(1)
@@ -90,17 +90,20 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J, K, G, ROWS, N, i_d0,
         m_j = m_j & (o_j < J)
     p_b = direction_pointer(p_b, p_b_r, i_d)
     b_b0 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 0, PRECISION, DOT_DTYPE, KW, BKW, KC)
-    b_b1 = b_b0
-    b_b2 = b_b0
-    b_b3 = b_b0
+    b_b1, b_b2, b_b3, b_b4, b_b5, b_b6, b_b7 = b_b0, b_b0, b_b0, b_b0, b_b0, b_b0, b_b0
     if KC >= 2:
         b_b1 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 1, PRECISION, DOT_DTYPE, KW, BKW, KC)
-    if KC == 4:
+    if KC >= 4:
         b_b2 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 2, PRECISION, DOT_DTYPE, KW, BKW, KC)
         b_b3 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 3, PRECISION, DOT_DTYPE, KW, BKW, KC)
+    if KC == 8:
+        b_b4 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 4, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b5 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 5, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b6 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 6, PRECISION, DOT_DTYPE, KW, BKW, KC)
+        b_b7 = _b_chunk(p_b, s_bk, s_bj, o_j, m_j, K, 7, PRECISION, DOT_DTYPE, KW, BKW, KC)
     n0 = i_g.to(tl.int64) * ROWS
     o_first, m_first = _tile(n0, 0, ROWS, N, BN)
-    return (i_d, tl.num_programs(0), o_j, m_j, b_b0, b_b1, b_b2, b_b3,
+    return (i_d, tl.num_programs(0), o_j, m_j, (b_b0, b_b1, b_b2, b_b3, b_b4, b_b5, b_b6, b_b7),
             p_sync + 1 + i_d * G + i_g, n0, o_first, m_first)
 
 
@@ -113,7 +116,7 @@ def _spread(b_z, R: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, K, W_DTYPE: tl.constexpr,
+def _product(b_bs, p_rows, s_row, n_first, m_n, K, W_DTYPE: tl.constexpr,
              DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, R: tl.constexpr,
              KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr, BN: tl.constexpr,
              SPREAD: tl.constexpr = True):
@@ -132,15 +135,7 @@ def _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, m_n, K, W_DTYPE: tl
             b_s = tf32_dot_operand(b_s)
         else:
             b_s = state_operand(b_s, W_DTYPE, PRECISION).to(DOT_DTYPE)
-        if c == 0:
-            b_b = b_b0
-        elif c == 1:
-            b_b = b_b1
-        elif c == 2:
-            b_b = b_b2
-        else:
-            b_b = b_b3
-        b_z = tl.dot(b_b, b_s, b_z, input_precision=PRECISION, out_dtype=tl.float32)
+        b_z = tl.dot(b_bs[c], b_s, b_z, input_precision=PRECISION, out_dtype=tl.float32)
     if SPREAD:
         return _spread(tl.sum(b_z, 0), R, BN)
     else:
@@ -159,7 +154,7 @@ def _summed(p_part, s_qk, s_qn, o_n, m_n, o_j, m_j, m_extra, KP: tl.constexpr):
 
 
 @triton.jit
-def _flow(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, o_n, m_n, K, v, p_part, s_qk, s_qn,
+def _flow(b_bs, p_rows, s_row, n_first, o_n, m_n, K, v, p_part, s_qk, s_qn,
           o_j, m_j,
           W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
           R: tl.constexpr, KW: tl.constexpr, BKW: tl.constexpr, KC: tl.constexpr,
@@ -171,7 +166,7 @@ def _flow(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first, o_n, m_n, K, v, p_part
     if KP > 0:
         b_flow = _summed(p_part, s_qk, s_qn, o_n, m_n, o_j, m_j, v > 0, KP)
     else:
-        b_flow = _product(b_b0, b_b1, b_b2, b_b3, p_rows, s_row, n_first,
+        b_flow = _product(b_bs, p_rows, s_row, n_first,
                           tl.where(v > 0, m_n, False), K, W_DTYPE, DOT_DTYPE, PRECISION, R,
                           KW, BKW, KC, BN)
     return b_flow
@@ -226,7 +221,7 @@ def _features(p_x, o_n, s_n, o_j, m_n, m_j, m_extra, EXCHANGED: tl.constexpr = F
 
 
 @triton.jit
-def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_prev, p_out, s_n,
+def _forward_tile(b_bs, b_p0, b_hb, p_proj, s_pn, p_prev, s_prev, p_out, s_n,
                   p_cell, p_carry, s_cn, p_gates, s_gn, p_len, o_j, m_j, n0, i0, tt, T, N, H,
                   ROWS, W_DTYPE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                   PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
@@ -249,7 +244,7 @@ def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_pr
         o_c = state_offsets(o_n, s_cn, o_f, True)
         b_old = _features(p_prev, o_n, s_prev, o_f, m_n, o_f < H, held, True)
         b_c = tl.load(p_carry + o_c, mask=m_c, other=0.0)
-        b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
+        b_z = _product(b_bs, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
                        DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN, False)
         b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
         g_i, g_f, g_g, g_o, c_new, h_new = lstm_update(
@@ -277,7 +272,7 @@ def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_pr
         o_f = tl.program_id(0) * RF + tl.arange(0, RF)
         m_c = state_mask(m_n, o_f < H, True)
         b_old = _features(p_prev, o_n, s_prev, o_f, m_n, o_f < H, True, True).to(ACC)
-        b_q = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
+        b_q = _product(b_bs, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
                        DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN, False) + b_hb
         b_pp = tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC))
         q_n = _gate(b_q, 2, RF, BN)
@@ -295,7 +290,7 @@ def _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj, s_pn, p_prev, s_pr
         tl.store(p_g + 3 * H, convert(q_n, GATE_DTYPE), mask=m_c)
     else:
         b_old = _features(p_prev, o_n, s_prev, o_j, m_n, m_j, held, True)
-        b_z = _product(b_b0, b_b1, b_b2, b_b3, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
+        b_z = _product(b_bs, p_prev, s_prev, n0 + i0, m_n, H, W_DTYPE,
                        DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN)
         b_z += tl.where(i0 == 0, b_p0.to(ACC), b_p.to(ACC)) + b_hb
         b_new = tl.where(held, b_old.to(ACC), activate(b_z, ACT))
@@ -335,7 +330,7 @@ def rnn_forward_split_dot_kernel(
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     GATE_ROWS: tl.constexpr = 1 if CELL == RNN else 4  # (the GRU's fourth slot masked)
-    i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
+    i_d, S, o_j, m_j, b_bs, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, (3 if CELL == GRU else GATE_ROWS) * H, H, G, ROWS, N,
         i_d0, PRECISION, DOT_DTYPE, R, KW, BK, KC, BN, GATE_ROWS)
     BKW: tl.constexpr = BK // KW
@@ -363,7 +358,7 @@ def rnn_forward_split_dot_kernel(
         s_prev = tl.where(t == 0, s_hn, s_n)
         if B_SHARED:  # a for loop: Triton keeps B in shared memory and re-reads it
             for i0 in range(0, ROWS, BN):
-                _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
+                _forward_tile(b_bs, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
                               p_prev, s_prev, p_out + tt * s_t, s_n, p_cell + tt * s_t, p_carry,
                               s_hn, p_gates + tt * s_gt, s_gn, p_len, o_j, m_j, n0, i0, tt, T,
                               N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
@@ -371,7 +366,7 @@ def rnn_forward_split_dot_kernel(
         else:  # a while loop: in a for loop Triton re-reads B from shared memory
             i0 = ROWS * 0
             while i0 < ROWS:
-                _forward_tile(b_b0, b_b1, b_b2, b_b3, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
+                _forward_tile(b_bs, b_p0, b_hb, p_proj + tt * s_pt, s_pn,
                               p_prev, s_prev, p_out + tt * s_t, s_n, p_cell + tt * s_t, p_carry,
                               s_hn, p_gates + tt * s_gt, s_gn, p_len, o_j, m_j, n0, i0, tt, T,
                               N, H, ROWS, p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW,
@@ -398,7 +393,7 @@ def rnn_forward_split_dot_kernel(
 
 
 @triton.jit
-def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
+def _backward_tile(b_bs, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
                    s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                    W_DTYPE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                    PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
@@ -426,7 +421,7 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
     later = _load_now(i0, v < T, KP)
     b_g = _features(p_dout + o_now, o_n, s_n, o_j, m_n, m_j, later)
     b_y = _features(p_out + o_now, o_n, s_n, o_j, m_n, m_j, later)
-    b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + o_before, s_n, n0 + i0, o_n, m_n, H, v, p_part,
+    b_flow = _flow(b_bs, p_dz + o_before, s_n, n0 + i0, o_n, m_n, H, v, p_part,
                    s_qk, s_qn, o_j, m_j, W_DTYPE, DOT_DTYPE, PRECISION, R, KW, BKW, KC, BN, KP)
     # At v = 0 nothing flows in: a zero, not the product of masked (zero) operands, which
     # is NaN where B holds an Inf or a NaN (nn.RNN's backward gives finite values there).
@@ -447,7 +442,7 @@ def _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_ca
 
 
 @triton.jit
-def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
+def _lstm_backward_tile(b_bs, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
                         p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn,
                         p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                         W_DTYPE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
@@ -483,7 +478,7 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
     g_f = _features(p_g + H, o_n, s_zn, o_j, m_n, m_j, now)
     g_g = _features(p_g + 2 * H, o_n, s_zn, o_j, m_n, m_j, now)
     g_o = _features(p_g + 3 * H, o_n, s_zn, o_j, m_n, m_j, now)
-    b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0, o_n, m_n,
+    b_flow = _flow(b_bs, p_dz + tt_before * s_zt, s_zn, n0 + i0, o_n, m_n,
                    4 * H, v, p_part, s_qk, s_qn, o_j, m_j, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
                    BKW, KC, BN, KP)
     # nothing flows in at v = 0 (a zero, not a product of zeros: see _backward_tile)
@@ -512,7 +507,7 @@ def _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_d
 
 
 @triton.jit
-def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carry, p_direct,
+def _gru_backward_tile(b_bs, b_g0, p_dout, p_out, p_dz, p_carry, p_direct,
                        p_dh0, p_h0, p_gates, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j, m_j,
                        n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr, ACC: tl.constexpr,
                        PRECISION: tl.constexpr, R: tl.constexpr, KW: tl.constexpr,
@@ -546,7 +541,7 @@ def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carr
     g_z = _features(p_g + H, o_n, s_zn, o_j, m_n, m_j, now)
     g_n = _features(p_g + 2 * H, o_n, s_zn, o_j, m_n, m_j, now)
     q_n = _features(p_g + 3 * H, o_n, s_zn, o_j, m_n, m_j, now)
-    b_flow = _flow(b_b0, b_b1, b_b2, b_b3, p_dz + tt_before * s_zt, s_zn, n0 + i0, o_n, m_n,
+    b_flow = _flow(b_bs, p_dz + tt_before * s_zt, s_zn, n0 + i0, o_n, m_n,
                    3 * H, v, p_part, s_qk, s_qn, o_j, m_j, W_DTYPE, DOT_DTYPE, PRECISION, R, KW,
                    BKW, KC, BN, KP)
     # nothing flows in at v = 0 (a zero, not a product of zeros: see _backward_tile)
@@ -572,7 +567,7 @@ def _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carr
 
 
 @triton.jit
-def _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0, p_dc,
+def _visit_tile(b_bs, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0, p_dc,
                 p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x,
                 o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE: tl.constexpr,
                 ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
@@ -582,18 +577,18 @@ def _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry
     """Visit v of the backward for one row tile: the cell's tile function (KP > 0: the flow
     from split_2d.py's partial sums, o_j the features the program finishes)."""
     if CELL == GRU:
-        _gru_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_out, p_dz, p_carry, p_dc,
+        _gru_backward_tile(b_bs, b_g0, p_dout, p_out, p_dz, p_carry, p_dc,
                            p_dh0, p_c0, p_gates, s_t, s_n, s_hn, s_zt, s_zn, p_len, o_x, o_j,
                            m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC, PRECISION, R, KW,
                            BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS, p_part, s_qk, s_qn, KP)
     elif CELL == LSTM:
-        _lstm_backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
+        _lstm_backward_tile(b_bs, b_g0, p_dout, p_dz, p_carry, p_dc, p_dh0,
                             p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn, s_zt, s_zn,
                             p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d, W_DTYPE, ACC,
                             PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE, HAS_LENGTHS, p_part, s_qk,
                             s_qn, KP)
     else:
-        _backward_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
+        _backward_tile(b_bs, b_g0, b_y0, p_dout, p_out, p_dz, p_carry, p_dh0,
                        s_t, s_n, s_hn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                        W_DTYPE, ACT, ACC, PRECISION, R, KW, BKW, KC, BN, DOT_DTYPE,
                        HAS_LENGTHS, p_part, s_qk, s_qn, KP)
@@ -633,7 +628,7 @@ def rnn_backward_split_dot_kernel(
     s_hd, s_hn = aligned(s_hd, ALIGN), aligned(s_hn, ALIGN)
     s_bk, s_bj = aligned(s_bk, ALIGN_BK), aligned(s_bj, ALIGN_BJ)
     K_GATES: tl.constexpr = 4 if CELL == LSTM else 3 if CELL == GRU else 1
-    i_d, S, o_j, m_j, b_b0, b_b1, b_b2, b_b3, p_cnt, n0, o_first, m_first = _program(
+    i_d, S, o_j, m_j, b_bs, p_cnt, n0, o_first, m_first = _program(
         p_b, p_b_r, p_sync, s_bk, s_bj, H, H, K_GATES * H, G, ROWS, N, i_d0, PRECISION,
         DOT_DTYPE, R, KW, BK, KC, BN)
     BKW: tl.constexpr = BK // KW
@@ -659,7 +654,7 @@ def rnn_backward_split_dot_kernel(
         # unless B is meant to stay in shared memory (see the forward).
         if B_SHARED:
             for i0 in range(0, ROWS, BN):
-                _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
+                _visit_tile(b_bs, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
                             p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn,
                             s_zt, s_zn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                             p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW, BKW, KC, BN,
@@ -667,7 +662,7 @@ def rnn_backward_split_dot_kernel(
         else:
             i0 = ROWS * 0
             while i0 < ROWS:
-                _visit_tile(b_b0, b_b1, b_b2, b_b3, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
+                _visit_tile(b_bs, b_g0, b_y0, p_dout, p_out, p_dz, p_carry,
                             p_dh0, p_dc, p_dc0, p_cell, p_c0, p_gates, p_dcell, s_t, s_n, s_hn,
                             s_zt, s_zn, p_len, o_x, o_j, m_j, n0, i0, v, T, N, H, ROWS, i_d,
                             p_b.dtype.element_ty, ACT, ACC, PRECISION, R, KW, BKW, KC, BN,
