@@ -77,8 +77,8 @@ def _program(p_b, p_b_r, p_sync, s_bk, s_bj, H, J, K, G, ROWS, N, i_d0,
     """What program (s, g, d) works on (split.py's _program, in row tiles): its direction; the
     slice count S; its R rows o_j of B (program_rows: its output features, or with GATE_ROWS > 1
     every gate's rows of its features) and their mask (rows of B past J masked: the GRU's fourth
-    gate slot); its rows of B over the reduction length
-    K in KC (1, 2, 4 or 8) chunks, a tuple of 8 (unused chunks repeat the first), on-chip for all T steps; its group's
+    gate slot); its rows of B over the reduction length K in KC (1, 2, 4 or 8) chunks, a
+    tuple of 8 (unused chunks repeat the first), on-chip for all T steps; its group's
     barrier counter; its group's first batch row n0, and the rows and mask of the group's
     first row tile."""
     i_g = tl.program_id(1)
