@@ -53,7 +53,10 @@ The rule, in order (the resource report prints it beside every configuration):
    `gate_rows` = 4); the backward multiplies over every gate's rows, K = 4*BH, each program
    holding W_hh's columns of its R features (gate_rows = 1). IEEE fp32 and fp64 LSTM layers
    take split.py (one batch row at a time) the same way, fp32 to BH = 512 (its backward in 8
-   warps), fp64 to 256. The tensor-core
+   warps), fp64 to 256; IEEE fp32 at BH = 1024 (H 513-1024) runs the tensor-core kernels'
+   code with IEEE products (tl.dot on CUDA cores, _ieee_split_gates): the forward
+   split_dot.py's B-in-shared form in 8 state chunks (128 programs at H = 1024: an A100
+   streams from 865), the backward in two dimensions (IEEE_GATED_BACKWARD). The tensor-core
    forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
    share only the saved h, c and gates): TF32 to H = 512 in registers (S = H/4 programs),
    513-1024 with B in shared memory and 8 features a program (S = H/8: 128 programs on an
@@ -134,6 +137,8 @@ SPLIT_2D_SHARED = 166912
 # gates' rows in KP parts of K (32 x 512 and 64 x 512 fp32, 64 x 1024 16-bit: 64-128 KB)
 SPLIT_2D_GATED_BACKWARD = {(4, 2048): (32, 4, 2, 4), (4, 4096): (64, 8, 2, 4),
                            (2, 4096): (64, 4, 2, 4)}
+# ... and of IEEE fp32 gated layers past split.py's K = 2048 (FMA products, _ieee_split_gates)
+IEEE_GATED_BACKWARD = {(4, 4096): (64, 8, 8, 8)}
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates; 4 bytes: IEEE fp32's split.py to K = 2048,
 # TF32's split_dot.py to 1024, past which it splits in two dimensions).
@@ -260,6 +265,11 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     # the GRU's three gates take four slots (the fourth masked): its tiles are the LSTM's
     slots = 4
     K = slots * BH
+    if dtype == torch.float32 and not allow_tf32 and K > LSTM_SPLIT_MAX_K[4]:
+        # (past split.py's limit, to the tensor-core forward's in both passes)
+        if BH > LSTM_SPLIT_FORWARD_MAX_BH[4]:
+            return None
+        return _ieee_split_gates(BH, K, arch, slots, pass_)
     if not split_on_tensor_cores(dtype, allow_tf32):
         if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
             return None
@@ -304,6 +314,32 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     backward = choose_split_dot(K, dtype, rows=LSTM_BACKWARD_ROWS, arch=arch,
                                 ragged=slots * hidden_size % 16 != 0)
     return None if backward is None or backward.b_shared else backward
+
+
+def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
+    """Rule 4's split for an IEEE fp32 layer of several gates past split.py's K = 2048 (H
+    513-1024): the tensor-core kernels' code with IEEE products (tl.dot with
+    input_precision="ieee", which Triton compiles to FMA on CUDA cores), B in shared memory
+    and the state in K chunks of 16 or 8 elements (an FMA product holds its chunk of both
+    operands in registers: whole parts of K spilled 0.6-3.6 KB). The forward: split_dot.py's
+    B-in-shared form, 8 features a program (S = H/8: 128 programs at H = 1024, which an A100
+    cannot hold: it streams from H = 865), KC = 8, in 16 warps on sm_90 with Triton newer than
+    3.6 (chunks of 8; 8 warps spilled 32-40 B there) and 8 warps elsewhere (chunks of 16:
+    Triton 3.6 rejects a tl.dot K under 16; 16 warps spilled 48 B on sm_80 with 3.9). The
+    backward: the split in two dimensions, IEEE_GATED_BACKWARD (4 warps spilled 648-832 B on
+    sm_90 with Triton 3.6). What split.py holds in registers at these sizes spilled (forward
+    72-192 B at R = 16 and two programs an SM)."""
+    if pass_ == "backward":
+        return choose_split_2d(K, torch.float32, arch, table=IEEE_GATED_BACKWARD,
+                               BN=DOT_MIN_BATCH)
+    cfg = _split_dot_shared(BH, 32, arch, 4, 8)
+    if cfg is None:
+        return None
+    newer = tuple(int(v) for v in triton.__version__.split(".")[:2]) > (3, 6)
+    chunk = 8 if newer and (arch is None or arch >= 90) else 16
+    # each warp a BH/warps part of K, in KC chunks of `chunk` (16 or 8 warps at BH = 1024)
+    warps = max(1, min(16, BH // (cfg.k_chunks * chunk)))
+    return replace(cfg, gate_rows=slots, num_warps=warps)
 
 
 def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:
@@ -400,7 +436,7 @@ def _split_dot_shared(BH: int, R: int, arch: int, elem: int, min_chunks: int):
     layer runs split.py."""
     budget = SHARED_PER_BLOCK.get(arch, SHARED_PER_BLOCK[90] if arch is None else
                                   SHARED_PER_BLOCK_OTHER)
-    KC = next((kc for kc in (1, 2, 4)
+    KC = next((kc for kc in (1, 2, 4, 8)
                if kc >= min_chunks and (R * BH + BH * DOT_MIN_BATCH // kc) * elem <= budget),
               None)
     if KC is None:

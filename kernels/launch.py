@@ -16,7 +16,7 @@ import triton.language as tl
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
 from .cells import GATES, GRU, GRU_SAVED, LSTM, RNN
-from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell, split_on_tensor_cores
+from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
 from .split_2d import rnn_backward_split_2d_kernel, rnn_forward_split_2d_kernel
@@ -93,10 +93,9 @@ def compile_options(cfg: Config, dtype: torch.dtype, relu: bool, allow_tf32: boo
         # The interpreter's bf16 tl.dot is wrong; bf16 values are exact in fp32.
         dot_dtype = tl.float32
     if cfg.variant == "split":
-        if cfg.use_dot and not split_on_tensor_cores(dtype, allow_tf32):
-            raise ValueError("the tensor-core split takes 16-bit and TF32 layers only: IEEE "
-                             "float32 and float64 run split.py (dispatch.choose_split with "
-                             "the layer's dtype and allow_tf32)")
+        if cfg.use_dot and dtype == torch.float64:
+            raise ValueError("the tensor-core split takes 16-bit and float32 layers only: "
+                             "float64 runs split.py (dispatch.choose_split)")
         # On tensor cores the row tile, the warps' parts of K and the state's chunks; ptxas
         # may then use every register a thread can have at one program per SM.
         # In two dimensions: the reduction's parts (KP), BK = BH / KP wide.

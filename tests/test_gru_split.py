@@ -165,6 +165,24 @@ def test_split_gru_backward_in_two_dimensions(small_variant, variants, monkeypat
     assert all(e < 1e-4 for e in errors.values()), errors
 
 
+def test_split_gru_in_ieee_fp32_with_fma_products(small_variant, variants):
+    """IEEE fp32 past split.py's K = 2048 (H 513-1024): the tensor-core kernels' code with IEEE
+    products (tl.dot on CUDA cores), here at a ragged H = 100 (BH = 128): the forward's
+    B-in-shared form in KC = 8 state chunks of 16, the backward in two dimensions (K = 512 of
+    which 3H are used: 4 row blocks of 32 features x 2 parts); a packed (unsorted) batch of two
+    row tiles. Every saved value and gradient is the float64 reference's to fp32's rounding,
+    which TF32 products (~1e-3) would miss."""
+    small_variant("split")
+    layer = _layer(T=3, N=17, D=1, dtype=torch.float32, packed=True, hidden=100)
+    forward = Config("split", True, 16, 128, 1, num_stages=1, R=32, k_chunks=8, b_shared=True,
+                     gate_rows=4)
+    backward = Config("split", True, 16, 512, 8, num_stages=1, R=32, k_chunks=8, k_parts=2)
+    result = _run(layer, False, forward, backward)
+    assert _split_ran(variants) == ["forward", "backward"]
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, result, _reference(layer, result))}
+    assert all(e < 1e-5 for e in errors.values()), errors
+
+
 def test_split_gru_module_matches_nn_gru(small_variant, variants):
     """triton_rnn.GRU on the split in TF32, two directions: outputs, h_n and every gradient as
     nn.GRU's in float64, to TF32's rounding."""

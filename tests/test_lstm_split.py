@@ -205,6 +205,28 @@ def test_split_lstm_16_bit_backward_in_two_dimensions(small_variant):
         assert rel_err(a, b) < 2e-2, name
 
 
+def test_split_lstm_in_ieee_fp32_with_fma_products(small_variant, variants):
+    """IEEE fp32 past split.py's K = 2048 (H 513-1024): the tensor-core kernels' code with IEEE
+    products (tl.dot on CUDA cores), here at a ragged H = 100 (BH = 128): the forward's
+    B-in-shared form in KC = 8 state chunks of 16 (13 programs of 8 features), the backward
+    in two dimensions (K = 512: 4 row blocks of 32 features x 2 parts, chunks of 32); a
+    packed (unsorted) batch of two row tiles. Every saved value and gradient
+    is the float64 reference's to fp32's rounding, which TF32 products (~1e-3) would miss."""
+    small_variant("split")
+    layer = _layer(T=3, N=17, D=1, dtype=torch.float32, packed=True, hidden=100)
+    projs, h0, c0, weights, biases, lengths = layer
+    forward = Config("split", True, 16, 128, 1, num_stages=1, R=32, k_chunks=8, b_shared=True,
+                     gate_rows=4)
+    backward = Config("split", True, 16, 512, 8, num_stages=1, R=32, k_chunks=8, k_parts=2)
+    out, cells, gates = launch.lstm_forward(projs, h0, c0, weights, lengths, False, forward,
+                                            biases)
+    result = (out, cells, gates, *launch.lstm_backward(*_gradients(out), out, cells, gates, c0,
+                                                       weights, lengths, False, backward))
+    assert _split_ran(variants) == ["forward", "backward"]
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, result, _reference(layer, result))}
+    assert all(e < 1e-5 for e in errors.values()), errors
+
+
 @pytest.mark.parametrize("proj", [0, 9], ids=["", "proj_size"])
 def test_split_lstm_module_matches_nn_lstm(proj, small_variant, variants):
     """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
@@ -232,13 +254,15 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
     where the device has sm_90's shared memory per block; the interpreter is taken as sm_90),
     else its backward past 512 in two dimensions; TF32's backward in one dimension to 256, in
     two past it. One batch row at a time (split.py), IEEE fp32 to 512 and fp64 to 256, the
-    backward with 8 features per program (fp32 in 8 warps). Past those the backward streams,
-    and the forward does past 1024 or off tensor cores."""
+    backward with 8 features per program (fp32 in 8 warps); IEEE fp32 H 513-1024 with FMA
+    products (tl.dot in IEEE): the forward with B in shared memory in 8 state chunks, the
+    backward in two dimensions. Past those the backward streams, and the forward does past
+    1024 or off tensor cores."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     wide = 512 if arch == 80 else 1024  # 16-bit in one dimension
     for dtype, tf32, largest, one_dimension in (
             (torch.bfloat16, False, 1024, wide), (torch.float16, False, 1024, wide),
-            (torch.float32, True, 1024, 256), (torch.float32, False, 512, 512),
+            (torch.float32, True, 1024, 256), (torch.float32, False, 1024, 512),
             (torch.float64, False, 256, 256)):
         on_tensor_cores = dtype != torch.float64 and (dtype != torch.float32 or tf32)
         for hidden in (65, 200, 500, 700, 1024):
@@ -247,7 +271,10 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
             forward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4)
             backward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_="backward")
             assert forward.variant == backward.variant == "split"
-            assert forward.use_dot == backward.use_dot == on_tensor_cores
+            fma = dtype == torch.float32 and not tf32 and forward.BH > 512
+            assert forward.use_dot == backward.use_dot == (on_tensor_cores or fma)
+            if fma:
+                assert forward.b_shared and forward.k_chunks == 8, forward
             assert forward.gate_rows == 4 and backward.gate_rows == 1
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
             if forward.BH > one_dimension:

@@ -12,6 +12,8 @@ and TF32, one row at a time in fp64; "lstm-streaming": past the split) and LSTMC
 nn.LSTM and nn.LSTMCell, triton_rnn.GRU ("gru": its resident kernels; "gru-split": the split
 on tensor cores; "gru-streaming" beyond) and GRUCell against nn.GRU and nn.GRUCell; the split
 in two dimensions ("split-2d": the RNN's at batch 64; "lstm-2d": the LSTM's TF32 backward);
+IEEE fp32 LSTM and GRU layers past split.py's reach ("lstm-fma", "gru-fma": FMA products, the
+forward with B in shared memory, the backward in two dimensions);
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
 and every parameter, each
 compared by relative error with the bound of the first-use check (measure.py). It prints the
@@ -53,7 +55,8 @@ CASES = [(v, d, p) for v in ("resident", "split", "streaming") for p in (False, 
     [("gru-streaming", d, False) for d in ("bf16", "fp64")] + \
     [("gru-cell", d, False) for d in ("fp16", "tf32")] + \
     [("lstm-cell", d, False) for d in ("fp16", "tf32")] + \
-    [(v, "tf32", p) for v in ("split-2d", "lstm-2d") for p in (False, True)]
+    [(v, "tf32", p) for v in ("split-2d", "lstm-2d") for p in (False, True)] + \
+    [("lstm-fma", "fp32", p) for p in (False, True)] + [("gru-fma", "fp32", False)]
 BUDGET_S = 100  # no case starts after this; each is a few compiles and a few short runs
 # variant -> (H on a GPU, H interpreted, T on a GPU): sizes the dispatcher gives that variant
 # in every dtype it is checked in (LSTM and GRU: 32, their resident tile in fp64 too;
@@ -62,7 +65,8 @@ SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 4
          "lstm": (32, 16, 64), "lstm-split": (256, 40, 64), "lstm-streaming": (1100, 40, 8),
          "lstm-cell": (256, 40, 1), "gru": (32, 12, 64), "gru-split": (256, 40, 64),
          "gru-streaming": (1100, 40, 8),
-         "gru-cell": (256, 40, 1), "split-2d": (1024, 40, 64), "lstm-2d": (512, 40, 64)}
+         "gru-cell": (256, 40, 1), "split-2d": (1024, 40, 64), "lstm-2d": (512, 40, 64),
+         "lstm-fma": (768, 40, 64), "gru-fma": (768, 40, 64)}
 # variant -> batch on a GPU (16 otherwise): the RNN's split in two dimensions takes 64 rows
 BATCH = {"split-2d": 64}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
@@ -70,11 +74,13 @@ MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
            "lstm-split": (LSTM, nn.LSTM), "lstm-streaming": (LSTM, nn.LSTM),
            "lstm-cell": (LSTMCell, nn.LSTMCell), "gru": (GRU, nn.GRU),
            "gru-split": (GRU, nn.GRU), "gru-streaming": (GRU, nn.GRU),
-           "gru-cell": (GRUCell, nn.GRUCell), "lstm-2d": (LSTM, nn.LSTM)}
+           "gru-cell": (GRUCell, nn.GRUCell), "lstm-2d": (LSTM, nn.LSTM),
+           "lstm-fma": (LSTM, nn.LSTM), "gru-fma": (GRU, nn.GRU)}
 RUNS_ON = {"lstm": "resident", "lstm-split": "split", "lstm-streaming": "streaming",
            "lstm-cell": "cell", "gru": "resident", "gru-split": "split",
            "gru-streaming": "streaming",
-           "gru-cell": "cell", "lstm-2d": "split-2d"}
+           "gru-cell": "cell", "lstm-2d": "split-2d", "lstm-fma": "split-2d",
+           "gru-fma": "split-2d"}
 
 
 def _small_limits():
@@ -95,13 +101,17 @@ def _streaming_only(on: bool, saved: tuple):
 @contextlib.contextmanager
 def _two_dimensions(variant: str, interpreted: bool):
     """Interpreted, for the split in two dimensions ("split-2d": the RNN's, "lstm-2d": the
-    LSTM's TF32 backward): its configurations at H = 40 (BH = 64; the backward's K = 256),
-    row blocks of 16 times 2 parts, and the RNN's at the interpreted batch of 3."""
+    LSTM's TF32 backward, "lstm-fma"/"gru-fma": the IEEE fp32 gated layers'): its
+    configurations at H = 40 (BH = 64; the backward's K = 256), row blocks of 16 times 2
+    parts, and the RNN's at the interpreted batch of 3."""
     patches = {}
     if interpreted and variant == "split-2d":
         patches = dict(SPLIT_2D={(4, 64): (16, 2, 2, 4)}, SPLIT_2D_MIN_BATCH=2, SPLIT_2D_BN=16)
     elif interpreted and variant == "lstm-2d":
         patches = dict(SPLIT_2D_GATED_BACKWARD={(4, 256): (16, 2, 2, 4)})
+    elif interpreted and variant in ("lstm-fma", "gru-fma"):  # (split.py's K limit under 256)
+        patches = dict(IEEE_GATED_BACKWARD={(4, 256): (16, 2, 8, 8)},
+                       LSTM_SPLIT_MAX_K={**dispatch.LSTM_SPLIT_MAX_K, 4: 128})
     saved = {name: getattr(dispatch, name) for name in patches}
     for name, value in patches.items():
         setattr(dispatch, name, value)
