@@ -344,7 +344,8 @@ def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
 
 def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:
     """16-bit and TF32 split layers run split_dot.py where it fits (choose_split_dot); IEEE
-    fp32 and fp64 run split.py."""
+    fp32 and fp64 run split.py (IEEE fp32 gated layers past K = 2048 aside: their tensor-core
+    forms with IEEE products, _ieee_split_gates)."""
     return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and allow_tf32)
 
 
