@@ -56,7 +56,9 @@ The rule, in order (the resource report prints it beside every configuration):
    warps), fp64 to 256; IEEE fp32 at BH = 1024 (H 513-1024) runs the tensor-core kernels'
    code with IEEE products (tl.dot on CUDA cores, _ieee_split_gates): the forward
    split_dot.py's B-in-shared form in 8 state chunks (128 programs at H = 1024: an A100
-   streams from 865), the backward in two dimensions (IEEE_GATED_BACKWARD). The tensor-core
+   streams from 865), the backward in two dimensions (IEEE_GATED_BACKWARD); that forward
+   form also takes IEEE fp32 forwards of BH = 512 from batch IEEE_FMA_FORWARD_MIN_BATCH on
+   (split.py's rows one after another cost more there). The tensor-core
    forward (K = BH) takes the split to BH = 1024 whatever the backward takes (the passes
    share only the saved h, c and gates): TF32 to H = 512 in registers (S = H/4 programs),
    513-1024 with B in shared memory and 8 features a program (S = H/8: 128 programs on an
@@ -139,6 +141,13 @@ SPLIT_2D_GATED_BACKWARD = {(4, 2048): (32, 4, 2, 4), (4, 4096): (64, 8, 2, 4),
                            (2, 4096): (64, 4, 2, 4)}
 # ... and of IEEE fp32 gated layers past split.py's K = 2048 (FMA products, _ieee_split_gates)
 IEEE_GATED_BACKWARD = {(4, 4096): (64, 8, 8, 8)}
+# ... and the IEEE fp32 gated forwards of BH = 512 (H 257-512) that take those FMA products
+# rather than split.py from this batch on: split.py handles its batch rows one after another
+# (model, sm_90, LSTM H = 512: 2.47 µs a step at batch 1, 7.61 at 5, 21.8 at 16), the FMA form
+# all of a 16-row tile at once (4.39 at every batch to 16; 64 programs, which an A100 holds
+# where split.py's 128 stream)
+IEEE_FMA_FORWARD_MIN_BATCH = 3
+IEEE_FMA_FORWARD_MIN_BH = 512  # (at BH = 256 split.py's 5.8 µs at batch 16 was not compared)
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates; 4 bytes: IEEE fp32's split.py to K = 2048,
 # TF32's split_dot.py to 1024, past which it splits in two dimensions).
@@ -227,7 +236,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         return Config("resident", use_dot, BN, BH, num_warps, w_first=w_first)
     ragged = hidden_size % 16 != 0
     if split and gates > 1:
-        cfg = _split_gates(hidden_size, dtype, allow_tf32, arch, gates, pass_)
+        cfg = _split_gates(hidden_size, dtype, allow_tf32, arch, gates, pass_, batch)
         if cfg is not None:
             return cfg
     elif split and BH <= SPLIT_MAX_BH[elem]:
@@ -240,11 +249,12 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
 
 
 def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: int,
-                 gates: int, pass_: str):
+                 gates: int, pass_: str, batch: int = 1):
     """Rule 4's split for a cell of several gates, or None where it has none (the backward's
     K = gates*BH past what a split program holds; the forward's BH past
     LSTM_SPLIT_FORWARD_MAX_BH). IEEE fp32 and fp64: split.py's configuration for an RNN of K
-    hidden features, fp32 to H = 512, fp64 to 256.
+    hidden features, fp32 to H = 512, fp64 to 256, but for IEEE fp32 forwards of H 257-512 at
+    batch IEEE_FMA_FORWARD_MIN_BATCH and more (_ieee_split_gates's FMA form).
     16-bit and TF32: the tensor-core split an RNN with K hidden features gets, in both
     passes (the forward's in registers only: its rows at BH = 2048 would be 256 programs),
     except that the
@@ -269,6 +279,9 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         # (past split.py's limit, to the tensor-core forward's in both passes)
         if BH > LSTM_SPLIT_FORWARD_MAX_BH[4]:
             return None
+        return _ieee_split_gates(BH, K, arch, slots, pass_)
+    if dtype == torch.float32 and not allow_tf32 and pass_ == "forward" and \
+            BH >= IEEE_FMA_FORWARD_MIN_BH and batch >= IEEE_FMA_FORWARD_MIN_BATCH:
         return _ieee_split_gates(BH, K, arch, slots, pass_)
     if not split_on_tensor_cores(dtype, allow_tf32):
         if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
@@ -318,7 +331,8 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
 
 def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
     """Rule 4's split for an IEEE fp32 layer of several gates past split.py's K = 2048 (H
-    513-1024): the tensor-core kernels' code with IEEE products (tl.dot with
+    513-1024), and the forward of one of BH = 512 at batch IEEE_FMA_FORWARD_MIN_BATCH and more
+    (4 or 8 warps there: the same chunks of K over half of it): the tensor-core kernels' code with IEEE products (tl.dot with
     input_precision="ieee", which Triton compiles to FMA on CUDA cores), B in shared memory
     and the state in K chunks of 16 or 8 elements (an FMA product holds its chunk of both
     operands in registers: whole parts of K spilled 0.6-3.6 KB). The forward: split_dot.py's

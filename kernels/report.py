@@ -80,7 +80,8 @@ BATCHES = (1, 5, 16, 256)
 # with four gates) and fp64 (110-142 registers; the 16-bit and TF32 elementwise tiles compiled
 # the same, 0 B spilled, when checked); the split at its largest, H = 256 in TF32 and 512 and
 # 1024 in bf16 (the backward's K = 1024, 2048 and 4096; 1024 on sm_90 only) on tensor cores,
-# H = 256 in IEEE fp32 and fp64 and 512 in IEEE fp32 one row at a time (split.py), IEEE fp32
+# H = 256 in IEEE fp32 and fp64 and 512 in IEEE fp32 one row at a time (split.py; at 512 the
+# forward at batch 1: from batch 3 on it takes the FMA products), IEEE fp32 512 (the forward),
 # 768 and 1024 with FMA products (split_dot.py's forward, B in shared memory; split_2d.py's
 # backward; 1024 streams on sm_80, whose 108 SMs do not hold its 128 programs); the
 # tensor-core forward past the backward's one-dimensional limit (TF32 512 in registers and 768
@@ -96,19 +97,21 @@ LSTM_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp16", 64, 16), ("fp32", 64
                ("fp64", 32, 1), ("tf32", 256, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
                ("fp32", 256, 16), ("fp64", 256, 16),
                ("tf32", 512, 16), ("tf32", 768, 16), ("bf16", 2048, 16), ("tf32", 2048, 16),
-               ("fp32", 512, 16), ("fp32", 768, 16), ("fp32", 1024, 1), ("fp64", 512, 16)]
+               ("fp32", 512, 1), ("fp32", 512, 16), ("fp32", 768, 16), ("fp32", 1024, 1),
+               ("fp64", 512, 16)]
 # GRU layers: the largest resident tiles (three gates of BH = 64; 32 in fp64), tl.dot in TF32
 # (h @ B) and bf16 (W-first on sm_90), the elementwise product in IEEE fp32 and fp64; the
 # tensor-core split at the LSTM's limits (TF32 256, whose backward's K is the largest in
 # registers, 512 and 768, its forward's in registers and in shared memory; bf16 512 and
 # 1024, the backward's B in shared memory there); split.py's at H = 256 in IEEE fp32 and fp64
-# and 512 in IEEE fp32, and IEEE fp32's FMA products at 768 and 1024 (as the LSTM's);
+# and 512 in IEEE fp32 (the forward at batch 1), and IEEE fp32's FMA products at 512 (the
+# forward at batch 16), 768 and 1024 (as the LSTM's);
 # streaming past them in each product class (tl.dot in bf16, the elementwise product in IEEE
 # fp32 on sm_80 at 1024).
 GRU_SHAPES = [("tf32", 64, 16), ("bf16", 64, 16), ("fp32", 64, 1), ("fp64", 32, 1),
               ("tf32", 256, 16), ("tf32", 512, 16), ("bf16", 512, 16), ("bf16", 1024, 16),
               ("tf32", 768, 16), ("fp32", 256, 16), ("fp64", 256, 16), ("bf16", 2048, 16),
-              ("fp32", 512, 16), ("fp32", 768, 16), ("fp32", 1024, 1)]
+              ("fp32", 512, 1), ("fp32", 512, 16), ("fp32", 768, 16), ("fp32", 1024, 1)]
 # GRUCell: the LSTMCell's kernel with three gates (tl.dot in TF32 and fp64, elementwise bf16)
 GRU_CELL_SHAPES = [("tf32", 64, 16), ("fp64", 64, 16), ("bf16", 64, 1)]
 LSTM_CELL_SHAPES = [(d, 64, 16) for d in ("tf32", "fp32", "bf16", "fp16", "fp64")] + \

@@ -227,6 +227,32 @@ def test_split_lstm_in_ieee_fp32_with_fma_products(small_variant, variants):
     assert all(e < 1e-5 for e in errors.values()), errors
 
 
+def test_ieee_fp32_forward_takes_fma_products_from_a_few_batch_rows(small_variant,
+                                                                    monkeypatch):
+    """The IEEE fp32 forward of H 257-512 at batch IEEE_FMA_FORWARD_MIN_BATCH and more (here
+    its lower BH lowered to 128: H = 100) runs the FMA form chosen by the dispatcher, the
+    backward split.py, one row at a time, from what that forward saved: a packed (unsorted)
+    batch of 3, every saved value and gradient the float64 reference's to fp32's rounding."""
+    small_variant("split")
+    monkeypatch.setattr(dispatch, "IEEE_FMA_FORWARD_MIN_BH", 128)
+    ran, plan = [], launch._plan
+
+    def recording_plan(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        ran.append(planned[0])
+        return planned
+
+    monkeypatch.setattr(launch, "_plan", recording_plan)
+    layer = _layer(T=2, N=dispatch.IEEE_FMA_FORWARD_MIN_BATCH, D=1, dtype=torch.float32,
+                   packed=True, hidden=100)
+    result = _run(layer, allow_tf32=False)
+    forward, backward = ran
+    assert forward.variant == "split" and forward.use_dot and forward.b_shared, forward
+    assert backward.variant == "split" and not backward.use_dot, backward
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, result, _reference(layer, result))}
+    assert all(e < 1e-5 for e in errors.values()), errors
+
+
 @pytest.mark.parametrize("proj", [0, 9], ids=["", "proj_size"])
 def test_split_lstm_module_matches_nn_lstm(proj, small_variant, variants):
     """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
@@ -256,8 +282,9 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
     two past it. One batch row at a time (split.py), IEEE fp32 to 512 and fp64 to 256, the
     backward with 8 features per program (fp32 in 8 warps); IEEE fp32 H 513-1024 with FMA
     products (tl.dot in IEEE): the forward with B in shared memory in 8 state chunks, the
-    backward in two dimensions. Past those the backward streams, and the forward does past
-    1024 or off tensor cores."""
+    backward in two dimensions; the IEEE fp32 forward of H 257-512 with those FMA products
+    from batch IEEE_FMA_FORWARD_MIN_BATCH on, split.py's below. Past those the backward
+    streams, and the forward does past 1024 or off tensor cores."""
     monkeypatch.setattr(launch, "device_arch", lambda: arch)
     wide = 512 if arch == 80 else 1024  # 16-bit in one dimension
     for dtype, tf32, largest, one_dimension in (
@@ -271,10 +298,15 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
             forward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4)
             backward = choose(hidden, 16, dtype, tf32, arch=arch, gates=4, pass_="backward")
             assert forward.variant == backward.variant == "split"
-            fma = dtype == torch.float32 and not tf32 and forward.BH > 512
-            assert forward.use_dot == backward.use_dot == (on_tensor_cores or fma)
-            if fma:
+            ieee = dtype == torch.float32 and not tf32
+            fma = ieee and forward.BH > 512
+            assert backward.use_dot == (on_tensor_cores or fma)
+            assert forward.use_dot == (on_tensor_cores or ieee and forward.BH >= 512)
+            if ieee and forward.BH >= 512:
                 assert forward.b_shared and forward.k_chunks == 8, forward
+                few = choose(hidden, dispatch.IEEE_FMA_FORWARD_MIN_BATCH - 1, dtype, tf32,
+                             arch=arch, gates=4)
+                assert few.variant == "split" and few.use_dot == (few.BH > 512), few
             assert forward.gate_rows == 4 and backward.gate_rows == 1
             assert forward.BH == triton_next_pow2(hidden) and backward.BH == 4 * forward.BH
             if forward.BH > one_dimension:
