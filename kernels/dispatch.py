@@ -249,7 +249,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
 
 
 def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: int,
-                 gates: int, pass_: str, batch: int = 1):
+                 gates: int, pass_: str, batch: int):
     """Rule 4's split for a cell of several gates, or None where it has none (the backward's
     K = gates*BH past what a split program holds; the forward's BH past
     LSTM_SPLIT_FORWARD_MAX_BH). IEEE fp32 and fp64: split.py's configuration for an RNN of K
@@ -275,13 +275,13 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
     # the GRU's three gates take four slots (the fourth masked): its tiles are the LSTM's
     slots = 4
     K = slots * BH
-    if dtype == torch.float32 and not allow_tf32 and K > LSTM_SPLIT_MAX_K[4]:
-        # (past split.py's limit, to the tensor-core forward's in both passes)
+    if dtype == torch.float32 and not allow_tf32 and (
+            K > LSTM_SPLIT_MAX_K[4] or pass_ == "forward" and BH >= IEEE_FMA_FORWARD_MIN_BH
+            and batch >= IEEE_FMA_FORWARD_MIN_BATCH):
+        # (past split.py's limit, to the tensor-core forward's in both passes; and the forward
+        # where split.py's rows one after another cost more)
         if BH > LSTM_SPLIT_FORWARD_MAX_BH[4]:
             return None
-        return _ieee_split_gates(BH, K, arch, slots, pass_)
-    if dtype == torch.float32 and not allow_tf32 and pass_ == "forward" and \
-            BH >= IEEE_FMA_FORWARD_MIN_BH and batch >= IEEE_FMA_FORWARD_MIN_BATCH:
         return _ieee_split_gates(BH, K, arch, slots, pass_)
     if not split_on_tensor_cores(dtype, allow_tf32):
         if allow_tf32 and dtype == torch.float32 or K > LSTM_SPLIT_MAX_K[dtype.itemsize]:
@@ -332,8 +332,9 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
 def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
     """Rule 4's split for an IEEE fp32 layer of several gates past split.py's K = 2048 (H
     513-1024), and the forward of one of BH = 512 at batch IEEE_FMA_FORWARD_MIN_BATCH and more
-    (4 or 8 warps there: the same chunks of K over half of it): the tensor-core kernels' code with IEEE products (tl.dot with
-    input_precision="ieee", which Triton compiles to FMA on CUDA cores), B in shared memory
+    (4 or 8 warps there: the same chunks of K over half of it): the tensor-core kernels' code
+    with IEEE products (tl.dot with input_precision="ieee", which Triton compiles to FMA on
+    CUDA cores), B in shared memory
     and the state in K chunks of 16 or 8 elements (an FMA product holds its chunk of both
     operands in registers: whole parts of K spilled 0.6-3.6 KB). The forward: split_dot.py's
     B-in-shared form, 8 features a program (S = H/8: 128 programs at H = 1024, which an A100
