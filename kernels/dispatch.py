@@ -147,7 +147,12 @@ IEEE_GATED_BACKWARD = {(4, 4096): (64, 8, 8, 8)}
 # all of a 16-row tile at once (4.39 at every batch to 16; 64 programs, which an A100 holds
 # where split.py's 128 stream)
 IEEE_FMA_FORWARD_MIN_BATCH = 3
-IEEE_FMA_FORWARD_MIN_BH = 512  # (at BH = 256 split.py's 5.8 µs at batch 16 was not compared)
+IEEE_FMA_FORWARD_MIN_BH = 512
+# (BH = 256 compared, model, sm_90, LSTM H = 256: split.py 2.45 µs at batch 4, 3.72 at 8, 5.78 at
+# 16; the FMA form 2.74-2.96 at every batch to 16 in R = 16 or 32, KC = 4 or 8, 2 or 4 warps,
+# but each at 226-255 registers spilled 0-64 B by H (129, 150, 200, 256 compiled) and arch,
+# past the 32 B allowance somewhere on Triton 3.6 or 3.9, R = 16, KC = 4, 4 warps 3.9's 40-48 B:
+# not routed until a form at BH = 256 compiles within the allowance at every H.)
 # Features per program of the split LSTM backward, and its largest reduction length K = 4*BH,
 # by element bytes (dispatch rule 4, _split_gates; 4 bytes: IEEE fp32's split.py to K = 2048,
 # TF32's split_dot.py to 1024, past which it splits in two dimensions).
