@@ -22,7 +22,8 @@ The rule, in order (the resource report prints it beside every configuration):
    the accumulator dtype in registers. The launcher sizes the batch groups (on tensor cores
    at most one per row tile of the batch)
    and checks the grid against the device's co-resident capacity (launch.py); a layer whose
-   S slices do not fit even one group per launch falls back to streaming. At batch
+   S slices do not fit even one group per launch falls back to streaming (the IEEE fp32 gated
+   forward of BH = 512 first to a split of fewer programs: split_with_fewer_programs). At batch
    SPLIT_2D_MIN_BATCH and more, TF32 at BH = 1024-2048 and 16-bit at 2048 split in two
    dimensions (split_2d.py, `choose_split_2d`: row blocks of R rows times KP parts of the
    reduction, each block in shared memory, two barriers per step), where the model read from
@@ -145,7 +146,8 @@ IEEE_GATED_BACKWARD = {(4, 4096): (64, 8, 8, 8)}
 # rather than split.py from this batch on: split.py handles its batch rows one after another
 # (model, sm_90, LSTM H = 512: 2.47 µs a step at batch 1, 7.61 at 5, 21.8 at 16), the FMA form
 # all of a 16-row tile at once (4.39 at every batch to 16; 64 programs, which an A100 holds
-# where split.py's 128 stream)
+# where split.py's 128 do not: there the launcher takes it at every batch,
+# split_with_fewer_programs)
 IEEE_FMA_FORWARD_MIN_BATCH = 3
 IEEE_FMA_FORWARD_MIN_BH = 512
 # (BH = 256 compared, model, sm_90, LSTM H = 256: split.py 2.45 µs at batch 4, 3.72 at 8, 5.78 at
@@ -296,8 +298,9 @@ def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: i
         # whole (16: 48-176 B spilled in fp32 at H = 100-512), without the RNN's register cap
         # (launch.compile_options); fp32 in at most 8 warps: at K = 2048 (H 257-512) 16 warps (128
         # registers a thread) spilled 16-48 B on sm_90, 8 warps (216-232) none, sm_90 and
-        # sm_80, Triton 3.6 and 3.9. fp32 to H = 512 (its forward's 128 programs at 512 do not
-        # fit an A100, which streams them), fp64 to 256.
+        # sm_80, Triton 3.6 and 3.9. fp32 to H = 512 (where an A100 cannot hold its forward's
+        # programs, H 433-512, the launcher takes the FMA form: split_with_fewer_programs),
+        # fp64 to 256.
         if pass_ == "backward":
             cfg = choose_split(K, dtype, rows=8, allow_tf32=False, arch=arch)
             return cfg if dtype.itemsize == 8 else replace(cfg, num_warps=min(cfg.num_warps, 8))
@@ -360,6 +363,22 @@ def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
     # each warp a BH/warps part of K, in KC chunks of `chunk` (16 or 8 warps at BH = 1024)
     warps = max(1, min(16, BH // (cfg.k_chunks * chunk)))
     return replace(cfg, gate_rows=slots, num_warps=warps)
+
+
+def split_with_fewer_programs(cfg: Config, hidden_size: int, dtype: torch.dtype,
+                              allow_tf32: bool, arch: int, gates: int, pass_: str):
+    """The split the launcher tries next where a device cannot hold one group of `cfg`'s
+    programs (before it streams), or None: an IEEE fp32 gated forward of BH = 512 below batch
+    IEEE_FMA_FORWARD_MIN_BATCH takes _ieee_split_gates's FMA form, 8 features a program
+    (S = H/8: 64 programs at H = 512) where split.py's hold 4 (128, more than an A100's 108
+    SMs hold at one program an SM). Only a configuration with fewer programs than cfg's."""
+    BH = max(16, triton.next_power_of_2(hidden_size))
+    if not (gates > 1 and pass_ == "forward" and dtype == torch.float32 and not allow_tf32
+            and BH == IEEE_FMA_FORWARD_MIN_BH):
+        return None
+    fewer = _ieee_split_gates(BH, 4 * BH, arch, 4, pass_)
+    return fewer if fewer is not None and fewer.slices(hidden_size) < cfg.slices(hidden_size) \
+        else None
 
 
 def split_on_tensor_cores(dtype: torch.dtype, allow_tf32: bool) -> bool:

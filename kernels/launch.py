@@ -16,7 +16,8 @@ import triton.language as tl
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
 from .cells import GATES, GRU, GRU_SAVED, LSTM, RNN
-from .dispatch import SPLIT_MAX_REGISTERS, Config, choose, choose_cell
+from .dispatch import (SPLIT_MAX_REGISTERS, Config, choose, choose_cell,
+                       split_with_fewer_programs)
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
 from .split_2d import rnn_backward_split_2d_kernel, rnn_forward_split_2d_kernel
@@ -560,7 +561,10 @@ def _gated_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config, b_hh, 
     with _on_device(out):
         cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
                                            allow_tf32, config, cell=cell)
-        if cfg.variant == "split":
+        if cfg.k_parts > 1:
+            raise ValueError("the split in two dimensions (split_2d.py) runs the RNN's forward "
+                             "and every cell's backward, not a gated forward")
+        while cfg.variant == "split":
             strides = (*projs[0].stride()[:2], *out.stride()[:2], *h0.stride()[:2])
             options = _aligned(options, cfg, H, (*strides, *gates.stride()[:2]), w_strides)
             # c_{t-1} in ACC, c0 before the first step (the GRU's: h0, unread)
@@ -570,8 +574,12 @@ def _gated_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config, b_hh, 
                               cells, gates, carry), (T, N, H, HB),
                              (*strides, *w_strides, *gates.stride()[:2]), D):
                 return out, cells, gates
+            # the device cannot hold one group: a split of fewer programs, else streaming
+            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, device_arch(),
+                                              GATES[cell], "forward")
             cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
-                                               allow_tf32, split=False, cell=cell)
+                                               allow_tf32, fewer, split=fewer is not None,
+                                               cell=cell)
         if cfg.variant == "streaming":
             acc = acc_dtype(dtype)
             state = _empty((D, 2, N, H), dtype=acc, device=device)

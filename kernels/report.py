@@ -54,7 +54,7 @@ from .cells import GATES, GRU, LSTM, RNN
 
 # the report's cell names -> CELL values (kernels/cells.py)
 CELLS = {"rnn": RNN.value, "lstm": LSTM.value, "gru": GRU.value}
-from .dispatch import SHARED_PER_BLOCK, choose, choose_cell
+from .dispatch import Config, SHARED_PER_BLOCK, choose, choose_cell, split_with_fewer_programs
 from .launch import interpreting
 
 # Per-SM limits of the targets we ship for.
@@ -649,17 +649,19 @@ def programs_per_sm(arch: int, regs: int, shared: int, num_warps: int) -> int:
 
 
 def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: int = 1,
-            packed: bool = False, split: bool = True, cell: str = "rnn") -> Row:
+            packed: bool = False, split: bool = True, cell: str = "rnn",
+            config: Config = None) -> Row:
     """pass_: "forward" or "backward" (recurrence of a layer), or "cell" (RNNCell).
-    split=False: the configuration the launcher falls back to where split does not fit.
+    split=False: the configuration the launcher falls back to where split does not fit;
+    config: the split of fewer programs it tries before that (split_with_fewer_programs).
     cell: the recurrence's cell, "rnn", "lstm" or "gru"."""
     dtype, allow_tf32 = DTYPES[dtype_name]
     if pass_ == "cell":
         cfg = choose_cell(N, dtype)
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
     else:
-        cfg = choose(H, N, dtype, allow_tf32, split, arch=arch,
-                     gates=GATES[CELLS[cell]], pass_=pass_)
+        cfg = config or choose(H, N, dtype, allow_tf32, split, arch=arch,
+                               gates=GATES[CELLS[cell]], pass_=pass_)
         programs = triton.cdiv(N, cfg.BN) * directions
     ordering = []
     w_hh = "-"
@@ -688,8 +690,10 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         S = cfg.slices(H)
         plan = launch.split_plan(S, N, directions, capacity, launch.split_max_groups(cfg, N))
         if plan is None:  # what the launcher runs instead
-            row = measure(pass_, dtype_name, H, N, arch, directions, packed, split=False,
-                          cell=cell)
+            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, arch,
+                                              GATES[CELLS[cell]], pass_)
+            row = measure(pass_, dtype_name, H, N, arch, directions, packed,
+                          split=fewer is not None, cell=cell, config=fewer)
             row.w_hh += f" (split needs {S} programs, {capacity} fit)"
             return row
         else:

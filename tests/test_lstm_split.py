@@ -253,6 +253,73 @@ def test_ieee_fp32_forward_takes_fma_products_from_a_few_batch_rows(small_varian
     assert all(e < 1e-5 for e in errors.values()), errors
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_gated_forward_in_two_dimensions_is_refused(cell):
+    """split_2d.py has no gated forward: a configuration in two dimensions given to one is a
+    ValueError before any launch, not a launch with missing arguments."""
+    projs, h0, c0, weights, biases, _ = _layer(T=2, N=2, D=1, dtype=torch.float32,
+                                               packed=False)
+    parts = Config("split", True, 16, 64, 4, num_stages=1, R=16, k_parts=4)
+    with pytest.raises(ValueError, match="not a gated forward"):
+        if cell == "lstm":
+            launch.lstm_forward(projs, h0, c0, weights, None, True, parts, biases)
+        else:
+            launch.gru_forward([p[..., :3 * H] for p in projs], h0,
+                               [w[:3 * H] for w in weights], None, True, parts,
+                               [b[:3 * H] for b in biases])
+
+
+def test_a_device_that_cannot_hold_split_py_forward_takes_fma_products(small_variant,
+                                                                       monkeypatch):
+    """Where a device cannot hold one group of split.py's IEEE fp32 forward at BH = 512 (H
+    433-512 on an A100; here BH lowered to 128: H = 100, 25 programs, on a device holding 13),
+    the launcher runs the FMA form (13 programs of 8 features) below
+    IEEE_FMA_FORWARD_MIN_BATCH too, not the streaming variant; the backward, split.py's 13
+    programs, from what it saved: a packed (unsorted) batch of 2, every saved value and
+    gradient the float64 reference's to fp32's rounding."""
+    small_variant("split")
+    monkeypatch.setattr(dispatch, "IEEE_FMA_FORWARD_MIN_BH", 128)
+    monkeypatch.setattr(launch, "INTERPRETER_CAPACITY", 13)
+    ran, plan = [], launch._plan
+
+    def recording_plan(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        ran.append(planned[0])
+        return planned
+
+    monkeypatch.setattr(launch, "_plan", recording_plan)
+    layer = _layer(T=2, N=2, D=1, dtype=torch.float32, packed=True, hidden=100)
+    result = _run(layer, allow_tf32=False)
+    rows, fma, backward = ran
+    assert rows.variant == "split" and not rows.use_dot and rows.slices(100) > 13, rows
+    assert fma.variant == "split" and fma.use_dot and fma.b_shared, fma
+    assert fma.slices(100) <= 13 and backward.variant == "split" and not backward.use_dot
+    errors = {name: rel_err(a, b) for name, a, b in zip(NAMES, result, _reference(layer, result))}
+    assert all(e < 1e-5 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_split_with_fewer_programs_is_the_fma_forward_only(arch):
+    """split_with_fewer_programs gives the IEEE fp32 gated forward of BH = 512 at batch 1 the
+    FMA form with half split.py's programs; nothing for TF32, the backward, another BH, or a
+    batch that already takes the FMA form."""
+    def fewer(hidden, batch, tf32=False, pass_="forward", gates=4):
+        cfg = choose(hidden, batch, torch.float32, tf32, arch=arch, gates=gates, pass_=pass_)
+        return cfg, dispatch.split_with_fewer_programs(cfg, hidden, torch.float32, tf32, arch,
+                                                       gates, pass_)
+
+    for hidden in (433, 500, 512):
+        rows, fma = fewer(hidden, 1)
+        assert not rows.use_dot and fma.use_dot and fma.b_shared and fma.gate_rows == 4
+        assert fma.slices(hidden) == triton_cdiv(hidden, 8) < rows.slices(hidden) == \
+            triton_cdiv(hidden, 4)
+        assert fma == fewer(hidden, dispatch.IEEE_FMA_FORWARD_MIN_BATCH)[0]
+    assert fewer(500, 1, gates=3)[1] is not None  # the GRU's forward too
+    for args in ((500, 1, True), (500, 1, False, "backward"), (200, 1), (700, 1),
+                 (500, dispatch.IEEE_FMA_FORWARD_MIN_BATCH), (500, 1, False, "forward", 1)):
+        assert fewer(*args)[1] is None, args
+
+
 @pytest.mark.parametrize("proj", [0, 9], ids=["", "proj_size"])
 def test_split_lstm_module_matches_nn_lstm(proj, small_variant, variants):
     """triton_rnn.LSTM on the split in TF32: outputs, (h_n, c_n) and every gradient as
@@ -322,6 +389,10 @@ def test_dispatch_takes_lstm_layers_to_1024_on_tensor_cores_and_256_on_cuda_core
         forward, backward = (choose(largest + 1, 16, dtype, tf32, arch=arch, gates=4,
                                     pass_=p) for p in ("forward", "backward"))
         assert backward.variant == forward.variant == "streaming", (forward, backward)
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 def triton_next_pow2(n):
