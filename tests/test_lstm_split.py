@@ -227,14 +227,9 @@ def test_split_lstm_in_ieee_fp32_with_fma_products(small_variant, variants):
     assert all(e < 1e-5 for e in errors.values()), errors
 
 
-def test_ieee_fp32_forward_takes_fma_products_from_a_few_batch_rows(small_variant,
-                                                                    monkeypatch):
-    """The IEEE fp32 forward of H 257-512 at batch IEEE_FMA_FORWARD_MIN_BATCH and more (here
-    its lower BH lowered to 128: H = 100) runs the FMA form chosen by the dispatcher, the
-    backward split.py, one row at a time, from what that forward saved: a packed (unsorted)
-    batch of 3, every saved value and gradient the float64 reference's to fp32's rounding."""
-    small_variant("split")
-    monkeypatch.setattr(dispatch, "IEEE_FMA_FORWARD_MIN_BH", 128)
+def _record_plans(monkeypatch):
+    """The configurations the launchers plan, in order (the variants fixture records only
+    their variant names)."""
     ran, plan = [], launch._plan
 
     def recording_plan(*args, **kwargs):
@@ -243,6 +238,18 @@ def test_ieee_fp32_forward_takes_fma_products_from_a_few_batch_rows(small_varian
         return planned
 
     monkeypatch.setattr(launch, "_plan", recording_plan)
+    return ran
+
+
+def test_ieee_fp32_forward_takes_fma_products_from_a_few_batch_rows(small_variant,
+                                                                    monkeypatch):
+    """The IEEE fp32 forward of H 257-512 at batch IEEE_FMA_FORWARD_MIN_BATCH and more (here
+    its lower BH lowered to 128: H = 100) runs the FMA form chosen by the dispatcher, the
+    backward split.py, one row at a time, from what that forward saved: a packed (unsorted)
+    batch of 3, every saved value and gradient the float64 reference's to fp32's rounding."""
+    small_variant("split")
+    monkeypatch.setattr(dispatch, "IEEE_FMA_FORWARD_MIN_BH", 128)
+    ran = _record_plans(monkeypatch)
     layer = _layer(T=2, N=dispatch.IEEE_FMA_FORWARD_MIN_BATCH, D=1, dtype=torch.float32,
                    packed=True, hidden=100)
     result = _run(layer, allow_tf32=False)
@@ -280,14 +287,7 @@ def test_a_device_that_cannot_hold_split_py_forward_takes_fma_products(small_var
     small_variant("split")
     monkeypatch.setattr(dispatch, "IEEE_FMA_FORWARD_MIN_BH", 128)
     monkeypatch.setattr(launch, "INTERPRETER_CAPACITY", 13)
-    ran, plan = [], launch._plan
-
-    def recording_plan(*args, **kwargs):
-        planned = plan(*args, **kwargs)
-        ran.append(planned[0])
-        return planned
-
-    monkeypatch.setattr(launch, "_plan", recording_plan)
+    ran = _record_plans(monkeypatch)
     layer = _layer(T=2, N=2, D=1, dtype=torch.float32, packed=True, hidden=100)
     result = _run(layer, allow_tf32=False)
     rows, fma, backward = ran
