@@ -366,17 +366,17 @@ def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
 
 
 def split_with_fewer_programs(cfg: Config, hidden_size: int, dtype: torch.dtype,
-                              allow_tf32: bool, arch: int, gates: int, pass_: str):
+                              allow_tf32: bool, arch: int):
     """The split the launcher tries next where a device cannot hold one group of `cfg`'s
-    programs (before it streams), or None: an IEEE fp32 gated forward of BH = 512 below batch
+    programs (before it streams), or None: an IEEE fp32 gated forward (gate_rows > 1: only a
+    gated layer's forward holds several gates' rows) of BH = 512 below batch
     IEEE_FMA_FORWARD_MIN_BATCH takes _ieee_split_gates's FMA form, 8 features a program
     (S = H/8: 64 programs at H = 512) where split.py's hold 4 (128, more than an A100's 108
     SMs hold at one program an SM). Only a configuration with fewer programs than cfg's."""
-    BH = max(16, triton.next_power_of_2(hidden_size))
-    if not (gates > 1 and pass_ == "forward" and dtype == torch.float32 and not allow_tf32
-            and BH == IEEE_FMA_FORWARD_MIN_BH):
+    if not (cfg.gate_rows > 1 and dtype == torch.float32 and not allow_tf32
+            and cfg.BH == IEEE_FMA_FORWARD_MIN_BH):
         return None
-    fewer = _ieee_split_gates(BH, 4 * BH, arch, 4, pass_)
+    fewer = _ieee_split_gates(cfg.BH, cfg.gate_rows * cfg.BH, arch, cfg.gate_rows, "forward")
     return fewer if fewer is not None and fewer.slices(hidden_size) < cfg.slices(hidden_size) \
         else None
 

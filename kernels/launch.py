@@ -575,8 +575,7 @@ def _gated_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config, b_hh, 
                              (*strides, *w_strides, *gates.stride()[:2]), D):
                 return out, cells, gates
             # the device cannot hold one group: a split of fewer programs, else streaming
-            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, device_arch(),
-                                              GATES[cell], "forward")
+            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, device_arch())
             cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
                                                allow_tf32, fewer, split=fewer is not None,
                                                cell=cell)

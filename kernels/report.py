@@ -690,8 +690,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         S = cfg.slices(H)
         plan = launch.split_plan(S, N, directions, capacity, launch.split_max_groups(cfg, N))
         if plan is None:  # what the launcher runs instead
-            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, arch,
-                                              GATES[CELLS[cell]], pass_)
+            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, arch)
             row = measure(pass_, dtype_name, H, N, arch, directions, packed,
                           split=fewer is not None, cell=cell, config=fewer)
             row.w_hh += f" (split needs {S} programs, {capacity} fit)"

@@ -305,8 +305,7 @@ def test_split_with_fewer_programs_is_the_fma_forward_only(arch):
     batch that already takes the FMA form."""
     def fewer(hidden, batch, tf32=False, pass_="forward", gates=4):
         cfg = choose(hidden, batch, torch.float32, tf32, arch=arch, gates=gates, pass_=pass_)
-        return cfg, dispatch.split_with_fewer_programs(cfg, hidden, torch.float32, tf32, arch,
-                                                       gates, pass_)
+        return cfg, dispatch.split_with_fewer_programs(cfg, hidden, torch.float32, tf32, arch)
 
     for hidden in (433, 500, 512):
         rows, fma = fewer(hidden, 1)
