@@ -23,12 +23,15 @@ The rule, in order (the resource report prints it beside every configuration):
    at most one per row tile of the batch)
    and checks the grid against the device's co-resident capacity (launch.py); a layer whose
    S slices do not fit even one group per launch falls back to streaming (the IEEE fp32 gated
-   forward of BH = 512 first to a split of fewer programs: split_with_fewer_programs). At batch
-   SPLIT_2D_MIN_BATCH and more, TF32 at BH = 1024-2048 and 16-bit at 2048 split in two
-   dimensions (split_2d.py, `choose_split_2d`: row blocks of R rows times KP parts of the
-   reduction, each block in shared memory, two barriers per step), where the model read from
-   their compiled code beats the one-dimensional form's (tf32 H = 2048, batch 64: 5.18 against
-   14.90 µs per step; 16-bit H = 1024 stays one-dimensional: 2.19 against 3.44).
+   forward of BH = 512 first to a split of fewer programs: split_with_fewer_programs). TF32 at
+   BH = 1024-2048 and 16-bit at 2048 split in two dimensions (split_2d.py, `choose_split_2d`:
+   row blocks of R rows times KP parts of the reduction, each block in shared memory, two
+   barriers per step) where the one-dimensional form's batch groups would each hold more than
+   SPLIT_2D_MIN_ROWS rows: there the model read from their compiled code beats the
+   one-dimensional form's (tf32 H = 2048, batch 32: 3.99 against 7.95 µs per step; batch 64:
+   5.18 against 14.90; 16-bit H = 1024 stays one-dimensional: 2.19 against 3.44). Where the
+   device cannot hold the two-dimensional form's programs, the one-dimensional form runs if
+   it has fewer (split_with_fewer_programs).
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
    elementwise product holds it in the accumulator dtype, converted once before the loop); the
    streaming variant uses 4 warps, BJ = 32 and two pipeline stages, so the next chunk of W_hh
@@ -124,14 +127,26 @@ SPLIT_DOT_OPERAND_REGISTERS = 160
 SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448,
                     103: 232448, 120: 101376}
 SHARED_PER_BLOCK_OTHER = 65536
-# The split in two dimensions (split_2d.py): batches of at least SPLIT_2D_MIN_BATCH rows, in
-# row tiles of SPLIT_2D_BN, at the (operand bytes, BH) it has a configuration for:
-# (R rows of B, KP parts of the reduction, KC state chunks, warps), each program's block of B
-# (R x BH/KP) in shared memory, at most SPLIT_2D_SHARED bytes of it per program in all (sm_80's
-# opt-in maximum: what compiled without spills, sm_90 and sm_80, Triton 3.6 and the newest).
-SPLIT_2D_MIN_BATCH = 64
+# The split in two dimensions (split_2d.py), in row tiles of SPLIT_2D_BN, at the (operand
+# bytes, BH) it has a configuration for: (R rows of B, KP parts of the reduction, KC state
+# chunks, warps), each program's block of B (R x BH/KP) in shared memory, at most
+# SPLIT_2D_SHARED bytes of it per program in all (sm_80's opt-in maximum: what compiled without
+# spills, sm_90 and sm_80, Triton 3.6 and the newest).
 SPLIT_2D_BN = 64
 SPLIT_2D = {(4, 2048): (128, 8, 8, 4), (2, 2048): (128, 4, 4, 4), (4, 1024): (64, 4, 4, 4)}
+# It runs where each batch group of the one-dimensional form (split_dot.py) would hold more
+# rows than this (one direction, one program an SM: split_dot.py's programs at these sizes hold
+# 117-242 registers in 8-16 warps). The two forms' models (sm_90, forward and backward, H
+# 528-2048, batch 8-256) cross there: one-dimensional steps grow with the rows a group reads
+# the state for, two-dimensional ones are flat to a row tile of 64 (tf32 H = 2048: 24 rows
+# 6.41 µs against 3.80, 12 rows 3.71 against 3.80; bf16 H = 2048, 16 rows 2.95 against 3.75;
+# tf32 H = 768, 24 rows 3.36 against 3.67, 48 rows 4.83 against 3.71). Over that grid the
+# rule's choice is never modeled slower than the batch-64 rule it replaced, and at most 0.8 µs
+# slower than the better form (tf32 H = 2048 at 16 rows).
+SPLIT_2D_MIN_ROWS = {(4, 2048): 16, (2, 2048): 16, (4, 1024): 24}
+# The SMs that estimate of the groups takes, by compute capability (an A100's, an H100's, a
+# B200's; the sm_90 model's elsewhere): the launcher then sizes the groups for the device.
+SPLIT_2D_SMS = {80: 108, 90: 132, 100: 148}
 SPLIT_2D_WARPS_SM80 = {(2, 2048): 8, (4, 1024): 8}  # (4 warps spilled 40-128 B on sm_80)
 SPLIT_2D_SHARED = 166912
 # ... and the backward of the gated cells past what split_dot.py holds (rule 4: TF32 past
@@ -247,12 +262,34 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         if cfg is not None:
             return cfg
     elif split and BH <= SPLIT_MAX_BH[elem]:
-        if batch >= SPLIT_2D_MIN_BATCH and split_on_tensor_cores(dtype, allow_tf32):
-            cfg = choose_split_2d(BH, dtype, arch, ragged)
-            if cfg is not None:
-                return cfg
-        return choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
+        cfg = choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
+        rows_needed = SPLIT_2D_MIN_ROWS.get((elem, BH))
+        if split_on_tensor_cores(dtype, allow_tf32) and rows_needed is not None and \
+                _rows_per_group(cfg, hidden_size, batch, arch) > rows_needed:
+            return choose_split_2d(BH, dtype, arch, ragged) or cfg
+        return cfg
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
+
+
+def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
+    """(groups G, batch rows per group, directions per launch) for S slices on a device that
+    holds `capacity` programs at once, or None if one group of S programs does not fit.
+    Both directions share a launch when they fit; else one launch per direction. As many
+    groups as fit (up to max_groups), rows spread evenly over them."""
+    if S > capacity:
+        return None
+    per_launch = D if S * D <= capacity else 1
+    groups = min(N, capacity // (S * per_launch), max_groups or N)
+    rows = triton.cdiv(N, max(1, groups))
+    return triton.cdiv(N, rows), rows, per_launch
+
+
+def _rows_per_group(cfg: Config, hidden_size: int, batch: int, arch: int) -> int:
+    """The batch rows each group of the tensor-core split `cfg` would hold for one direction
+    at one program an SM of SPLIT_2D_SMS (all of them where one group does not fit)."""
+    plan = split_plan(cfg.slices(hidden_size), batch, 1, SPLIT_2D_SMS.get(arch, SPLIT_2D_SMS[90]),
+                      triton.cdiv(batch, cfg.BN))
+    return batch if plan is None else plan[1]
 
 
 def _split_gates(hidden_size: int, dtype: torch.dtype, allow_tf32: bool, arch: int,
@@ -368,15 +405,25 @@ def _ieee_split_gates(BH: int, K: int, arch: int, slots: int, pass_: str):
 def split_with_fewer_programs(cfg: Config, hidden_size: int, dtype: torch.dtype,
                               allow_tf32: bool, arch: int):
     """The split the launcher tries next where a device cannot hold one group of `cfg`'s
-    programs (before it streams), or None: an IEEE fp32 gated forward (gate_rows > 1: only a
-    gated layer's forward holds several gates' rows) of BH = 512 below batch
-    IEEE_FMA_FORWARD_MIN_BATCH takes _ieee_split_gates's FMA form, 8 features a program
-    (S = H/8: 64 programs at H = 512) where split.py's hold 4 (128, more than an A100's 108
-    SMs hold at one program an SM). Only a configuration with fewer programs than cfg's."""
-    if not (cfg.gate_rows > 1 and dtype == torch.float32 and not allow_tf32
-            and cfg.BH == IEEE_FMA_FORWARD_MIN_BH):
+    programs (before it streams), or None; only a configuration with fewer programs than
+    cfg's:
+    - an RNN layer's split in two dimensions (k_parts > 1): its one-dimensional form, which
+      has fewer where H is not a multiple of the row blocks (tf32 H = 1700: 107 programs
+      against 112, an A100 holds 108);
+    - an IEEE fp32 gated forward (gate_rows > 1: only a gated layer's forward holds several
+      gates' rows) of BH = 512 below batch IEEE_FMA_FORWARD_MIN_BATCH: _ieee_split_gates's
+      FMA form, 8 features a program (S = H/8: 64 programs at H = 512) where split.py's hold
+      4 (128, more than an A100's 108 SMs hold at one program an SM)."""
+    if cfg.k_parts > 1 and cfg.BH == max(16, triton.next_power_of_2(hidden_size)):
+        # (the RNN's: B as wide as H; the gated cells' backward reduces over K = 4 BH)
+        fewer = choose_split(cfg.BH, dtype, allow_tf32=allow_tf32, arch=arch,
+                             ragged=hidden_size % 16 != 0)
+    elif cfg.gate_rows > 1 and dtype == torch.float32 and not allow_tf32 \
+            and cfg.BH == IEEE_FMA_FORWARD_MIN_BH:
+        fewer = _ieee_split_gates(cfg.BH, cfg.gate_rows * cfg.BH, arch, cfg.gate_rows,
+                                  "forward")
+    else:
         return None
-    fewer = _ieee_split_gates(cfg.BH, cfg.gate_rows * cfg.BH, arch, cfg.gate_rows, "forward")
     return fewer if fewer is not None and fewer.slices(hidden_size) < cfg.slices(hidden_size) \
         else None
 

@@ -16,7 +16,7 @@ import triton.language as tl
 from . import concurrent_interpreter, failures, occupancy
 from .cell import rnn_cell_forward_kernel
 from .cells import GATES, GRU, GRU_SAVED, LSTM, RNN
-from .dispatch import (SPLIT_MAX_REGISTERS, Config, choose, choose_cell,
+from .dispatch import (SPLIT_MAX_REGISTERS, Config, choose, choose_cell, split_plan,
                        split_with_fewer_programs)
 from .recurrence import rnn_backward_resident_kernel, rnn_forward_resident_kernel
 from .split import rnn_backward_split_kernel, rnn_forward_split_kernel
@@ -219,17 +219,13 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
         (triton.cdiv(N, cfg.BN), D), options
 
 
-def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
-    """(groups G, batch rows per group, directions per launch) for S slices on a device that
-    holds `capacity` programs at once, or None if one group of S programs does not fit.
-    Both directions share a launch when they fit; else one launch per direction. As many
-    groups as fit (up to max_groups), rows spread evenly over them."""
-    if S > capacity:
-        return None
-    per_launch = D if S * D <= capacity else 1
-    groups = min(N, capacity // (S * per_launch), max_groups or N)
-    rows = triton.cdiv(N, max(1, groups))
-    return triton.cdiv(N, rows), rows, per_launch
+def _fewer_programs(pass_: str, cfg: Config, H: int, N: int, D: int, dtype, lengths,
+                    relu: bool, allow_tf32: bool, cell: int = RNN.value):
+    """The plan a launcher tries next where the device cannot hold one group of `cfg`'s
+    programs: a split of fewer programs (split_with_fewer_programs), else streaming."""
+    fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, device_arch())
+    return _plan(pass_, H, N, D, dtype, lengths, relu, allow_tf32, fewer,
+                 split=fewer is not None, cell=cell)
 
 
 def split_max_groups(cfg: Config, N: int):
@@ -368,12 +364,12 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
     p_len = lengths_argument(lengths, out.device)
     s_pt, s_pn = projs[0].stride(0), projs[0].stride(1)
     w_strides = _weight_operand(weights[0], transpose=True)
+    row_strides = (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2])
     with _on_device(out):
         cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
                                            allow_tf32, config)
-        options = _aligned(options, cfg, H, (s_pt, s_pn, *out.stride()[:2], *h0.stride()[:2]),
-                           w_strides)
-        if cfg.variant == "split":
+        while cfg.variant == "split":
+            options = _aligned(options, cfg, H, row_strides, w_strides)
             # the split kernels' LSTM arguments (cell states, gates, carry), unread
             lstm = ((out,) * 3, _NO_GATES[:2])
             if _launch_split("forward", kernel, cfg, options,
@@ -381,11 +377,11 @@ def recurrence_forward(proj, h0, w_hh, lengths, relu: bool, allow_tf32: bool,
                                  cfg, D, N, H,
                                  (*_pair(projs), h0, *_pair(weights), *_pair(biases), out,
                                   p_len, *lstm[0]),
-                                 (s_pt, s_pn, out.stride(0), out.stride(1), h0.stride(0),
-                                  h0.stride(1), *w_strides, *lstm[1]), (T, N, H, HB)), D):
+                                 (*row_strides, *w_strides, *lstm[1]), (T, N, H, HB)), D):
                 return out
-            cfg, kernel, grid, options = _plan("forward", H, N, D, out.dtype, lengths, relu,
-                                               allow_tf32, split=False)
+            # the device cannot hold one group: a split of fewer programs, else streaming
+            cfg, kernel, grid, options = _fewer_programs("forward", cfg, H, N, D, out.dtype,
+                                                         lengths, relu, allow_tf32)
         if cfg.variant == "resident":
             kernel[grid](
                 *_pair(projs), h0, *_pair(weights), *_pair(biases), out, p_len, *(out,) * 3,
@@ -416,11 +412,12 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
         return dz, dh0
     p_len = lengths_argument(lengths, out.device)
     w_strides = _weight_operand(weights[0], transpose=False)
+    row_strides = (*out.stride()[:2], *dh0.stride()[:2])
     with _on_device(out):
         cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
                                            allow_tf32, config)
-        options = _aligned(options, cfg, H, (*out.stride()[:2], *dh0.stride()[:2]), w_strides)
-        if cfg.variant == "split":
+        while cfg.variant == "split":
+            options = _aligned(options, cfg, H, row_strides, w_strides)
             carry = _empty((D, N, H), dtype=acc_dtype(out.dtype), device=out.device)
             lstm = ((out,) * 6, _NO_GATES[:2])  # the split kernels' LSTM arguments, unread
             strides = (out.stride(0), out.stride(1), *w_strides, dh0.stride(0), dh0.stride(1),
@@ -429,8 +426,8 @@ def recurrence_backward(dout, out, w_hh, lengths, relu: bool, allow_tf32: bool,
                     cfg, D, N, H, (dout, out, *_pair(weights), dz, dh0, carry, p_len, *lstm[0]),
                     strides, (T, N, H)), D):
                 return dz, dh0
-            cfg, kernel, grid, options = _plan("backward", H, N, D, out.dtype, lengths, relu,
-                                               allow_tf32, split=False)
+            cfg, kernel, grid, options = _fewer_programs("backward", cfg, H, N, D, out.dtype,
+                                                         lengths, relu, allow_tf32)
         if cfg.variant == "resident":
             kernel[grid](
                 dout, out, *_pair(weights), dz, dh0, p_len, *(out,) * 5, T, N, H,
@@ -575,10 +572,8 @@ def _gated_forward(proj, h0, c0, w_hh, lengths, allow_tf32: bool, config, b_hh, 
                              (*strides, *w_strides, *gates.stride()[:2]), D):
                 return out, cells, gates
             # the device cannot hold one group: a split of fewer programs, else streaming
-            fewer = split_with_fewer_programs(cfg, H, dtype, allow_tf32, device_arch())
-            cfg, kernel, grid, options = _plan("forward", H, N, D, dtype, lengths, False,
-                                               allow_tf32, fewer, split=fewer is not None,
-                                               cell=cell)
+            cfg, kernel, grid, options = _fewer_programs("forward", cfg, H, N, D, dtype,
+                                                         lengths, False, allow_tf32, cell)
         if cfg.variant == "streaming":
             acc = acc_dtype(dtype)
             state = _empty((D, 2, N, H), dtype=acc, device=device)

@@ -125,10 +125,10 @@ def test_shipped_step_model_covers_what_the_kernels_run(monkeypatch):
     assert step_models.ours_us("tf32", 2048, 16, False, arch=90) == table[("tf32", 2048, 16)][
         "forward"]
     # a call whose own size gets another configuration than its buckets' row models: the
-    # split in two dimensions from batch 64 (a batch of 40 is in bucket 64) and not at a
-    # ragged hidden size past 1024 (2040 is in bucket 2048)
-    assert step_models.ours_us("tf32", 2048, 64, False) == table[("tf32", 2048, 64)]["forward"]
-    assert step_models.ours_us("tf32", 2048, 40, False) is None
+    # split in two dimensions at H = 1024 past 24 rows a group (batch 40: two groups of 20; it
+    # is in bucket 64, of 32) and not at a ragged hidden size past 1024 (2040 is in bucket 2048)
+    assert step_models.ours_us("tf32", 1024, 64, False) == table[("tf32", 1024, 64)]["forward"]
+    assert step_models.ours_us("tf32", 1024, 40, False) is None
     assert step_models.ours_us("tf32", 2040, 64, False) is None
     row = dict(table[("bf16", 1024, 16)], forward_config="split/elementwise BN=1 R=16")
     monkeypatch.setattr(step_models, "_table", lambda: {("bf16", 1024, 16): row})

@@ -66,13 +66,13 @@ def test_launcher_matches_reference(case, monkeypatch):
 
 @pytest.fixture
 def two_dimensional_routing(monkeypatch):
-    """The dispatcher sends tensor-core split layers of BH = 64 at batch 2 and more to the
-    split in two dimensions (row blocks of 16, two parts of the reduction), as it sends TF32 at
-    H = 2048 and batch 64; the resident limit is lowered to 32 so that H = 40 splits. Returns
-    the kernel names launched."""
+    """The dispatcher sends tensor-core split layers of BH = 64 whose one-dimensional
+    groups would hold more than one row to the split in two dimensions (row blocks of 16, two
+    parts of the reduction), as it sends TF32 at H = 2048 past 16 rows; the resident limit is
+    lowered to 32 so that H = 40 splits. Returns the kernel names launched."""
     monkeypatch.setattr(dispatch, "RESIDENT_MAX_BH", dict.fromkeys(dispatch.RESIDENT_MAX_BH, 32))
     monkeypatch.setattr(dispatch, "SPLIT_2D", {(4, 64): (16, 2, 2, 4), (2, 64): (16, 2, 1, 4)})
-    monkeypatch.setattr(dispatch, "SPLIT_2D_MIN_BATCH", 2)
+    monkeypatch.setattr(dispatch, "SPLIT_2D_MIN_ROWS", {(4, 64): 1, (2, 64): 1})
     monkeypatch.setattr(dispatch, "SPLIT_2D_BN", 16)
     launched, original = [], ci.launch
 
@@ -100,6 +100,29 @@ def test_module_matches_nn_rnn(packed, two_dimensional_routing):
         assert rel_err(got[name], expected[name]) < 5e-3, name
     assert set(two_dimensional_routing) == {"rnn_forward_split_2d_kernel",
                                             "rnn_backward_split_2d_kernel"}
+
+
+def test_a_device_that_cannot_hold_it_runs_the_one_dimensional_form(two_dimensional_routing,
+                                                                      monkeypatch):
+    """Where the device holds fewer programs than the split in two dimensions has (here 5:
+    its 6 at H = 40, row blocks of 16 times 2 parts) and more than its one-dimensional form's,
+    both passes run the one-dimensional form (split_dot.py), not streaming, and match float64
+    nn.RNN to TF32's rounding (packed, unsorted)."""
+    H, N, T = 40, 3, 4
+    two_d = dispatch.choose(H, N, torch.float32, True)
+    one_d = dispatch.split_with_fewer_programs(two_d, H, torch.float32, True, None)
+    assert two_d.k_parts == 2 and one_d.k_parts == 1 and one_d.use_dot
+    assert one_d.slices(H) < 5 < two_d.slices(H)
+    monkeypatch.setattr(launch, "INTERPRETER_CAPACITY", 5)
+    ours, ref = make_pair(5, H, 1, "tanh")
+    x = torch.randn(T, N, 5)
+    h0 = torch.randn(1, N, H) * 0.5
+    got = _grads(ours, x.to(DEVICE), h0.to(DEVICE), [2, 4, 3])
+    expected = _grads(ref, x.double(), h0.double(), [2, 4, 3])
+    for name in expected:
+        assert rel_err(got[name], expected[name]) < 5e-3, name
+    assert set(two_dimensional_routing) == {"rnn_forward_split_dot_kernel",
+                                            "rnn_backward_split_dot_kernel"}
 
 
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
@@ -170,15 +193,24 @@ def test_a_barrier_that_does_not_wait_is_caught(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype,allow_tf32,H,N,arch,k_parts", [
-    (torch.float32, True, 2048, 64, 90, 8), (torch.float32, True, 2048, 16, 90, 1),
-    (torch.float32, True, 1024, 256, 80, 4), (torch.bfloat16, False, 2048, 64, 80, 4),
+    (torch.float32, True, 2048, 64, 90, 8), (torch.float32, True, 2048, 17, 90, 8),
+    (torch.float32, True, 2048, 16, 90, 1), (torch.float32, True, 1040, 32, 90, 1),
+    (torch.float32, True, 1040, 33, 90, 8), (torch.float32, True, 1024, 256, 80, 4),
+    (torch.float32, True, 1024, 48, 90, 1), (torch.float32, True, 1024, 49, 90, 4),
+    (torch.float32, True, 768, 49, 90, 4), (torch.float32, True, 528, 64, 90, 1),
+    (torch.bfloat16, False, 2048, 64, 80, 4), (torch.bfloat16, False, 2048, 32, 90, 1),
+    (torch.bfloat16, False, 2048, 33, 90, 4), (torch.bfloat16, False, 1040, 64, 90, 1),
     (torch.float16, False, 1504, 64, 90, 4), (torch.float16, False, 1500, 64, 90, 1),
-    (torch.float32, True, 600, 64, 90, 4), (torch.bfloat16, False, 1024, 64, 90, 1),
-    (torch.float32, False, 2048, 64, 90, 1), (torch.float32, True, 2048, 64, 86, 1)])
+    (torch.float32, True, 600, 96, 90, 4), (torch.float32, True, 600, 64, 90, 1),
+    (torch.bfloat16, False, 1024, 64, 90, 1), (torch.float32, False, 2048, 64, 90, 1),
+    (torch.float32, True, 2048, 64, 86, 1)])
 def test_dispatch_rule(dtype, allow_tf32, H, N, arch, k_parts):
-    """At batch 64 and more the tensor-core split of TF32 H 1024-2048 and 16-bit H 2048 runs
-    in two dimensions (its model beats the one-dimensional form's there: dispatch.SPLIT_2D);
-    below 64 rows, in IEEE fp32, at 16-bit H = 1024, at a hidden size past 1024 that is not a
+    """The tensor-core split of TF32 H 1024-2048 and 16-bit H 2048 runs in two dimensions
+    where each group of the one-dimensional form would hold more than 16 rows (TF32 at
+    BH = 1024: 24), its groups sized for one program an SM of an H100 (A100: 108 SMs): tf32
+    H = 2048 from batch 17 (128 slices: one group), H = 1040 from 33 (65: two groups), 1024
+    from 49, bf16 H = 2048 from 33, bf16 H = 1040 not at 64 (33 slices: four groups of 16).
+    Below that, in IEEE fp32, at 16-bit H = 1024, at a hidden size past 1024 that is not a
     multiple of 16 and where shared memory per block is sm_86's 99 KB, the one-dimensional
     form runs."""
     cfg = dispatch.choose(H, N, dtype, allow_tf32, arch=arch)

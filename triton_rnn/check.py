@@ -11,7 +11,7 @@ triton_rnn.LSTM ("lstm": its resident kernels; "lstm-split": the split, on tenso
 and TF32, one row at a time in fp64; "lstm-streaming": past the split) and LSTMCell against
 nn.LSTM and nn.LSTMCell, triton_rnn.GRU ("gru": its resident kernels; "gru-split": the split
 on tensor cores; "gru-streaming" beyond) and GRUCell against nn.GRU and nn.GRUCell; the split
-in two dimensions ("split-2d": the RNN's at batch 64; "lstm-2d": the LSTM's TF32 backward);
+in two dimensions ("split-2d": the RNN's, at batch 64 on a GPU; "lstm-2d": the LSTM's TF32 backward);
 IEEE fp32 LSTM and GRU layers past split.py's reach ("lstm-fma", "gru-fma": FMA products, the
 forward with B in shared memory, the backward in two dimensions);
 the forward's output and h_n (and c_n), then the gradients of the input, the initial states
@@ -67,7 +67,8 @@ SIZES = {"resident": (64, 24, 64), "split": (512, 40, 64), "streaming": (4096, 4
          "gru-streaming": (1100, 40, 8),
          "gru-cell": (256, 40, 1), "split-2d": (1024, 40, 64), "lstm-2d": (512, 40, 64),
          "lstm-fma": (768, 40, 64), "gru-fma": (768, 40, 64)}
-# variant -> batch on a GPU (16 otherwise): the RNN's split in two dimensions takes 64 rows
+# variant -> batch on a GPU (16 otherwise): the RNN's split in two dimensions at H = 1024
+# takes more than 24 rows a group of the one-dimensional form (dispatch.SPLIT_2D_MIN_ROWS)
 BATCH = {"split-2d": 64}
 # variant -> (ours, torch.nn's) and the kernel variant that must run it
 MODULES = {"cell": (RNNCell, nn.RNNCell), "lstm": (LSTM, nn.LSTM),
@@ -106,7 +107,8 @@ def _two_dimensions(variant: str, interpreted: bool):
     parts, and the RNN's at the interpreted batch of 3."""
     patches = {}
     if interpreted and variant == "split-2d":
-        patches = dict(SPLIT_2D={(4, 64): (16, 2, 2, 4)}, SPLIT_2D_MIN_BATCH=2, SPLIT_2D_BN=16)
+        patches = dict(SPLIT_2D={(4, 64): (16, 2, 2, 4)}, SPLIT_2D_MIN_ROWS={(4, 64): 1},
+                       SPLIT_2D_BN=16)
     elif interpreted and variant == "lstm-2d":
         patches = dict(SPLIT_2D_GATED_BACKWARD={(4, 256): (16, 2, 2, 4)})
     elif interpreted and variant in ("lstm-fma", "gru-fma"):  # (split.py's K limit under 256)

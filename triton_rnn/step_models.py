@@ -89,8 +89,8 @@ def ours_us(dtype: str, hidden: int, batch: int, training: bool, arch: int = 90)
     another configuration than the dispatcher picks for `arch` (the table is sm_90's: another
     GPU's dispatcher may pick another configuration; or the table was not written again after
     the dispatcher changed; or the call's own hidden size and batch get another configuration
-    than their buckets: the split in two dimensions starts at batch 64 and is not taken at a
-    ragged hidden size past 1024)."""
+    than their buckets: the split in two dimensions starts at a number of rows a group,
+    dispatch.SPLIT_2D_MIN_ROWS, and is not taken at a ragged hidden size past 1024)."""
     table = _table()
     exact_hidden, exact_batch = hidden, batch
     hidden, batch = max(16, bucket(hidden)), bucket(batch)
