@@ -27,9 +27,11 @@ The rule, in order (the resource report prints it beside every configuration):
    BH = 1024-2048 and 16-bit at 2048 split in two dimensions (split_2d.py, `choose_split_2d`:
    row blocks of R rows times KP parts of the reduction, each block in shared memory, two
    barriers per step) where the one-dimensional form's batch groups would each hold more than
-   SPLIT_2D_MIN_ROWS rows: there the model read from their compiled code beats the
-   one-dimensional form's (tf32 H = 2048, batch 32: 3.99 against 7.95 µs per step; batch 64:
-   5.18 against 14.90; 16-bit H = 1024 stays one-dimensional: 2.19 against 3.44). Where the
+   SPLIT_2D_MIN_ROWS rows (two directions that share a launch share its groups): there the
+   model read from their compiled code beats the one-dimensional form's (tf32 H = 2048, batch
+   32: 3.99 against 7.95 µs per step; batch 64: 5.18 against 14.90; tf32 H = 1024 in two
+   directions, batch 48: 4.30 against 6.85; 16-bit H = 1024 stays one-dimensional: 2.19
+   against 3.44). Where the
    device cannot hold the two-dimensional form's programs, the one-dimensional form runs if
    it has fewer (split_with_fewer_programs).
 3. Warps: enough that the resident W_hh tile needs at most ~64 registers per thread (the
@@ -220,14 +222,15 @@ class Config:
 
 def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = True,
            split: bool = True, arch: int = None, gates: int = 1,
-           pass_: str = "forward") -> Config:
+           pass_: str = "forward", directions: int = 1) -> Config:
     """The configuration rules 1-4 give; split=False skips the split variant (the launcher's
     fallback where a device cannot hold one group of its programs at once). arch: the target's
     compute capability (90 for sm_90), None when unknown (the interpreter). gates: rows of
     W_hh per hidden feature (cells.GATES: 1 for RNN, 4 for LSTM); a resident program holds
     all of them, so its tiles take the budget of one (BH, BH) tile at RESIDENT_MAX_BH
     together (LSTM: BH <= 64 in 16 and 32 bits, 32 in fp64). pass_: "forward" or "backward",
-    which differ only for a split LSTM layer (rule 4)."""
+    which differ only for a split LSTM layer (rule 4). directions: the layer's (1 or 2), which
+    share a launch where they fit and so the batch groups an RNN split may form (rule 2)."""
     BH = max(16, triton.next_power_of_2(hidden_size))
     elem = dtype.itemsize
     resident = gates * BH * BH <= RESIDENT_MAX_BH[elem] ** 2
@@ -265,7 +268,7 @@ def choose(hidden_size: int, batch: int, dtype: torch.dtype, allow_tf32: bool = 
         cfg = choose_split(BH, dtype, allow_tf32=allow_tf32, arch=arch, ragged=ragged)
         rows_needed = SPLIT_2D_MIN_ROWS.get((elem, BH))
         if split_on_tensor_cores(dtype, allow_tf32) and rows_needed is not None and \
-                _rows_per_group(cfg, hidden_size, batch, arch) > rows_needed:
+                _rows_per_group(cfg, hidden_size, batch, arch, directions) > rows_needed:
             return choose_split_2d(BH, dtype, arch, ragged) or cfg
         return cfg
     return Config("streaming", use_dot, BN, STREAM_CHUNK, num_warps=4, num_stages=2)
@@ -284,11 +287,14 @@ def split_plan(S: int, N: int, D: int, capacity: int, max_groups: int = None):
     return triton.cdiv(N, rows), rows, per_launch
 
 
-def _rows_per_group(cfg: Config, hidden_size: int, batch: int, arch: int) -> int:
-    """The batch rows each group of the tensor-core split `cfg` would hold for one direction
-    at one program an SM of SPLIT_2D_SMS (all of them where one group does not fit)."""
-    plan = split_plan(cfg.slices(hidden_size), batch, 1, SPLIT_2D_SMS.get(arch, SPLIT_2D_SMS[90]),
-                      triton.cdiv(batch, cfg.BN))
+def _rows_per_group(cfg: Config, hidden_size: int, batch: int, arch: int,
+                    directions: int) -> int:
+    """The batch rows each group of the tensor-core split `cfg` would hold at one program an
+    SM of SPLIT_2D_SMS (all of them where one group does not fit): two directions that share
+    a launch leave half the groups (bf16 H = 2048: 64 programs a direction, batch 32 in one
+    group of 32 rows, not two of 16)."""
+    plan = split_plan(cfg.slices(hidden_size), batch, directions,
+                      SPLIT_2D_SMS.get(arch, SPLIT_2D_SMS[90]), triton.cdiv(batch, cfg.BN))
     return batch if plan is None else plan[1]
 
 

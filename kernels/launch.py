@@ -211,7 +211,7 @@ def _plan(pass_: str, H: int, N: int, D: int, dtype, lengths, relu: bool, allow_
     or the dispatcher's choice (split=False: its fallback where split does not fit) for the
     current device: callers plan inside _on_device(their output). cell: the CELL of cells.py."""
     cfg = cfg or choose(H, N, dtype, allow_tf32, split, arch=device_arch(), gates=GATES[cell],
-                        pass_=pass_)
+                        pass_=pass_, directions=D)
     flags = {"CELL": cell} if cell != RNN.value else {}
     options = compile_options(cfg, dtype, relu, allow_tf32,
                               HAS_LENGTHS=int(lengths is not None), **flags)

@@ -661,7 +661,7 @@ def measure(pass_: str, dtype_name: str, H: int, N: int, arch: int, directions: 
         programs = triton.cdiv(N, cfg.BN) * triton.cdiv(H, cfg.BH)
     else:
         cfg = config or choose(H, N, dtype, allow_tf32, split, arch=arch,
-                               gates=GATES[CELLS[cell]], pass_=pass_)
+                               gates=GATES[CELLS[cell]], pass_=pass_, directions=directions)
         programs = triton.cdiv(N, cfg.BN) * directions
     ordering = []
     w_hh = "-"
@@ -811,7 +811,7 @@ def _group_key(case) -> tuple:
     dtype, allow_tf32 = DTYPES[dtype_name]
     cfg = choose_cell(N, dtype) if pass_ == "cell" else \
         choose(H, N, dtype, allow_tf32, arch=arch,
-               gates=GATES[CELLS[cell]])
+               gates=GATES[CELLS[cell]], directions=case[5])
     return arch, cell, pass_, dtype_name, case[5], cfg
 
 

@@ -218,3 +218,20 @@ def test_dispatch_rule(dtype, allow_tf32, H, N, arch, k_parts):
     if k_parts > 1:
         assert cfg.slices(H) == -(-H // cfg.R) * k_parts and cfg.features == cfg.R // k_parts
         assert cfg.BH // k_parts * cfg.R * (2 if dtype.itemsize == 2 else 4) <= 128 * 1024
+
+
+@pytest.mark.parametrize("dtype,allow_tf32,H,N,one_direction,two_directions", [
+    (torch.float32, True, 1024, 25, 1, 4), (torch.float32, True, 1024, 24, 1, 1),
+    (torch.float32, True, 1024, 49, 4, 4), (torch.bfloat16, False, 2048, 17, 1, 4),
+    (torch.bfloat16, False, 2048, 16, 1, 1), (torch.float32, True, 2048, 17, 8, 8),
+    (torch.float32, True, 2048, 16, 1, 1)])
+def test_dispatch_rule_counts_the_directions_of_a_launch(dtype, allow_tf32, H, N,
+                                                         one_direction, two_directions):
+    """Two directions that share a launch (the one-dimensional form's slices of both fit:
+    tf32 H = 1024 and bf16 H = 2048, 64 a direction) leave each direction half the batch
+    groups, so the rows a group holds pass the threshold at half the batch (tf32 H = 1024:
+    one group of 25 rows, not two of 13); at tf32 H = 2048 (128 slices: a launch a direction)
+    the directions change nothing."""
+    parts = [dispatch.choose(H, N, dtype, allow_tf32, arch=90, directions=D).k_parts
+             for D in (1, 2)]
+    assert parts == [one_direction, two_directions]
