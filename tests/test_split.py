@@ -29,7 +29,7 @@ def split_rows(monkeypatch):
     """force(R): every layer runs the split variant with R rows of W_hh per program."""
     def force(rows):
         monkeypatch.setattr(launch, "choose", lambda H, N, dtype, allow_tf32=True, split=True,
-                            arch=None, gates=1, pass_="forward":
+                            arch=None, gates=1, pass_="forward", directions=1:
                             choose_split(max(16, 1 << (H - 1).bit_length()), dtype, rows,
                                          allow_tf32)
                             if split else choose(H, N, dtype, allow_tf32, split, arch))
